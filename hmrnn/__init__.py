@@ -1,0 +1,1 @@
+"""hmrnn: Hierarchical Multiscale Recurrent Neural Networks in PyTorch."""
