@@ -52,7 +52,8 @@ def reference(
     def term(name: str, l: int, v: np.ndarray, ln: str) -> np.ndarray:
         out = v @ params[f"layers.{l}.{name}"].T
         if layer_norm:
-            out = _layer_norm(out, params[f"layers.{l}.{ln}.weight"], params[f"layers.{l}.{ln}.bias"])
+            gain, bias = params[f"layers.{l}.{ln}.weight"], params[f"layers.{l}.{ln}.bias"]
+            out = _layer_norm(out, gain, bias)
         return out
 
     for t in range(steps):
@@ -79,11 +80,10 @@ def reference(
                 else:
                     z_new = z_tilde
 
-            def out(cell: np.ndarray) -> np.ndarray:
+            def out(cell: np.ndarray, o: np.ndarray = o, l: int = l) -> np.ndarray:
                 if layer_norm:
-                    cell = _layer_norm(
-                        cell, params[f"layers.{l}.ln_cell.weight"], params[f"layers.{l}.ln_cell.bias"]
-                    )
+                    prefix = f"layers.{l}.ln_cell"
+                    cell = _layer_norm(cell, params[f"{prefix}.weight"], params[f"{prefix}.bias"])
                 return o * np.tanh(cell)
 
             if mode == "soft":
