@@ -73,6 +73,7 @@ class TrainConfig:
     max_minutes: float = 3.0  # wall-clock budget; 0: no limit
     eval_every: int = 200  # steps between evaluations on the whole validation split
     eval_batch_size: int = 64
+    log_every: int = 20  # steps between metric records
     max_nonfinite: int = 5  # consecutive non-finite steps that stop the run
     seed: int = 0
 

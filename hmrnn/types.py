@@ -80,3 +80,22 @@ def as_sizes(hidden_size: int | list[int] | tuple[int, ...], num_layers: int) ->
 
 def factory_kwargs(device: Any, dtype: Any) -> dict[str, Any]:
     return {"device": torch.device(device) if device is not None else None, "dtype": dtype}
+
+
+def state_to_plain(state: Any) -> Any:
+    """A state with every NamedTuple turned into a plain tuple (for ``weights_only`` loads)."""
+    if isinstance(state, tuple):
+        return tuple(state_to_plain(s) for s in state)
+    return state
+
+
+def state_from_plain(template: Any, plain: Any) -> Any:
+    """Rebuild the NamedTuples of ``template`` (e.g. ``rnn.initial_state(1)``) around ``plain``."""
+    if isinstance(template, tuple) and isinstance(plain, tuple | list):
+        if len(template) != len(plain):
+            raise ValueError(
+                f"saved state has {len(plain)} entries where the model's has {len(template)}"
+            )
+        items = [state_from_plain(t, p) for t, p in zip(template, plain, strict=True)]
+        return type(template)(*items) if hasattr(template, "_fields") else tuple(items)
+    return plain
