@@ -53,6 +53,7 @@ class ModelConfig:
     output_size: int = 256  # the gated output embedding h^e; paper: 512 / 2048
     boundary: str = "step"  # step | sample | soft
     layer_norm: bool = True
+    mixture_components: int = 20  # handwriting: Gaussians of the mixture density head
 
 
 @dataclass(frozen=True)

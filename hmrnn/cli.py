@@ -1,0 +1,321 @@
+"""The ``hmrnn`` command line: train, eval, sample, inspect, data, bench.
+
+Every user error ends in one line on stderr and a non-zero exit, never a stack trace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+EXIT_USAGE = 2
+EXIT_FAILED = 1
+
+
+def _print(*args: Any) -> None:
+    print(*args, flush=True)
+
+
+# -- train ------------------------------------------------------------------------------
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import torch
+
+    from .charlm import build_charlm
+    from .checkpoint import load_checkpoint
+    from .config import Config, apply_overrides, load_config, parse_overrides
+    from .data import Vocab, load_corpus
+    from .distributed import setup, teardown
+    from .lm import CharLMTask
+    from .trainer import Trainer
+
+    overrides = parse_overrides(args.overrides)
+    config = load_config(args.config, overrides)
+    checkpoint = None
+    last = Path(config.run.out_dir) / "last.pt"
+    if args.resume:
+        if not last.exists():
+            raise FileNotFoundError(f"--resume: no checkpoint at {last} to continue from")
+        checkpoint = load_checkpoint(last)
+        config = apply_overrides(Config.from_dict(checkpoint["config"]), overrides)
+    context = setup(config.run.device, config.run.backend)
+    say = _print if context.is_main else (lambda *a: None)
+    try:
+        if config.run.threads:
+            torch.set_num_threads(config.run.threads)
+        say("# resolved config" + (f" (resuming {last})" if checkpoint else ""))
+        say(config.to_toml())
+        data = config.data
+        corpus = load_corpus(
+            data.corpus, data.data_dir or None, cache_dir=data.cache_dir or None,
+            download=data.download,
+            **({"fractions": data.fractions} if data.corpus not in ("synthetic", "ptb") else {}),
+            **({"train_chars": data.synthetic_chars, "valid_chars": data.synthetic_chars // 10,
+                "test_chars": data.synthetic_chars // 10, "seed": data.seed,
+                "spaces": data.spaces} if data.corpus == "synthetic" else {}),
+        )
+        if checkpoint is not None and Vocab.from_list(checkpoint["vocab"]) != corpus.vocab:
+            raise ValueError("--resume: the corpus's vocabulary differs from the checkpoint's")
+        torch.manual_seed(config.train.seed)
+        model = build_charlm(config.model, len(corpus.vocab)).to(context.device)
+        say(f"model: {sum(p.numel() for p in model.parameters()):,} parameters, "
+            f"vocabulary {len(corpus.vocab)}, device {context.device}, "
+            f"{context.world_size} process(es)")
+        task = CharLMTask(model, corpus, config, context)
+        trainer = Trainer(task, config, context, echo=say)
+        if checkpoint is not None:
+            trainer.restore(checkpoint)
+        result = trainer.fit()
+        say(f"stopped after step {result.step} ({result.stopped_by}); "
+            f"best valid loss {result.best_valid:.4f} nats")
+        if not args.no_report:
+            _final_report(trainer, task, corpus, say, stopped_by=result.stopped_by)
+        if result.stopped_by == "signal":
+            say(f"interrupted: checkpoint written to {result.last_checkpoint}; "
+                "continue with --resume")
+            return 130
+        return 0
+    finally:
+        teardown(context)
+
+
+def _final_report(trainer: Any, task: Any, corpus: Any, say: Any, *, stopped_by: str) -> None:
+    """Test BPC of the best model, its boundaries against true word ends, and a sample."""
+    import torch
+
+    from .checkpoint import load_checkpoint
+    from .hierarchy import format_scores, segmentation_scores
+    from .lm import evaluate_lm, sample_text
+
+    if trainer.best_path.exists():
+        trainer.model.load_state_dict(load_checkpoint(trainer.best_path)["model"])
+    cfg = trainer.config.train
+    device = trainer.context.device
+    result = evaluate_lm(trainer.model, corpus.splits["test"], batch_size=cfg.eval_batch_size,
+                         seq_len=cfg.seq_len, device=device, context=trainer.context)
+    say(f"test: {result.bpc:.4f} bits per character over {result.chars:,} characters "
+        f"(best checkpoint)")
+    if result.boundary is not None and trainer.context.world_size == 1:
+        say("boundary rates: " + " ".join(
+            f"layer{l + 1}={r:.3f}" for l, r in enumerate(result.boundary_rates())))
+        ids = corpus.splits["test"][:-1]
+        refs = None
+        if corpus.boundaries is not None:
+            refs = {k: v[:-1] for k, v in corpus.boundaries["test"].items()}
+        scores = segmentation_scores(result.boundary > 0.5, corpus.vocab.decode(ids), refs)
+        say("boundaries against the true segmentation (test split):")
+        say(format_scores(scores))
+    if trainer.context.is_main:
+        say("sample:")
+        text = "".join(sample_text(trainer.model, corpus.vocab, length=300, device=device,
+                                   generator=torch.Generator().manual_seed(0)))
+        say(text)
+        say(f"checkpoints: {trainer.best_path} (best), {trainer.last_path} (last)")
+
+
+# -- eval / sample ----------------------------------------------------------------------
+
+
+def _text_ids(vocab: Any, args: argparse.Namespace) -> Any:
+    from .data import DataError
+
+    path = Path(args.file)
+    if not path.is_file():
+        raise DataError(f"file {path} does not exist")
+    raw = path.read_bytes()
+    if b"\x00" in raw:
+        raise DataError(f"{path} looks binary (it contains NUL bytes); give a text file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path} is not UTF-8 text (byte {e.start})") from None
+    if args.ptb_format:
+        text = "".join("".join(line.split()) + "\n" for line in text.splitlines())
+    return text, vocab.encode(text, where=str(path))
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from .config import load_config
+    from .data import DataError, load_corpus
+    from .hierarchy import format_scores, segmentation_scores
+    from .lm import evaluate_lm, load_charlm
+
+    torch.manual_seed(0)
+    model, vocab, config, _ = load_charlm(args.checkpoint)
+    if args.boundary:
+        if not hasattr(model.rnn, "boundary"):
+            raise ValueError("--boundary only applies to HM-LSTM models")
+        model.rnn.boundary = args.boundary
+    refs = None
+    if args.file:
+        text, ids = _text_ids(vocab, args)
+        where = args.file
+    else:
+        data = load_config(None, {}).data if args.corpus else config.data
+        name = args.corpus or data.corpus
+        options: dict[str, Any] = {}
+        if name == "synthetic":
+            options = {"train_chars": data.synthetic_chars, "valid_chars":
+                       data.synthetic_chars // 10, "test_chars": data.synthetic_chars // 10,
+                       "seed": data.seed, "spaces": data.spaces}
+        corpus = load_corpus(name, args.data_dir or data.data_dir or None, **options)
+        if corpus.vocab != vocab:
+            missing = set(corpus.vocab.symbols) - set(vocab.symbols)
+            if missing:
+                raise DataError(f"corpus {name!r} has characters the model never saw: "
+                                f"{sorted(missing)[:10]}")
+            ids = vocab.encode(corpus.vocab.decode(corpus.splits[args.split]))
+        else:
+            ids = corpus.splits[args.split]
+        text = vocab.decode(ids)
+        where = f"{name} {args.split}"
+        if corpus.boundaries is not None:
+            refs = {k: v[:-1] for k, v in corpus.boundaries[args.split].items()}
+    if len(ids) < 2:
+        raise DataError(f"{where} is too short: at least 2 characters are needed to score one")
+    result = evaluate_lm(model, ids, batch_size=args.batch_size, seq_len=config.train.seq_len)
+    report: dict[str, Any] = {"data": where, "chars": result.chars, "bpc": result.bpc,
+                              "nll_nats": result.nll}
+    lines = [f"{where}: {result.bpc:.4f} bits per character over {result.chars:,} characters"]
+    if result.boundary is not None:
+        rates = result.boundary_rates()
+        report["boundary_rates"] = rates
+        lines.append("boundary rates: " + " ".join(
+            f"layer{l + 1}={r:.3f}" for l, r in enumerate(rates)))
+        scores = segmentation_scores(result.boundary > 0.5, text[:-1], refs)
+        report["segmentation"] = scores
+        lines.append(format_scores(scores))
+    _print(json.dumps(report, indent=2) if args.json else "\n".join(lines))
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    import torch
+
+    from .lm import load_charlm, sample_text
+
+    model, vocab, _, _ = load_charlm(args.checkpoint)
+    torch.manual_seed(args.seed)
+    generator = torch.Generator().manual_seed(args.seed)
+    if args.prime:
+        sys.stdout.write(args.prime)
+    for ch in sample_text(model, vocab, length=args.length, temperature=args.temperature,
+                          top_k=args.top_k, prime=args.prime, generator=generator):
+        sys.stdout.write(ch)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    return 0
+
+
+# -- data -------------------------------------------------------------------------------
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from .data import describe, download_corpus, load_corpus, verify_corpus
+
+    if args.action == "download":
+        path = download_corpus(args.name, args.cache_dir or None)
+        _print(f"{args.name}: ready in {path}")
+    elif args.action == "verify":
+        folder = Path(args.data_dir or args.cache_dir or "~/.cache/hmrnn").expanduser()
+        sub = folder / args.name
+        problems = verify_corpus(args.name, sub if sub.is_dir() else folder)
+        if problems:
+            for p in problems:
+                _print(f"problem: {p}")
+            return EXIT_FAILED
+        _print(f"{args.name}: all files present and checked")
+    else:
+        corpus = load_corpus(args.name, args.data_dir or None, cache_dir=args.cache_dir or None)
+        _print(describe(corpus))
+    return 0
+
+
+# -- parser -----------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hmrnn",
+        description="Hierarchical Multiscale LSTMs (Chung, Ahn & Bengio, ICLR 2017).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser(
+        "train", help="train a character model (default: the embedded synthetic corpus)",
+        description="Train a character-level model. Any config field can be overridden as "
+                    "section.field=value (e.g. train.lr=0.001 model.rnn=lstm).",
+    )
+    p.add_argument("--config", help="a config name from configs/ (e.g. ptb) or a .toml path")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in run.out_dir from its last checkpoint")
+    p.add_argument("--no-report", action="store_true",
+                   help="skip the final test evaluation and sample")
+    p.add_argument("overrides", nargs="*", metavar="section.field=value",
+                   help="config overrides, e.g. train.max_minutes=30 data.corpus=ptb")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="bits per character of a checkpoint on a split or a file")
+    p.add_argument("checkpoint", help="a checkpoint file or a run folder (uses its last.pt)")
+    p.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    p.add_argument("--file", help="score this UTF-8 text file instead of a corpus split")
+    p.add_argument("--ptb-format", action="store_true",
+                   help="the file is space-separated symbols, one line per sentence (as PTB)")
+    p.add_argument("--corpus", help="corpus name (default: the one the model was trained on)")
+    p.add_argument("--data-dir", help="folder holding the corpus files")
+    p.add_argument("--batch-size", type=int, default=64, help="parallel evaluation streams")
+    p.add_argument("--boundary", choices=["step", "sample", "soft"],
+                   help="evaluate an HM-LSTM with this boundary mode instead of its own")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("sample", help="generate text from a checkpoint, streamed as it comes")
+    p.add_argument("checkpoint")
+    p.add_argument("--length", type=int, default=500)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0, help="sample among the k likeliest (0: all)")
+    p.add_argument("--prime", default="", help="text the model reads first")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("data", help="download, verify or describe a corpus")
+    p.add_argument("action", choices=["download", "verify", "describe"])
+    p.add_argument("name", help="ptb, text8, enwik8 (download/verify); any corpus (describe)")
+    p.add_argument("--data-dir", help="folder with local copies")
+    p.add_argument("--cache-dir", help="download cache (default ~/.cache/hmrnn)")
+    p.set_defaults(func=cmd_data)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from .checkpoint import CheckpointError
+    from .config import ConfigError
+    from .data import DataError
+    from .trainer import TrainingError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (DataError, ConfigError, CheckpointError, FileNotFoundError, ValueError) as e:
+        print(f"hmrnn {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except TrainingError as e:
+        print(f"hmrnn {args.command}: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print(f"hmrnn {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""Handwriting sequence generation on IAM-OnDB (section 4.2 of Chung, Ahn & Bengio 2017).
+
+:mod:`~hmrnn.handwriting.data` reads, splits, normalises and batches the pen offsets;
+:mod:`~hmrnn.handwriting.mdn` is Graves's (2013) mixture density output;
+:mod:`~hmrnn.handwriting.model` puts any recurrent stack, the gated output module and
+the mixture together, and scores and samples it; :mod:`~hmrnn.handwriting.plots` draws
+strokes and the paper's Figure 5.
+"""
+
+from .data import (
+    MIN_LENGTH,
+    PAPER_SPLIT_SIZES,
+    SPLIT_SEED,
+    HandwritingData,
+    HandwritingDataError,
+    Normalizer,
+    batches,
+    load_iamondb,
+    pad_batch,
+    to_offsets,
+    to_points,
+)
+from .mdn import MixtureDensityHead, MixtureParams, log_density, loss, sample
+from .model import (
+    HandwritingModel,
+    evaluate,
+    line_boundaries,
+    sample_strokes,
+    sequence_log_likelihood,
+)
+from .plots import boundary_agreement, draw_strokes, segment_figure
+
+__all__ = [
+    "MIN_LENGTH",
+    "PAPER_SPLIT_SIZES",
+    "SPLIT_SEED",
+    "HandwritingData",
+    "HandwritingDataError",
+    "HandwritingModel",
+    "MixtureDensityHead",
+    "MixtureParams",
+    "Normalizer",
+    "batches",
+    "boundary_agreement",
+    "draw_strokes",
+    "evaluate",
+    "line_boundaries",
+    "load_iamondb",
+    "log_density",
+    "loss",
+    "pad_batch",
+    "sample",
+    "sample_strokes",
+    "segment_figure",
+    "sequence_log_likelihood",
+    "to_offsets",
+    "to_points",
+]
