@@ -301,7 +301,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .trainer import TrainingError
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # overrides may come before or after the flags of `train`
+        if args.command != "train" or any(not a.lstrip("-").count("=") for a in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
     try:
         return int(args.func(args))
     except (DataError, ConfigError, CheckpointError, FileNotFoundError, ValueError) as e:

@@ -225,20 +225,30 @@ def config_path(name_or_path: str) -> Path:
 
 def load_config(name_or_path: str | None = None, overrides: dict[str, Any] | None = None) -> Config:
     """Defaults, then the TOML file (if any), then the overrides."""
-    config = Config()
-    if name_or_path:
-        path = config_path(name_or_path)
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-            raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
-        flat: dict[str, Any] = {}
-        for section, values in data.items():
-            if not isinstance(values, dict):
-                raise ConfigError(f"{path}: top-level key {section!r} must be a [section]")
-            flat.update({f"{section}.{k}": v for k, v in values.items()})
-        config = apply_overrides(config, flat)
+    config = apply_overrides(Config(), _file_values(name_or_path)) if name_or_path else Config()
     return apply_overrides(config, overrides or {})
+
+
+def _file_values(name_or_path: str, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The dotted values of a config file, after those of its ``base = "..."`` file."""
+    path = config_path(name_or_path)
+    if path in seen:
+        raise ConfigError(f"config file {path} includes itself through base = ...")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+    base = data.pop("base", None)
+    flat: dict[str, Any] = {}
+    if base is not None:
+        if not isinstance(base, str):
+            raise ConfigError(f"{path}: base must be the name or path of another config")
+        flat.update(_file_values(base, (*seen, path)))
+    for section, values in data.items():
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: top-level key {section!r} must be a [section]")
+        flat.update({f"{section}.{k}": v for k, v in values.items()})
+    return flat
 
 
 def parse_overrides(args: list[str]) -> dict[str, str]:

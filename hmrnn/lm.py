@@ -53,6 +53,11 @@ class LMEvaluation:
         return [float(r) for r in self.boundary[:, :-1].mean(axis=0)]
 
 
+def _wide(logits: Tensor) -> Tensor:
+    """``(T, N, V) -> (T*N, V)`` in at least float32 (half-precision logits are widened)."""
+    return logits.flatten(0, 1).to(torch.promote_types(logits.dtype, torch.float32))
+
+
 @torch.no_grad()
 def evaluate_lm(
     model: CharLM,
@@ -83,7 +88,7 @@ def evaluate_lm(
         x, y, mask = x[:, cols].to(device), y[:, cols].to(device), mask[:, cols].to(device)
         out = model(x, state)
         state = out.state
-        nll = F.cross_entropy(out.logits.flatten(0, 1).float(), y.flatten(), reduction="none")
+        nll = F.cross_entropy(_wide(out.logits), y.flatten(), reduction="none")
         total[0] += nll[mask.flatten()].double().sum()
         total[1] += mask.sum()
         if collect_boundaries and out.rnn.boundary is not None:
@@ -139,7 +144,7 @@ class CharLMTask:
         device = self.context.device
         x, y = x[:, self.cols].to(device), y[:, self.cols].to(device)
         out = model(x, self.state)
-        loss = F.cross_entropy(out.logits.flatten(0, 1).float(), y.flatten())
+        loss = F.cross_entropy(_wide(out.logits), y.flatten())
         self._pending = detach_state(out.state)
         stats: dict[str, Any] = {"bpc": float(loss.detach()) / LN2}
         if out.rnn.boundary is not None:

@@ -333,6 +333,8 @@ def load_corpus(
     if name not in CORPORA:
         if Path(name).is_file():
             return read_text_file(name, fractions)
+        if "/" in name or os.sep in name or Path(name).suffix:
+            raise DataError(f"file {name} does not exist")
         close = difflib.get_close_matches(name, CORPORA, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
         raise DataError(

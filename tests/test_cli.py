@@ -1,0 +1,173 @@
+"""The command line end to end on a tiny corpus, and every bad input as one clear line."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hmrnn.cli import main
+
+TINY = ["model.hidden_size=8,7,6", "model.embedding_size=6", "model.output_size=12",
+        "train.batch_size=4", "train.seq_len=10", "train.eval_batch_size=8",
+        "run.progress=false", "run.tensorboard=false", "train.max_minutes=0"]
+
+
+def _corpus(tmp_path: Path, words: int = 700) -> Path:
+    rng = np.random.default_rng(0)
+    vocab = ["the", "cat", "sat", "on", "a", "mat", "dog", "ran"]
+    lines = [" ".join(vocab[i] for i in rng.integers(0, 8, size=7)) for _ in range(words // 7)]
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("cli")
+    corpus = _corpus(tmp)
+    out = tmp / "run"
+    assert main(["train", f"data.corpus={corpus}", f"run.out_dir={out}", "train.max_steps=12",
+                 "train.eval_every=6", *TINY]) == 0
+    return out
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+def test_train_writes_checkpoints_and_metrics(trained: Path) -> None:
+    assert (trained / "best.pt").is_file() and (trained / "last.pt").is_file()
+    records = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
+    valid = [r for r in records if r["kind"] == "valid"]
+    assert [r["step"] for r in valid] == [6, 12]
+    assert all(r["bpc"] > 0 and len(r["z"]) == 2 for r in valid)
+
+
+def test_eval_prints_bpc_and_boundary_scores(trained: Path, capsys) -> None:
+    assert main(["eval", str(trained), "--split", "valid", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert 0 < report["bpc"] < 10 and report["chars"] > 0
+    assert set(report["segmentation"]["layers"]) == {"layer1", "layer2"}
+
+
+def test_eval_on_a_file_and_sample(trained: Path, tmp_path: Path, capsys) -> None:
+    text = tmp_path / "t.txt"
+    text.write_text("the cat sat on the mat\n")
+    assert main(["eval", str(trained / "best.pt"), "--file", str(text)]) == 0
+    assert "bits per character over 22 characters" in capsys.readouterr().out
+    assert main(["sample", str(trained), "--length", "40", "--prime", "the ", "--seed", "1"]) == 0
+    first = capsys.readouterr().out
+    assert first.startswith("the ") and len(first) == 4 + 40 + 1
+    assert main(["sample", str(trained), "--length", "40", "--prime", "the ", "--seed", "1"]) == 0
+    assert capsys.readouterr().out == first
+
+
+def test_resume_continues_the_run(trained: Path, tmp_path: Path, capsys) -> None:
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    corpus = _corpus(tmp_path)
+    assert main(["train", "--resume", f"data.corpus={corpus}", f"run.out_dir={run}",
+                 "train.max_steps=14", "--no-report", *TINY]) == 0
+    out = capsys.readouterr().out
+    assert "resuming" in out and "stopped after step 14" in out
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "does not exist"),
+        (b"", "empty"),
+        (b"abc\x00\x01\x02" * 50, "binary"),
+        (b"the cat sat\n" * 3, "too short"),
+    ],
+)
+def test_bad_training_data(tmp_path: Path, capsys, content: bytes | None, message: str) -> None:
+    path = tmp_path / "data.txt"
+    if content is not None:
+        path.write_bytes(content)
+    code = main(["train", f"data.corpus={path}", f"run.out_dir={tmp_path / 'r'}", *TINY])
+    assert code == 2
+    assert message in _error_line(capsys)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train.lrr=0.1"], "did you mean train.lr?"),
+        (["train.lr=fast"], "train.lr expects float"),
+        (["model.rnn=gru"], "model.rnn must be one of"),
+        (["model.boundary=gumbel"], "boundary must be one of"),
+        (["--config", "nope"], "no config named 'nope'"),
+        (["--resume"], "no checkpoint at"),
+    ],
+)
+def test_bad_config(tmp_path: Path, capsys, args: list[str], message: str) -> None:
+    corpus = _corpus(tmp_path)
+    code = main(["train", f"data.corpus={corpus}", f"run.out_dir={tmp_path / 'r'}", *TINY, *args])
+    assert code == 2
+    assert message in _error_line(capsys)
+
+
+def test_unknown_characters_are_named(trained: Path, tmp_path: Path, capsys) -> None:
+    text = tmp_path / "t.txt"
+    text.write_text("the cat\nsat Zed")
+    assert main(["eval", str(trained), "--file", str(text)]) == 2
+    assert "character 'Z' at position 12" in _error_line(capsys)
+    assert main(["sample", str(trained), "--prime", "the q"]) == 2
+    assert "character 'q' at position 4" in _error_line(capsys)
+
+
+def test_bad_checkpoints(trained: Path, tmp_path: Path, capsys) -> None:
+    data = (trained / "last.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 3])
+    assert main(["eval", str(tmp_path / "cut.pt")]) == 2
+    assert "truncated or corrupt" in _error_line(capsys)
+    (tmp_path / "junk.pt").write_bytes(os.urandom(2000))
+    assert main(["sample", str(tmp_path / "junk.pt")]) == 2
+    assert "truncated or corrupt" in _error_line(capsys)
+    import torch
+
+    checkpoint = torch.load(trained / "last.pt", weights_only=True)
+    checkpoint["version"] = 0
+    torch.save(checkpoint, tmp_path / "old.pt")
+    assert main(["eval", str(tmp_path / "old.pt")]) == 2
+    assert "format version 0" in _error_line(capsys)
+    checkpoint["version"] = 1
+    checkpoint["model"].pop("head.bias")
+    torch.save(checkpoint, tmp_path / "mismatch.pt")
+    assert main(["eval", str(tmp_path / "mismatch.pt")]) == 2
+    assert "does not match" in _error_line(capsys)
+
+
+def test_sigterm_checkpoints_and_exits(tmp_path: Path) -> None:
+    corpus = _corpus(tmp_path, words=4000)
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hmrnn", "train", f"data.corpus={corpus}", f"run.out_dir={out}",
+         "train.eval_every=100000", "--no-report", *TINY],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.time() + 60
+    while not (out / "metrics.jsonl").exists() or "train" not in (out / "metrics.jsonl").read_text():
+        assert time.time() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "SIGTERM received" in stdout and "continue with --resume" in stdout
+    from hmrnn.checkpoint import load_checkpoint
+
+    assert load_checkpoint(out / "last.pt")["trainer"]["step"] >= 20
