@@ -161,7 +161,8 @@ def test_sigterm_checkpoints_and_exits(tmp_path: Path) -> None:
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     deadline = time.time() + 60
-    while not (out / "metrics.jsonl").exists() or "train" not in (out / "metrics.jsonl").read_text():
+    metrics = out / "metrics.jsonl"
+    while not metrics.exists() or "train" not in metrics.read_text():
         assert time.time() < deadline and proc.poll() is None, proc.communicate()
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
