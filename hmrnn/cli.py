@@ -214,6 +214,50 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- inspect ----------------------------------------------------------------------------
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from .data import DataError, generate
+    from .hierarchy import format_scores
+    from .lm import load_charlm, trace_text
+    from .report import inspect_sequence
+
+    model, vocab, _, _ = load_charlm(args.checkpoint)
+    if model.rnn.__class__.__name__ != "HMLSTM":
+        raise ValueError("inspect needs an HM-LSTM checkpoint (baselines have no boundaries)")
+    references = None
+    if args.synthetic:
+        synthetic = generate(args.synthetic, seed=args.seed, spaces=" " in vocab)
+        text = synthetic.text
+        references = {"word": synthetic.word_end, "phrase": synthetic.phrase_end}
+    elif args.file:
+        text, _ = _text_ids(vocab, args)
+    else:
+        text = args.text
+    if not text:
+        raise DataError("nothing to inspect: the text is empty")
+    if len(text) > args.max_chars:
+        text = text[: args.max_chars]
+        if references is not None:
+            references = {k: v[: args.max_chars] for k, v in references.items()}
+    boundary, norms = trace_text(model, vocab, text)
+    summary = inspect_sequence(text, boundary > 0.5, norms, args.out, references=references,
+                               width=args.width)
+    for stats in summary["operation_counts"]:
+        _print(f"layer{stats['layer']}: UPDATE {stats['update']}  COPY {stats['copy']}  "
+               f"FLUSH {stats['flush']}  boundary rate {stats['boundary_rate']:.3f}")
+    comp = summary["computation"]
+    _print(f"layer updates: {comp['total_updates']} against {comp['stacked_rnn_updates']} for a "
+           f"standard stacked RNN ({comp['saved_fraction']:.1%} saved)")
+    if summary["segmentation"] is not None:
+        _print(format_scores(summary["segmentation"]))
+    for warning in summary["warnings"]:
+        _print(f"warning: {warning}")
+    _print(f"wrote {', '.join(summary['files'].values())} to {args.out}")
+    return 0
+
+
 # -- data -------------------------------------------------------------------------------
 
 
@@ -284,6 +328,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prime", default="", help="text the model reads first")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser(
+        "inspect", help="boundary map, hidden-norm map, HTML segments and counts of a text",
+        description="Run an HM-LSTM checkpoint over a text and write what it did: "
+                    "boundary_map.png (Figure 3), hidden_norms.png (Figure 4), segments.html "
+                    "and summary.json (UPDATE/COPY/FLUSH counts, boundary scores).",
+    )
+    p.add_argument("checkpoint")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--text", help="the text to read")
+    source.add_argument("--file", help="a UTF-8 text file to read")
+    source.add_argument("--synthetic", type=int, metavar="CHARS",
+                        help="this many characters of the synthetic language, scored against "
+                             "its true word and phrase boundaries")
+    p.add_argument("--ptb-format", action="store_true",
+                   help="the file is space-separated symbols, one line per sentence (as PTB)")
+    p.add_argument("--seed", type=int, default=1, help="seed of the --synthetic text")
+    p.add_argument("--out", default="inspect", help="output folder (default: ./inspect)")
+    p.add_argument("--width", type=int, default=90, help="characters per row of the figures")
+    p.add_argument("--max-chars", type=int, default=2000, help="read at most this many")
+    p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("data", help="download, verify or describe a corpus")
     p.add_argument("action", choices=["download", "verify", "describe"])

@@ -257,3 +257,25 @@ def sample_text(
         yield vocab.decode([next_id])
         out = model(torch.tensor([[next_id]], device=device), state)
         logits, state = out.logits[-1, 0], out.state
+
+
+@torch.no_grad()
+def trace_text(
+    model: CharLM, vocab: Vocab, text: str, device: torch.device | str = "cpu"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read ``text`` from a zero state and record the hierarchy the model builds over it.
+
+    Returns:
+        boundary: ``(T, L)`` z of every layer at every character (zeros for stacks without
+            boundaries).
+        hidden_norms: ``(T, L)`` the L2 norm of each layer's h at every character.
+    """
+    ids = torch.as_tensor(vocab.encode(text, where="the text"), device=device)
+    model.eval()
+    out = model(ids[:, None], None)
+    norms = torch.stack([h[:, 0].float().norm(dim=-1) for h in out.rnn.hidden], dim=1)
+    boundary = (
+        out.rnn.boundary[:, 0].float() if out.rnn.boundary is not None
+        else torch.zeros_like(norms)
+    )
+    return boundary.cpu().numpy(), norms.cpu().numpy()

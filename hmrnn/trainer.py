@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from .checkpoint import save_checkpoint
 from .config import Config
 from .distributed import DistContext
+from .hierarchy import collapse_warnings
 from .metrics_log import MetricsWriter
 
 
@@ -342,6 +343,8 @@ class Trainer:
         if self._writer is not None:
             self._writer.write(split, self.state.step, metrics)
         self.echo(f"step {self.state.step} {split}: {_format(metrics)}")
+        for warning in collapse_warnings(metrics.get("z", [])):
+            self.echo(f"warning: {warning}")
 
     def _progress(self) -> Any:
         if not (self.config.run.progress and self.context.is_main):

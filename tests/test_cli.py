@@ -25,6 +25,7 @@ def _corpus(tmp_path: Path, words: int = 700) -> Path:
     vocab = ["the", "cat", "sat", "on", "a", "mat", "dog", "ran"]
     lines = [" ".join(vocab[i] for i in rng.integers(0, 8, size=7)) for _ in range(words // 7)]
     path = tmp_path / "corpus.txt"
+    lines.insert(0, 'a <cat> & the "mat"')  # characters the HTML page must escape
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -172,3 +173,25 @@ def test_sigterm_checkpoints_and_exits(tmp_path: Path) -> None:
     from hmrnn.checkpoint import load_checkpoint
 
     assert load_checkpoint(out / "last.pt")["trainer"]["step"] >= 20
+
+
+def test_inspect_writes_figures_page_and_summary(trained: Path, tmp_path: Path, capsys) -> None:
+    import html.parser
+
+    text = "the cat <sat> & on the mat\nthe dog"
+    out = tmp_path / "inspect"
+    assert main(["inspect", str(trained), "--text", text, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "layer updates:" in printed and "standard stacked RNN" in printed
+    for name in ("boundary_map.png", "hidden_norms.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = (out / "segments.html").read_text()
+    html.parser.HTMLParser().feed(page)
+    assert ">&lt;<" in page and ">&gt;<" in page and ">&amp;<" in page and "<sat>" not in page
+    summary = json.loads((out / "summary.json").read_text())
+    for layer in summary["operation_counts"]:
+        assert layer["update"] + layer["copy"] + layer["flush"] == len(text)
+    assert summary["operation_counts"][0]["copy"] == 0
+    assert summary["operation_counts"][-1]["flush"] == 0
+    assert main(["inspect", str(trained), "--synthetic", "120", "--out", str(out)]) == 2
+    assert "not in the vocabulary" in _error_line(capsys)
