@@ -22,8 +22,11 @@ from .data import (
 )
 from .mdn import MixtureDensityHead, MixtureParams, log_density, loss, sample
 from .model import (
+    EvalTotals,
     HandwritingModel,
+    build_handwriting_model,
     evaluate,
+    evaluation_totals,
     line_boundaries,
     sample_strokes,
     sequence_log_likelihood,
@@ -34,6 +37,7 @@ __all__ = [
     "MIN_LENGTH",
     "PAPER_SPLIT_SIZES",
     "SPLIT_SEED",
+    "EvalTotals",
     "HandwritingData",
     "HandwritingDataError",
     "HandwritingModel",
@@ -42,8 +46,10 @@ __all__ = [
     "Normalizer",
     "batches",
     "boundary_agreement",
+    "build_handwriting_model",
     "draw_strokes",
     "evaluate",
+    "evaluation_totals",
     "line_boundaries",
     "load_iamondb",
     "log_density",

@@ -29,12 +29,16 @@ Shape legend: T time, N batch, K mixture components, E embedding size, L layers.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..config import ModelConfig
+from ..hierarchy import PRF, boundary_prf
+from ..models import build_rnn
 from ..output import GatedOutput
 from ..types import RNNOutput, check_input
 from . import mdn
@@ -109,11 +113,43 @@ class HandwritingModel(nn.Module):
         return self.head(embedding), output, state
 
 
+def build_handwriting_model(config: ModelConfig) -> HandwritingModel:
+    """The model a :class:`~hmrnn.config.ModelConfig` describes.
+
+    The stack ``config.rnn`` (``num_layers`` x ``hidden_size``, ``layer_norm``,
+    ``boundary``) reads the three offset features directly: ``config.embedding_size`` is
+    not used, because a linear input embedding would only be re-absorbed into the stack's
+    first bottom-up weights. ``output_size`` is the size of ``h^e`` and
+    ``mixture_components`` the K of the mixture.
+    """
+    rnn = build_rnn(
+        config.rnn, 3, config.hidden_size, config.num_layers,
+        layer_norm=config.layer_norm, boundary=config.boundary,
+    )
+    return HandwritingModel(rnn, config.output_size, config.mixture_components)
+
+
 def _model_tensor(model: nn.Module) -> Tensor:
     first = next(model.parameters(), None)
     if first is None:
         raise ValueError("The model has no parameters to take a device and dtype from.")
     return first
+
+
+def _score_batch(
+    model: HandwritingModel, inputs: Tensor, targets: Tensor, mask: Tensor
+) -> tuple[Tensor, RNNOutput]:
+    """Per-sequence log-likelihood of a padded batch, and the stack's output.
+
+    Shape:
+        inputs, targets ``(T, N, 3)``, mask ``(T, N)`` bool -> ``(N,)`` nats and the
+        :class:`RNNOutput` (hidden ``L x (T, N, H_l)``, boundary ``(T, N, L)`` or None).
+    """
+    if mask.shape != inputs.shape[:2]:
+        raise ValueError(f"mask must have shape {tuple(inputs.shape[:2])}, got {tuple(mask.shape)}")
+    params, output, _ = model(inputs)
+    log_p = mdn.log_density(params, targets)  # (T, N)
+    return torch.where(mask, log_p, torch.zeros_like(log_p)).sum(dim=0), output  # (N,)
 
 
 def sequence_log_likelihood(
@@ -140,47 +176,118 @@ def sequence_log_likelihood(
     """
     if include_jacobian and normalizer is None:
         raise ValueError("include_jacobian=True needs the normalizer whose std to use.")
-    if mask.shape != inputs.shape[:2]:
-        raise ValueError(f"mask must have shape {tuple(inputs.shape[:2])}, got {tuple(mask.shape)}")
-    params, _, _ = model(inputs)
-    log_p = mdn.log_density(params, targets)  # (T, N)
-    per_sequence = torch.where(mask, log_p, torch.zeros_like(log_p)).sum(dim=0)  # (N,)
+    per_sequence, _ = _score_batch(model, inputs, targets, mask)
     if include_jacobian and normalizer is not None:
         per_sequence = per_sequence - mask.sum(dim=0) * normalizer.log_jacobian()
     return per_sequence
 
 
-def evaluate(
+def _prf(tp: int, fp: int, fn: int) -> PRF:
+    """Precision, recall and F1 from match counts, with :func:`hmrnn.hierarchy.boundary_prf`'s
+    conventions for empty cases (pooled counts of many lines give the micro average)."""
+    predicted, actual = tp + fp, tp + fn
+    both_empty = predicted == 0 and actual == 0
+    precision = tp / predicted if predicted else float(both_empty)
+    recall = tp / actual if actual else float(both_empty)
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+    return PRF(precision, recall, f1, tp, fp, fn)
+
+
+@dataclass(frozen=True)
+class EvalTotals:
+    """Additive sums of an evaluation, so that parts scored apart (by several processes,
+    or in pieces) add up to the whole: ``a + b``, and ``to_array`` / ``from_array`` for an
+    all-reduce.
+
+    Attributes:
+        loglik: nats, summed over every predicted step of every sequence (density of the
+            normalised offsets, pen-up Bernoulli included).
+        steps: predicted steps (``T_n - 1`` per sequence of ``T_n`` offsets).
+        sequences: sequences scored.
+        fires: one sum of ``z^l`` over the scored steps per layer below the top (empty for
+            stacks without boundary detectors).
+        penup: ``(tp, fp, fn)`` of layer 2's boundaries against the pen-ups, counted line
+            by line (zeros unless the stack has at least 3 layers with boundaries); see
+            :func:`evaluate` for the alignment.
+    """
+
+    loglik: float = 0.0
+    steps: int = 0
+    sequences: int = 0
+    fires: tuple[float, ...] = ()
+    penup: tuple[int, int, int] = (0, 0, 0)
+
+    def __add__(self, other: EvalTotals) -> EvalTotals:
+        if not self.sequences:
+            return other
+        if not other.sequences:
+            return self
+        if len(self.fires) != len(other.fires):
+            raise ValueError("Cannot add the totals of stacks with different boundary layers.")
+        (tp, fp, fn), (tp2, fp2, fn2) = self.penup, other.penup
+        return EvalTotals(
+            self.loglik + other.loglik,
+            self.steps + other.steps,
+            self.sequences + other.sequences,
+            tuple(a + b for a, b in zip(self.fires, other.fires, strict=True)),
+            (tp + tp2, fp + fp2, fn + fn2),
+        )
+
+    def to_array(self) -> np.ndarray:
+        """float64 ``(6 + len(fires),)``: loglik, steps, sequences, tp, fp, fn, fires."""
+        return np.array(
+            [self.loglik, self.steps, self.sequences, *self.penup, *self.fires], dtype=np.float64
+        )
+
+    @classmethod
+    def from_array(cls, values: np.ndarray) -> EvalTotals:
+        """The inverse of :meth:`to_array` (counts rounded back to ints)."""
+        v = [float(x) for x in np.asarray(values, dtype=np.float64).ravel()]
+        if len(v) < 6:
+            raise ValueError(f"An EvalTotals array has at least 6 entries, got {len(v)}.")
+        tp, fp, fn = (round(x) for x in v[3:6])
+        return cls(v[0], round(v[1]), round(v[2]), tuple(v[6:]), (tp, fp, fn))
+
+    def summary(self, normalizer: Normalizer | None = None) -> dict[str, Any]:
+        """The figures :func:`evaluate` reports, from these sums."""
+        if self.sequences < 1 or self.steps < 1:
+            raise ValueError("No sequence was scored.")
+        total, steps, count = self.loglik, self.steps, self.sequences
+        result: dict[str, Any] = {
+            "loglik_per_sequence": total / count,
+            "nll_per_sequence": -total / count,
+            "nats_per_step": -total / steps,
+            "num_sequences": float(count),
+            "num_steps": float(steps),
+        }
+        if normalizer is not None:
+            result["loglik_per_sequence_raw"] = (total - steps * normalizer.log_jacobian()) / count
+        if self.fires:
+            result["boundary_rates"] = [f / steps for f in self.fires]
+        if len(self.fires) >= 2:  # layer 2 has a boundary detector
+            prf = _prf(*self.penup)
+            result.update(
+                penup_precision=prf.precision, penup_recall=prf.recall, penup_f1=prf.f1,
+                penup_tp=prf.tp, penup_fp=prf.fp, penup_fn=prf.fn,
+            )
+        return result
+
+
+def evaluation_totals(
     model: HandwritingModel,
     seqs: Sequence[np.ndarray | Tensor],
     batch_size: int = 32,
     *,
-    normalizer: Normalizer | None = None,
-) -> dict[str, float]:
-    """Score whole offset sequences (the paper's Table 3 measure and per-step figures).
-
-    Runs in evaluation mode without gradients (the model's mode is restored after),
-    batching sequences of similar length together.
-
-    Args:
-        seqs: normalised offset sequences ``(T_n, 3)``, ``T_n >= 2``.
-        normalizer: when given, also report the log-likelihood of the raw offsets.
-
-    Returns:
-        ``loglik_per_sequence`` (nats, mean over sequences of the summed log-likelihood,
-        normalised offsets: comparable with the paper's Table 3), ``nll_per_sequence``
-        (its negative), ``nats_per_step`` (total NLL / total predicted steps),
-        ``num_sequences``, ``num_steps``; with a normaliser also
-        ``loglik_per_sequence_raw`` (Jacobian included: density of raw whiteboard offsets).
-    """
+    tolerance: int = 1,
+) -> EvalTotals:
+    """The sums behind :func:`evaluate` (see there); add the totals of several parts."""
     if len(seqs) == 0:
         raise ValueError("evaluate needs at least one sequence.")
     if batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size}")
     ref = _model_tensor(model)
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-    total = 0.0
-    steps = 0
+    totals = EvalTotals()
     was_training = model.training
     model.eval()
     try:
@@ -191,21 +298,80 @@ def evaluate(
                 inputs = inputs.to(device=ref.device, dtype=ref.dtype)
                 targets = targets.to(device=ref.device, dtype=ref.dtype)
                 mask = mask.to(ref.device)
-                total += float(sequence_log_likelihood(model, inputs, targets, mask).sum())
-                steps += int(mask.sum())
+                per_sequence, output = _score_batch(model, inputs, targets, mask)
+                totals = totals + EvalTotals(
+                    float(per_sequence.double().sum()), int(mask.sum()), len(chunk),
+                    *_boundary_sums(output.boundary, inputs[..., 2], mask, tolerance),
+                )
     finally:
         model.train(was_training)
-    count = len(seqs)
-    result = {
-        "loglik_per_sequence": total / count,
-        "nll_per_sequence": -total / count,
-        "nats_per_step": -total / steps,
-        "num_sequences": float(count),
-        "num_steps": float(steps),
-    }
-    if normalizer is not None:
-        result["loglik_per_sequence_raw"] = (total - steps * normalizer.log_jacobian()) / count
-    return result
+    return totals
+
+
+def _boundary_sums(
+    boundary: Tensor | None, pen: Tensor, mask: Tensor, tolerance: int
+) -> tuple[tuple[float, ...], tuple[int, int, int]]:
+    """Per-layer sums of z over the real steps, and layer 2's (tp, fp, fn) against pen-ups.
+
+    Shape:
+        boundary ``(T, N, L)`` or None; pen ``(T, N)`` the pen bit of each *input* offset;
+        mask ``(T, N)``.
+    """
+    if boundary is None:
+        return (), (0, 0, 0)
+    z = boundary[..., :-1].double() * mask.unsqueeze(-1)  # (T, N, L - 1)
+    fires = tuple(float(x) for x in z.sum(dim=(0, 1)))
+    if len(fires) < 2:
+        return fires, (0, 0, 0)
+    counts = np.zeros(3, dtype=np.int64)
+    z2 = (boundary[..., 1] > 0.5).cpu().numpy()  # (T, N)
+    pen_up = (pen > 0.5).cpu().numpy()
+    for n, steps in enumerate(mask.sum(dim=0).tolist()):
+        prf = boundary_prf(z2[:steps, n], pen_up[:steps, n], tolerance)
+        counts += (prf.tp, prf.fp, prf.fn)
+    tp, fp, fn = (int(c) for c in counts)
+    return fires, (tp, fp, fn)
+
+
+def evaluate(
+    model: HandwritingModel,
+    seqs: Sequence[np.ndarray | Tensor],
+    batch_size: int = 32,
+    *,
+    normalizer: Normalizer | None = None,
+    tolerance: int = 1,
+) -> dict[str, Any]:
+    """Score whole offset sequences (the paper's Table 3 measure and per-step figures).
+
+    Runs in evaluation mode without gradients (the model's mode is restored after),
+    batching sequences of similar length together.
+
+    **Boundaries against pen-ups.** At step ``s`` the model reads offset ``s``, which
+    arrives at point ``s + 1`` and carries that point's pen bit; ``z^2_s`` is compared with
+    that pen bit, as :func:`line_boundaries` and
+    :func:`hmrnn.handwriting.plots.boundary_agreement` align them, with one-to-one
+    matching within ``tolerance`` steps. Only the steps that are scored are read, so of a
+    line of ``P`` points, points ``1 .. P - 2`` take part (the last point, always a
+    pen-up, is only ever a target). Counts are pooled over lines (micro average).
+
+    Args:
+        seqs: normalised offset sequences ``(T_n, 3)``, ``T_n >= 2``.
+        normalizer: when given, also report the log-likelihood of the raw offsets.
+        tolerance: the largest distance in steps at which a boundary hits a pen-up.
+
+    Returns:
+        ``loglik_per_sequence`` (nats, mean over sequences of the summed log-likelihood,
+        normalised offsets: comparable with the paper's Table 3), ``nll_per_sequence``
+        (its negative), ``nats_per_step`` (total NLL / total predicted steps),
+        ``num_sequences``, ``num_steps``; with a normaliser also
+        ``loglik_per_sequence_raw`` (Jacobian included: density of raw whiteboard offsets).
+        With boundary detectors: ``boundary_rates`` (fraction of steps each layer below
+        the top fired); with a boundary on layer 2 (3 or more layers): ``penup_precision``,
+        ``penup_recall``, ``penup_f1`` and the counts ``penup_tp``, ``penup_fp``,
+        ``penup_fn``.
+    """
+    totals = evaluation_totals(model, seqs, batch_size, tolerance=tolerance)
+    return totals.summary(normalizer)
 
 
 def sample_strokes(
