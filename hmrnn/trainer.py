@@ -71,7 +71,8 @@ class TrainerState:
     """Counters saved in every checkpoint."""
 
     step: int = 0
-    best_valid: float = math.inf
+    best_valid: float = math.inf  # best scheduled evaluation: drives the learning-rate drops
+    best_saved: float = math.inf  # best of all evaluations: the model in best.pt
     bad_evals: int = 0
     lr_drops: int = 0
     nonfinite_total: int = 0
@@ -223,10 +224,10 @@ class Trainer:
     def _after_eval(self, valid: dict[str, Any]) -> str | None:
         """Best checkpoint, learning-rate drop and early stop; returns a stop reason."""
         loss = float(valid["loss"])
+        self._save_if_best(loss)
         if loss < self.state.best_valid:
             self.state.best_valid = loss
             self.state.bad_evals = 0
-            self.save(self.best_path)
             return None
         self.state.bad_evals += 1
         if self.state.bad_evals < self.train_cfg.patience:
@@ -240,6 +241,11 @@ class Trainer:
         self.echo(f"validation stopped improving: learning rate divided by "
                   f"{self.train_cfg.lr_decay:g} to {self.lr:.3g}")
         return None
+
+    def _save_if_best(self, loss: float) -> None:
+        if loss < self.state.best_saved:
+            self.state.best_saved = loss
+            self.save(self.best_path)
 
     def _budget_reason(self) -> str | None:
         cfg = self.train_cfg
@@ -327,15 +333,14 @@ class Trainer:
             if progress is not None:
                 progress.close()
         if self.state.step % cfg.eval_every != 0 or valid is None:
-            valid = self._evaluate("valid")  # report only: the schedule is not touched
+            valid = self._evaluate("valid")  # off the schedule: it only updates best.pt
             self._log_eval("valid", valid)
-            if not self.best_path.exists() and self.context.is_main:
-                self.save(self.best_path)
+            self._save_if_best(float(valid["loss"]))
         self.save(self.last_path)
         if self._writer is not None:
             self._writer.close()
         return FitResult(
-            stopped_by, self.state.step, self.state.best_valid, self.last_path,
+            stopped_by, self.state.step, self.state.best_saved, self.last_path,
             self.best_path if self.best_path.exists() else None, valid,
         )
 
@@ -343,7 +348,7 @@ class Trainer:
         if self._writer is not None:
             self._writer.write(split, self.state.step, metrics)
         self.echo(f"step {self.state.step} {split}: {_format(metrics)}")
-        for warning in collapse_warnings(metrics.get("z", [])):
+        for warning in collapse_warnings(metrics.get("z", []), low=0.02, high=0.98):
             self.echo(f"warning: {warning}")
 
     def _progress(self) -> Any:
