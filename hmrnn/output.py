@@ -33,7 +33,7 @@ class GatedOutput(nn.Module):
         - output: ``(*, E)``.
 
     Parameters:
-        ``gate.weight`` ``(L, sum H_l)`` and ``gate.bias`` ``(L,)``: the rows are ``w^l``.
+        ``gate.weight`` ``(L, sum H_l)``: row l is ``w^l`` (no bias, as Eq. 11 has none).
         ``embed.{l}.weight`` ``(E, H_l)``: ``W^e_l`` (no bias, Eq. 12 has none).
     """
 
@@ -53,7 +53,7 @@ class GatedOutput(nn.Module):
         kw = factory_kwargs(device, dtype)
         self.hidden_sizes = tuple(int(h) for h in hidden_sizes)
         self.output_size = output_size
-        self.gate = nn.Linear(sum(self.hidden_sizes), len(self.hidden_sizes), **kw)
+        self.gate = nn.Linear(sum(self.hidden_sizes), len(self.hidden_sizes), bias=False, **kw)
         self.embed = nn.ModuleList(
             nn.Linear(h, output_size, bias=False, **kw) for h in self.hidden_sizes
         )

@@ -195,3 +195,14 @@ def test_inspect_writes_figures_page_and_summary(trained: Path, tmp_path: Path, 
     assert summary["operation_counts"][-1]["flush"] == 0
     assert main(["inspect", str(trained), "--synthetic", "120", "--out", str(out)]) == 2
     assert "not in the vocabulary" in _error_line(capsys)
+
+
+def test_data_describe_and_verify(tmp_path: Path, capsys) -> None:
+    corpus = _corpus(tmp_path)
+    assert main(["data", "describe", str(corpus)]) == 0
+    out = capsys.readouterr().out
+    assert "vocabulary:" in out and "train:" in out
+    assert main(["data", "verify", "ptb", "--data-dir", str(tmp_path)]) == 1
+    assert "problem:" in capsys.readouterr().out
+    assert main(["data", "describe", "nosuchcorpus"]) == 2
+    assert "unknown corpus" in _error_line(capsys)
