@@ -73,7 +73,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         result = trainer.fit()
         say(f"stopped after step {result.step} ({result.stopped_by}); "
             f"best valid loss {result.best_valid:.4f} nats")
-        if not args.no_report:
+        if not args.no_report and result.stopped_by != "signal":
             _final_report(trainer, task, corpus, say, stopped_by=result.stopped_by)
         if result.stopped_by == "signal":
             say(f"interrupted: checkpoint written to {result.last_checkpoint}; "
@@ -92,15 +92,18 @@ def _final_report(trainer: Any, task: Any, corpus: Any, say: Any, *, stopped_by:
     from .hierarchy import collapse_warnings, format_scores, segmentation_scores
     from .lm import evaluate_lm, sample_text
 
-    if trainer.best_path.exists():
-        trainer.model.load_state_dict(load_checkpoint(trainer.best_path)["model"])
+    context = trainer.context
+    if context.broadcast_flag(trainer.best_path.exists()):
+        if context.is_main:
+            trainer.model.load_state_dict(load_checkpoint(trainer.best_path)["model"])
+        context.broadcast_module(trainer.model)  # other nodes may not see run.out_dir
     cfg = trainer.config.train
-    device = trainer.context.device
+    device = context.device
     result = evaluate_lm(trainer.model, corpus.splits["test"], batch_size=cfg.eval_batch_size,
-                         seq_len=cfg.seq_len, device=device, context=trainer.context)
+                         seq_len=cfg.seq_len, device=device, context=context)
     say(f"test: {result.bpc:.4f} bits per character over {result.chars:,} characters "
         f"(best checkpoint)")
-    if result.boundary is not None and trainer.context.world_size == 1:
+    if result.boundary is not None and context.is_main:  # the whole split's, on every rank
         say("boundary rates: " + " ".join(
             f"layer{l + 1}={r:.3f}" for l, r in enumerate(result.boundary_rates())))
         z = result.boundary > 0.5
@@ -113,7 +116,7 @@ def _final_report(trainer: Any, task: Any, corpus: Any, say: Any, *, stopped_by:
         say(format_scores(scores))
         for warning in collapse_warnings(result.boundary_rates(), low=0.02, high=0.98):
             say(f"warning: {warning}")
-    if trainer.context.is_main:
+    if context.is_main:
         say("sample:")
         text = "".join(sample_text(trainer.model, corpus.vocab, length=300, device=device,
                                    generator=torch.Generator().manual_seed(0)))

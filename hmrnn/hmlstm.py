@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from .cell import HMLSTMCell, LayerState
+from .fast import hmlstm_loop
 from .functional import BOUNDARY_MODES, slope_schedule
 from .types import RNNOutput, as_sizes, check_input, factory_kwargs
 
@@ -50,6 +51,10 @@ class HMLSTM(nn.Module):
             May be changed after construction, e.g. to evaluate a sampled model with steps.
         layer_norm: layer normalisation as DESIGN.md decision 7.
         batch_first: input and output sequences are ``(N, T, *)``; the state never is.
+        fast: run the fused loop of :mod:`hmrnn.fast` (one autograd node for the whole
+            sequence, hand-written backward; differentiable once) rather than the
+            cell-by-cell loop, which is the readable reference and the one that runs under
+            autocast. Both compute the same; may be changed after construction.
 
     Inputs: ``input, state=None, *, generator=None``
         - input: ``(T, N, input_size)`` (``(N, T, input_size)`` if ``batch_first``).
@@ -87,6 +92,7 @@ class HMLSTM(nn.Module):
         boundary: str = "step",
         layer_norm: bool = False,
         batch_first: bool = False,
+        fast: bool = True,
         device: Any = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -105,6 +111,7 @@ class HMLSTM(nn.Module):
         self.layer_norm = layer_norm
         self.batch_first = batch_first
         self.boundary = boundary
+        self.fast = fast
         kw = factory_kwargs(device, dtype)
         below = (input_size, *sizes[:-1])
         above: tuple[int | None, ...] = (*sizes[1:], None)
@@ -155,9 +162,26 @@ class HMLSTM(nn.Module):
         if self.batch_first:
             input = input.transpose(0, 1)
         check_input(input, self.input_size, "HMLSTM")
-        T, N = input.shape[0], input.shape[1]
         if state is None:
-            state = self.initial_state(N)
+            state = self.initial_state(input.shape[1])
+        if self.fast and not torch.is_autocast_enabled(input.device.type):
+            hidden, boundary, *last = hmlstm_loop(
+                list(self.layers), input, state.h, state.c, state.z,  # type: ignore[arg-type]
+                float(self.slope), self._boundary, generator,
+            )
+            state = HMLSTMState(*last)
+        else:
+            hidden, boundary, state = self._step_by_step(input, state, generator)
+        if self.batch_first:
+            hidden = tuple(x.transpose(0, 1) for x in hidden)
+            boundary = boundary.transpose(0, 1)
+        return RNNOutput(hidden, boundary), state
+
+    def _step_by_step(
+        self, input: Tensor, state: HMLSTMState, generator: torch.Generator | None
+    ) -> tuple[tuple[Tensor, ...], Tensor, HMLSTMState]:
+        """The reference loop: the cell, layer by layer and step by step (``fast=False``)."""
+        T, N = input.shape[0], input.shape[1]
         h, c, z = list(state.h), list(state.c), list(state.z)
         L = self.num_layers
         cells: list[HMLSTMCell] = list(self.layers)  # type: ignore[arg-type]
@@ -179,7 +203,4 @@ class HMLSTM(nn.Module):
             boundary_steps.append(torch.cat(z, dim=1))
         hidden = tuple(torch.stack(steps) for steps in hidden_steps)  # L x (T, N, H_l)
         boundary = torch.stack(boundary_steps)  # (T, N, L)
-        if self.batch_first:
-            hidden = tuple(x.transpose(0, 1) for x in hidden)
-            boundary = boundary.transpose(0, 1)
-        return RNNOutput(hidden, boundary), HMLSTMState(tuple(h), tuple(c), tuple(z))
+        return hidden, boundary, HMLSTMState(tuple(h), tuple(c), tuple(z))

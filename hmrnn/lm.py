@@ -72,8 +72,11 @@ def evaluate_lm(
     """Exact bits per character of ``ids``: every target ``ids[1:]`` scored exactly once.
 
     The split is read as ``batch_size`` contiguous streams, each from a zero state carried
-    through all its windows (:func:`hmrnn.data.eval_batches`). In a data-parallel run each
-    process reads its own streams and the sums are reduced, so the result is the same.
+    through all its windows (:func:`hmrnn.data.eval_batches`). In a data-parallel run of W
+    processes ``batch_size`` is per process: the split is cut into ``batch_size * W``
+    streams, process r reads the r-th group of ``batch_size``, the sums are reduced and the
+    boundaries gathered, so every process gets what one process reading all
+    ``batch_size * W`` streams would.
     """
     context = context or DistContext()
     was_training = model.training
@@ -100,7 +103,9 @@ def evaluate_lm(
     boundary = None
     if zs:
         z = torch.cat(zs).transpose(0, 1)  # (N, S, L): stream-major is text order
-        boundary = z[torch.cat(masks).transpose(0, 1)].float().numpy()  # (chars, L)
+        mine = z[torch.cat(masks).transpose(0, 1)].float()  # (this process's chars, L)
+        # process r holds streams r*N..(r+1)*N-1, so rank order continues the text order
+        boundary = context.all_gather_rows(mine).numpy()  # (chars, L)
     return LMEvaluation(nll_mean, nll_mean / LN2, int(total[1]), boundary)
 
 
@@ -163,7 +168,7 @@ class CharLMTask:
             seq_len=cfg.seq_len, device=self.context.device, context=self.context,
         )
         metrics: dict[str, Any] = {"loss": result.nll, "bpc": result.bpc}
-        if result.boundary is not None and self.context.world_size == 1:
+        if result.boundary is not None:
             metrics["z"] = result.boundary_rates()
             ref = self._references[split]
             metrics["f1_word"] = boundary_prf(result.boundary[:, 0] > 0.5, ref, tolerance=1).f1

@@ -31,6 +31,8 @@ from .distributed import DistContext
 from .hierarchy import collapse_warnings
 from .metrics_log import MetricsWriter
 
+PRECISIONS = ("fp32", "bf16", "fp16")
+
 
 class TrainingError(RuntimeError):
     """Training cannot go on (one line, for the CLI)."""
@@ -97,6 +99,10 @@ class Trainer:
         config: the resolved run configuration (stored in every checkpoint).
         context: this process's place in a data-parallel run.
         echo: where one-line messages go (only the main process echoes).
+
+    Raises:
+        ValueError: if ``run.precision`` is unknown, or not fp32 on a device other than
+            CUDA (autocast is only used on CUDA).
     """
 
     def __init__(
@@ -111,16 +117,21 @@ class Trainer:
         self.config = config
         self.train_cfg = config.train
         self.context = context or DistContext()
+        precision = config.run.precision
+        if precision not in PRECISIONS:
+            raise ValueError(
+                f"run.precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        if precision != "fp32" and self.context.device.type != "cuda":
+            raise ValueError(
+                f"run.precision={precision} needs a CUDA device (mixed precision is only used "
+                f"on CUDA), but this run is on {self.context.device}; use run.precision=fp32")
         self.out_dir = Path(config.run.out_dir)
         self.echo = echo if self.context.is_main else (lambda _msg: None)
         self.model = task.model
         self.wrapped = self.context.wrap(self.model)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.train_cfg.lr)
         self.state = TrainerState()
-        self.scaler = (
-            torch.amp.GradScaler("cuda")
-            if config.run.precision == "fp16" and self.context.device.type == "cuda" else None
-        )
+        self.scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
         self._signal: int | None = None
         self._writer: MetricsWriter | None = None
 
@@ -138,7 +149,7 @@ class Trainer:
         rng = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
-        return {
+        payload = {
             "kind": self.task.kind,
             "config": self.config.to_dict(),
             "model": self.model.state_dict(),
@@ -148,6 +159,9 @@ class Trainer:
             "rng": rng,
             **self.task.checkpoint_extras(),
         }
+        if self.scaler is not None:
+            payload["scaler"] = self.scaler.state_dict()
+        return payload
 
     def save(self, path: Path) -> None:
         """Write a checkpoint (every process takes part; only the main one writes)."""
@@ -167,6 +181,8 @@ class Trainer:
         torch.set_rng_state(checkpoint["rng"]["torch"])
         if "cuda" in checkpoint["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
+        if self.scaler is not None and "scaler" in checkpoint:
+            self.scaler.load_state_dict(checkpoint["scaler"])
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -184,8 +200,8 @@ class Trainer:
         return float(rnn.slope)
 
     def _autocast(self) -> Any:
-        precision = self.config.run.precision
-        if precision == "fp32" or self.context.device.type != "cuda":
+        precision = self.config.run.precision  # not fp32 only on CUDA (checked at init)
+        if precision == "fp32":
             return nullcontext()
         dtype = torch.bfloat16 if precision == "bf16" else torch.float16
         return torch.autocast("cuda", dtype=dtype)
@@ -201,6 +217,8 @@ class Trainer:
             self.scaler.unscale_(self.optimizer)
         else:
             loss.backward()
+        # Under DDP, backward has already averaged the gradients over the processes, so
+        # every process clips the same (whole-batch) gradient and takes the same step.
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.train_cfg.clip)
         finite = bool(torch.isfinite(loss.detach()).item()) and (
             self.scaler is not None or bool(torch.isfinite(norm).item())
@@ -210,9 +228,10 @@ class Trainer:
         if finite:
             if self.scaler is not None:
                 self.scaler.step(self.optimizer)
-                self.scaler.update()
             else:
                 self.optimizer.step()
+        if self.scaler is not None:
+            self.scaler.update()  # after a skipped step too: the next unscale_ needs it
         self.task.end_step(finite)
         return finite, float(loss.detach()), stats
 
@@ -285,6 +304,7 @@ class Trainer:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             self._writer = MetricsWriter(self.out_dir, tensorboard=self.config.run.tensorboard)
         cfg = self.train_cfg
+        self.context.decorrelate_rng()  # after restore(): sampled boundaries differ by rank
         progress = self._progress()
         valid: dict[str, Any] | None = None
         consecutive_bad = 0
@@ -332,7 +352,7 @@ class Trainer:
         finally:
             if progress is not None:
                 progress.close()
-        if self.state.step % cfg.eval_every != 0 or valid is None:
+        if stopped_by != "signal" and (self.state.step % cfg.eval_every != 0 or valid is None):
             valid = self._evaluate("valid")  # off the schedule: it only updates best.pt
             self._log_eval("valid", valid)
             self._save_if_best(float(valid["loss"]))

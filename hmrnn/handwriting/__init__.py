@@ -28,6 +28,7 @@ from .model import (
     evaluate,
     evaluation_totals,
     line_boundaries,
+    offset_boundaries,
     sample_strokes,
     sequence_log_likelihood,
 )
@@ -54,6 +55,7 @@ __all__ = [
     "load_iamondb",
     "log_density",
     "loss",
+    "offset_boundaries",
     "pad_batch",
     "sample",
     "sample_strokes",

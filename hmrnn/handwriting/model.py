@@ -444,11 +444,28 @@ def line_boundaries(
     Raises:
         ValueError: if the stack has no boundary detectors (a baseline LSTM).
     """
-    ref = _model_tensor(model)
     offsets = normalizer.normalize(to_offsets(np.asarray(points, dtype=np.float32)))
-    inputs = torch.as_tensor(offsets, device=ref.device, dtype=ref.dtype).unsqueeze(1)
+    return offset_boundaries(model, offsets)
+
+
+def offset_boundaries(model: HandwritingModel, offsets: np.ndarray | Tensor) -> np.ndarray:
+    """:func:`line_boundaries` of a line given as its normalised offsets.
+
+    Use it when the offsets are at hand (e.g. a split of
+    :class:`~hmrnn.handwriting.data.HandwritingData`): the boundaries of an HM-LSTM are
+    discontinuous in its input, and offsets recomputed from points rebuilt in float32
+    differ in the last bits, which is enough to move some boundaries.
+
+    Shape:
+        offsets ``(P - 1, 3)`` -> ``(P, L)``, row 0 (point 0, never read) all 0.
+
+    Raises:
+        ValueError: if the stack has no boundary detectors (a baseline LSTM).
+    """
+    ref = _model_tensor(model)
+    inputs = torch.as_tensor(np.asarray(offsets), device=ref.device, dtype=ref.dtype)
     with torch.no_grad():
-        _, output, _ = model(inputs)
+        _, output, _ = model(inputs.unsqueeze(1))
     if output.boundary is None:
         raise ValueError(
             "This model's recurrent stack has no boundary detectors (RNNOutput.boundary is "

@@ -1,0 +1,129 @@
+"""The fast loop (hmrnn.fast) against the cell-by-cell reference loop: forward values and
+every gradient, in float64, for each boundary mode, with and without layer norm."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hmrnn.hmlstm import HMLSTM, HMLSTMState
+
+T, N, D = 7, 3, 2
+SIZES = (5, 6, 4)
+
+
+def _model(sizes: tuple[int, ...], mode: str, layer_norm: bool, seed: int = 0) -> HMLSTM:
+    torch.manual_seed(seed)
+    rnn = HMLSTM(D, sizes, len(sizes), boundary=mode, layer_norm=layer_norm,
+                 dtype=torch.float64)
+    with torch.no_grad():  # wide enough that boundaries vary; LN gains and biases too
+        for name, p in rnn.named_parameters():
+            if ".ln_" in name:
+                p.uniform_(0.5, 1.5) if name.endswith("weight") else p.uniform_(-0.5, 0.5)
+            else:
+                p.uniform_(-1.0, 1.0)
+    rnn.set_slope(1.7)
+    return rnn
+
+
+def _state(sizes: tuple[int, ...], seed: int) -> HMLSTMState:
+    """A non-zero initial state with some boundaries on, every tensor requiring grad."""
+    g = torch.Generator().manual_seed(seed)
+
+    def leaf(*shape: int, binary: bool = False) -> torch.Tensor:
+        x = torch.rand(*shape, generator=g, dtype=torch.float64)
+        return ((x > 0.5).double() if binary else x * 2 - 1).requires_grad_()
+
+    return HMLSTMState(tuple(leaf(N, h) for h in sizes), tuple(leaf(N, h) for h in sizes),
+                       tuple(leaf(N, 1, binary=True) for _ in sizes))
+
+
+def _run(rnn: HMLSTM, fast: bool, x: torch.Tensor, state: HMLSTMState,
+         weights: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Outputs, and the gradients of a loss reading every output, for one loop."""
+    rnn.fast = fast
+    out, last = rnn(x, state, generator=torch.Generator().manual_seed(3))
+    values = [*out.hidden, out.boundary, *last.h, *last.c, *last.z]
+    loss = sum((v * w).sum() for v, w in zip(values, weights, strict=True))
+    inputs = [x, *state.h, *state.c, *state.z, *rnn.parameters()]
+    grads = torch.autograd.grad(loss, inputs)  # type: ignore[arg-type]
+    return [v.detach() for v in values], list(grads)
+
+
+@pytest.mark.parametrize("layer_norm", [False, True])
+@pytest.mark.parametrize("mode", ["step", "sample", "soft"])
+@pytest.mark.parametrize("sizes", [SIZES, (4, 3)])
+def test_fast_equals_reference_forward_and_gradients(
+    mode: str, layer_norm: bool, sizes: tuple[int, ...]
+) -> None:
+    rnn = _model(sizes, mode, layer_norm)
+    x = torch.randn(T, N, D, dtype=torch.float64, requires_grad=True)
+    state = _state(sizes, 1)
+    with torch.no_grad():
+        shapes = [v.shape for v in _run_shapes(rnn, x, state)]
+    g = torch.Generator().manual_seed(2)
+    weights = [torch.randn(s, generator=g, dtype=torch.float64) for s in shapes]
+    fast_values, fast_grads = _run(rnn, True, x, state, weights)
+    ref_values, ref_grads = _run(rnn, False, x, state, weights)
+    for a, b in zip(fast_values, ref_values, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    names = ["input"] + [f"state.{k}[{l}]" for k in "hcz" for l in range(len(sizes))]
+    names += [n for n, _ in rnn.named_parameters()]
+    for name, a, b in zip(names, fast_grads, ref_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11, msg=f"gradient of {name}")
+    boundary = ref_values[len(sizes)][..., :-1]
+    if mode != "soft":  # the test means something only if boundaries both fire and not
+        assert 0 < boundary.mean() < 1
+
+
+def _run_shapes(rnn: HMLSTM, x: torch.Tensor, state: HMLSTMState) -> list[torch.Tensor]:
+    out, last = rnn(x, state)
+    return [*out.hidden, out.boundary, *last.h, *last.c, *last.z]
+
+
+@pytest.mark.parametrize("layer_norm", [False, True])
+def test_inference_path_equals_training_path(layer_norm: bool) -> None:
+    """Without autograd the fast loop keeps one scratch slot instead of all steps."""
+    rnn = _model(SIZES, "step", layer_norm)
+    x = torch.randn(T, N, D, dtype=torch.float64)
+    trained, state = rnn(x)
+    with torch.no_grad():
+        inferred, state_ng = rnn(x)
+    assert trained.hidden[0].grad_fn is not None and inferred.hidden[0].grad_fn is None
+    for a, b in zip(trained.hidden, inferred.hidden, strict=True):  # (BLAS may round apart)
+        torch.testing.assert_close(a.detach(), b, rtol=1e-12, atol=1e-14)
+        assert b.is_contiguous() and b.shape[:2] == (T, N)
+    assert torch.equal(trained.boundary.detach(), inferred.boundary)
+    for a, b in zip(state, state_ng, strict=True):
+        for u, v in zip(a, b, strict=True):
+            torch.testing.assert_close(u.detach(), v, rtol=1e-12, atol=1e-14)
+
+
+def test_float32_training_step_matches_reference() -> None:
+    torch.manual_seed(0)
+    rnn = HMLSTM(3, 8, 3, layer_norm=True)
+    x = torch.randn(5, 4, 3)
+    losses = {}
+    for fast in (True, False):
+        rnn.fast = fast
+        rnn.zero_grad()
+        out, _ = rnn(x)
+        loss = sum(h.square().sum() for h in out.hidden)
+        loss.backward()
+        losses[fast] = (loss.item(), [p.grad.clone() for p in rnn.parameters()])
+    assert losses[True][0] == pytest.approx(losses[False][0], rel=1e-5)
+    for a, b in zip(losses[True][1], losses[False][1], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_second_derivatives_are_refused() -> None:
+    rnn = _model(SIZES, "soft", False)
+    x = torch.randn(T, N, D, dtype=torch.float64, requires_grad=True)
+    out, _ = rnn(x)
+    with pytest.raises(RuntimeError, match="differentiable once only.*fast = False"):
+        torch.autograd.grad(out.hidden[2].sum(), x, create_graph=True)
+    rnn.fast = False  # the reference loop has them
+    out, _ = rnn(x)
+    (g,) = torch.autograd.grad(out.hidden[2].sum(), x, create_graph=True)
+    g.sum().backward()
+    assert x.grad is not None
