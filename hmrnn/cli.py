@@ -362,6 +362,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="folder with local copies")
     p.add_argument("--cache-dir", help="download cache (default ~/.cache/hmrnn)")
     p.set_defaults(func=cmd_data)
+
+    from .handwriting.cli import add_parser as add_handwriting_parser
+
+    add_handwriting_parser(sub)
     return parser
 
 

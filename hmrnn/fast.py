@@ -43,6 +43,7 @@ _sigmoid_backward = torch.ops.aten.sigmoid_backward.grad_input
 _tanh_backward = torch.ops.aten.tanh_backward.grad_input
 _hardtanh_backward = torch.ops.aten.hardtanh_backward.default
 _layer_norm_backward = torch.ops.aten.native_layer_norm_backward.default
+_native_layer_norm_out = torch.ops.aten.native_layer_norm.out
 
 # Per layer, the cell's tensors the fast loop reads, in the order it passes them on.
 _PARAMETER_NAMES = (
@@ -62,7 +63,7 @@ class LayerWeights:
     bottom layer, whose input term comes precomputed), ``bias (R,)``. Without layer norm
     ``fused (R, K)`` is ``[U | U_td | W]`` and the three are column views of it; with layer
     norm ``ln`` maps ``"recurrent"``, ``"top_down"``, ``"bottom_up"``, ``"cell"`` to the
-    ``(weight, bias)`` of each normalisation.
+    ``(weight, bias)`` of each normalisation. ``t`` holds the transposes, made once.
     """
 
     hidden_size: int
@@ -73,17 +74,18 @@ class LayerWeights:
     fused: Tensor | None
     ln: dict[str, tuple[Tensor, Tensor]] | None
     eps: float
+    t: dict[str, Tensor]
 
     @property
     def rows(self) -> int:
         return self.U.shape[0]
 
-    @property
-    def has_boundary(self) -> bool:
-        return self.U_td is not None
-
     def term(self, name: str) -> Tensor | None:
         return getattr(self, name)
+
+    def widths(self) -> tuple[int, int, int]:
+        """Columns of ``U``, ``U_td``, ``W`` (0 for an absent one)."""
+        return tuple(w.shape[1] if w is not None else 0 for w in (self.U, self.U_td, self.W))  # type: ignore[return-value]
 
 
 def parameter_names(cell: HMLSTMCell, bottom: bool) -> tuple[str, ...]:
@@ -99,21 +101,24 @@ def parameter_names(cell: HMLSTMCell, bottom: bool) -> tuple[str, ...]:
 def layer_weights(names: tuple[str, ...], tensors: tuple[Tensor, ...], eps: float) -> LayerWeights:
     """Assemble :class:`LayerWeights` from tensors named as :func:`parameter_names` says."""
     p = dict(zip(names, tensors, strict=True))
-    terms = [p.get(name) for name in _TERMS]
+    terms: list[Tensor | None] = [p.get(name) for name in _TERMS]
     H = terms[0].shape[1]  # type: ignore[union-attr]
+    fused = ln = None
     if "ln_recurrent.weight" in p:
         ln = {
             k: (p[f"ln_{k}.weight"], p[f"ln_{k}.bias"])
             for k in ("recurrent", "top_down", "bottom_up", "cell") if f"ln_{k}.weight" in p
         }
-        return LayerWeights(H, *terms, p["bias"], None, ln, eps)  # type: ignore[arg-type]
-    fused = torch.cat([w for w in terms if w is not None], dim=1)  # (R, K)
-    views: list[Tensor | None] = []
-    start = 0
-    for w in terms:
-        views.append(None if w is None else fused[:, start : start + w.shape[1]])
-        start += 0 if w is None else w.shape[1]
-    return LayerWeights(H, *views, p["bias"], fused, None, eps)  # type: ignore[arg-type]
+    else:
+        fused = torch.cat([w for w in terms if w is not None], dim=1)  # (R, K)
+        start = 0
+        for j, w in enumerate(terms):
+            if w is not None:
+                terms[j] = fused[:, start : start + w.shape[1]]
+                start += w.shape[1]
+    named = {"fused": fused, **dict(zip(_TERMS, terms, strict=True))}
+    transposed = {k: v.t() for k, v in named.items() if v is not None}
+    return LayerWeights(H, *terms, p["bias"], fused, ln, eps, transposed)  # type: ignore[arg-type]
 
 
 class Gates(NamedTuple):
@@ -140,14 +145,97 @@ class Gates(NamedTuple):
         return [Gates(*(p[t] if p is not None else None for p in parts)) for t in range(steps)]
 
 
+class Slot(NamedTuple):
+    """The scratch of one layer's step, ``M`` rows: views into a :class:`Workspace`.
+
+    ``act (M, R)``: ``s``, then the gates (``gates`` views it); ``tanh_c (M, H)``; ``u``,
+    the hard sigmoid's argument, and ``zbin``, the binarised boundary ``(M, 1)`` (None in
+    the top layer); without layer norm ``x``: the fused product's input ``(M, K)`` and its
+    three column views (absent ones None); with layer norm, by term (``"U"``, ``"U_td"``,
+    ``"W"``) ``proj``, the products before normalisation, and by normalisation
+    (``"recurrent"``, ``"top_down"``, ``"bottom_up"``, ``"cell"``) ``normed`` ``(M, R)``
+    or ``(M, H)`` and ``stats`` ``(mean, rstd)``, each ``(M, 1)``. For the backward pass
+    of a layer that can copy: ``diff = [o tanh(c) - h_{t-1} | i g - c_{t-1}]`` ``(M, 2H)``
+    with its two halves, and ``zdiff = z_bin - z_{t-1}`` ``(M, 1)`` (else None).
+    """
+
+    act: Tensor
+    gates: Gates
+    tanh_c: Tensor
+    u: Tensor | None
+    zbin: Tensor | None
+    x: tuple[Tensor, Tensor, Tensor | None, Tensor | None] | None
+    proj: dict[str, Tensor]
+    normed: dict[str, Tensor]
+    stats: dict[str, tuple[Tensor, Tensor]]
+    diff: tuple[Tensor, Tensor, Tensor] | None
+    zdiff: Tensor | None
+
+
+def _split(buffer: Tensor, widths: tuple[int, ...]) -> list[tuple[Tensor | None, ...]]:
+    """Per step ``k`` of an ``(S, M, sum(widths))`` buffer: ``(buffer[k], *column views)``
+    (None for a zero width)."""
+    cuts = [0]
+    for width in widths:
+        cuts.append(cuts[-1] + width)
+    parts = [buffer[:, :, a:b].unbind(0) if b > a else [None] * len(buffer)
+             for a, b in zip(cuts, cuts[1:], strict=False)]
+    return [(whole, *(p[k] for p in parts)) for k, whole in enumerate(buffer.unbind(0))]
+
+
+class Workspace:
+    """One layer's scratch for ``S`` steps of ``M`` rows, made at once: ``slots[k]`` views
+    step ``k``; the ``(S, M, *)`` buffers themselves serve the weight gradients.
+
+    ``grads=True`` makes only what the backward pass writes (the gradients of ``act``,
+    ``tanh_c`` and ``proj``); ``keep=True`` also what it reads beyond the states.
+    """
+
+    def __init__(self, w: LayerWeights, steps: int, rows: int, like: Tensor,
+                 grads: bool = False, keep: bool = False) -> None:
+        H, R = w.hidden_size, w.rows
+        boundary = w.U_td is not None and not grads
+        copies = w.W is not None and keep  # a layer above the bottom one can copy
+
+        def new(width: int) -> Tensor:
+            return like.new_empty(steps, rows, width)
+
+        def each(t: Tensor | None) -> list[Any]:
+            return list(t.unbind(0)) if t is not None else [None] * steps
+
+        self.act, self.tanh_c = new(R), new(H)
+        self.u = new(1) if boundary else None
+        self.zbin = new(1) if boundary else None
+        self.x = new(sum(w.widths())) if w.fused is not None and not grads else None
+        self.diff = new(2 * H) if copies else None
+        self.zdiff = new(1) if copies and boundary else None
+        keys = [k for k in ("recurrent", "top_down", "bottom_up", "cell")
+                if w.ln and k in w.ln and not grads]
+        self.proj = {name: new(R) for name in _TERMS if w.ln and w.term(name) is not None}
+        self.normed = {k: new(H if k == "cell" else R) for k in keys}
+        self.stats = {k: (new(1), new(1)) for k in keys}
+        gates = Gates.of(self.act, H).unbind()
+        xs = _split(self.x, w.widths()) if self.x is not None else [None] * steps
+        diffs = _split(self.diff, (H, H)) if self.diff is not None else [None] * steps
+        act, tanh_c, u, zbin, zdiff = (each(t) for t in (self.act, self.tanh_c, self.u,
+                                                           self.zbin, self.zdiff))
+        proj = {name: each(t) for name, t in self.proj.items()}
+        normed = {k: each(t) for k, t in self.normed.items()}
+        stats = {k: (each(m), each(r)) for k, (m, r) in self.stats.items()}
+        self.slots = [
+            Slot(act[k], gates[k], tanh_c[k], u[k], zbin[k], xs[k],  # type: ignore[arg-type]
+                 {n: v[k] for n, v in proj.items()}, {n: v[k] for n, v in normed.items()},
+                 {n: (m[k], r[k]) for n, (m, r) in stats.items()}, diffs[k], zdiff[k])  # type: ignore[arg-type]
+            for k in range(steps)
+        ]
+
+
 class Saved(NamedTuple):
-    """What one layer's step leaves for the backward pass (beyond the buffers).
+    """The small tensors one layer's step leaves for the backward pass.
 
     ``not_prev = 1 - z_{t-1}``, ``update``, ``copy``, ``not_copy = 1 - COPY`` ``(M, 1)``
     (``copy`` and ``not_copy`` are None in the bottom layer, which never copies);
-    ``mix = UPDATE f + COPY``, ``ig = i g``, ``oh = o tanh(c)`` ``(M, H)``; ``zbin``, the
-    binarised boundary, and ``u``, the hard sigmoid's argument before clamping ``(M, 1)``;
-    ``stats``: the layer norms' ``(mean, rstd)`` and the gated terms' normalised outputs.
+    ``mix = UPDATE f + COPY`` ``(M, H)``.
     """
 
     not_prev: Tensor
@@ -155,27 +243,27 @@ class Saved(NamedTuple):
     copy: Tensor | None
     not_copy: Tensor | None
     mix: Tensor
-    ig: Tensor
-    oh: Tensor
-    zbin: Tensor | None
-    u: Tensor | None
-    stats: dict[str, tuple[Tensor, ...]]
+
+
+def _layer_norm(w: LayerWeights, key: str, x: Tensor, slot: Slot) -> Tensor:
+    """``LN_key(x)`` into the slot's buffers (its mean and rstd kept for the backward)."""
+    mean, rstd = slot.stats[key]
+    weight, bias = w.ln[key]  # type: ignore[index]
+    return _native_layer_norm_out(x, (x.shape[-1],), weight, bias, w.eps,
+                                  out0=slot.normed[key], out1=mean, out2=rstd)[0]
 
 
 def preactivation(
     w: LayerWeights,
-    out: Tensor,
+    slot: Slot,
     base: Tensor,
     h_prev: Tensor,
     z_prev: Tensor,
     h_above: Tensor | None,
     z_below: Tensor | None,
     h_below: Tensor | None,
-    x: tuple[Tensor, Tensor, Tensor | None, Tensor | None] | None,
-    proj: tuple[Tensor | None, Tensor | None, Tensor | None],
-    stats: dict[str, tuple[Tensor, ...]],
 ) -> None:
-    """Write ``s`` (Eq. 5-7 plus the bias) into ``out (M, R)``.
+    """Write ``s`` (Eq. 5-7 plus the bias) into ``slot.act (M, R)``.
 
     Args:
         base: the bias ``(R,)``, or in the bottom layer ``W x_t + bias (M, R)``.
@@ -183,51 +271,42 @@ def preactivation(
         h_above: ``h^{above}_{t-1} (M, Ha)``; None in the top layer, or to leave the
             top-down term out where every row's ``z_{t-1}`` is 0.
         z_below, h_below: ``z^{below}_t (M, 1)``, ``h^{below}_t (M, Hb)``; None in the
-            bottom layer, or to leave the bottom-up term out where every ``z^{below}_t`` is 0.
-        x: without layer norm, a ``(M, K)`` buffer for the fused product's input and its
-            three column views (None: multiply term by term, leaving out absent terms).
-        proj: with layer norm, ``(M, R)`` buffers for the products before normalisation
-            (recurrent, top-down, bottom-up), or Nones.
-        stats: receives, with layer norm, ``(mean, rstd)`` of each normalisation (and the
-            normalised output of the gated terms), for the backward pass.
+            bottom layer, or (``h_below``) to leave the bottom-up term out where every
+            ``z^{below}_t`` is 0.
+
+    Without layer norm, a slot with ``x`` makes one product of the fused weight (every
+    term present); one without multiplies term by term and leaves absent terms out.
     """
+    out = slot.act
     if w.ln is None:
-        if x is not None:  # [U | U_td | W] @ [h | z h^above | z^below h^below]: one product
-            whole, x_h, x_a, x_b = x
+        if slot.x is not None:  # [U | U_td | W] @ [h | z h^above | z^below h^below]
+            whole, x_h, x_a, x_b = slot.x
             x_h.copy_(h_prev)
             if x_a is not None:
                 torch.mul(h_above, z_prev, out=x_a)
             if x_b is not None:
                 torch.mul(h_below, z_below, out=x_b)
-            torch.addmm(base, whole, w.fused.t(), out=out)  # type: ignore[union-attr]
+            torch.addmm(base, whole, w.t["fused"], out=out)
             return
-        torch.addmm(base, h_prev, w.U.t(), out=out)
+        torch.addmm(base, h_prev, w.t["U"], out=out)
         if h_above is not None:
-            out.addmm_(h_above * z_prev, w.U_td.t())  # type: ignore[union-attr]
+            out.addmm_(h_above * z_prev, w.t["U_td"])
         if h_below is not None:
-            out.addmm_(h_below * z_below, w.W.t())  # type: ignore[operator, union-attr]
+            out.addmm_(h_below * z_below, w.t["W"])  # type: ignore[operator]
         return
-    rows = (w.rows,)
-    terms = {"U": (h_prev, None), "W": (h_below, z_below), "U_td": (h_above, z_prev)}
-    for j, name in ((0, "U"), (2, "W"), (1, "U_td")):  # the cell's order of summation
-        h, z = terms[name]
-        if h is None:
-            continue
-        key = _LN_OF[name]
-        p = torch.mm(h, w.term(name).t(), out=proj[j])  # type: ignore[union-attr]
-        normed, mean, rstd = torch.native_layer_norm(p, rows, *w.ln[key], w.eps)
-        if z is None:
-            stats[key] = (mean, rstd)
-            torch.add(normed, base, out=out)
-        else:
-            stats[key] = (mean, rstd, normed)
-            out.addcmul_(normed, z)
+    recurrent = torch.mm(h_prev, w.t["U"], out=slot.proj["U"])
+    torch.add(_layer_norm(w, "recurrent", recurrent, slot), base, out=out)
+    if h_below is not None:  # Eq. 7
+        p = torch.mm(h_below, w.t["W"], out=slot.proj["W"])
+        out.addcmul_(_layer_norm(w, "bottom_up", p, slot), z_below)  # type: ignore[arg-type]
+    if h_above is not None:  # Eq. 6
+        p = torch.mm(h_above, w.t["U_td"], out=slot.proj["U_td"])
+        out.addcmul_(_layer_norm(w, "top_down", p, slot), z_prev)
 
 
 def pointwise(
     w: LayerWeights,
-    gates: Gates,
-    tanh_c: Tensor,
+    slot: Slot,
     h_prev: Tensor,
     c_prev: Tensor,
     z_prev: Tensor,
@@ -238,19 +317,18 @@ def pointwise(
     slope: float,
     boundary: str,
     generator: torch.Generator | None,
-    stats: dict[str, tuple[Tensor, ...]],
     sample_rows: tuple[Tensor, int] | None = None,
 ) -> Saved:
-    """Gates, Eq. 2-3 and Eq. 8-10 of one step, given ``s`` in the gate views' tensor.
+    """Gates, Eq. 2-3 and Eq. 8-10 of one step, given ``s`` in ``slot.act``.
 
     The gates are overwritten with ``f, i, o`` (sigmoid), ``g`` (tanh) and, for the
-    ``"soft"`` and ``"sample"`` boundaries, ``z~`` (hard sigmoid). ``tanh_c (M, H)``
-    receives ``tanh(c)`` (``tanh(LN(c))`` with layer norm); ``h_out``, ``c_out (M, H)`` and
-    ``z_out (M, 1)`` (None in the top layer, whose ``z`` stays 0) the new state.
-    ``z_below`` is None in the bottom layer (``z^0 = 1``). ``sample_rows = (index, N)``
-    draws ``"sample"`` boundaries for a subset of a batch of N rows exactly as for the
+    ``"soft"`` and ``"sample"`` boundaries, ``z~`` (hard sigmoid). ``h_out``, ``c_out (M,
+    H)`` and ``z_out (M, 1)`` (None in the top layer, whose ``z`` stays 0) receive the new
+    state. ``z_below`` is None in the bottom layer (``z^0 = 1``). ``sample_rows = (index,
+    N)`` draws ``"sample"`` boundaries for a subset of a batch of N rows exactly as for the
     whole batch (one uniform draw per row of the batch).
     """
+    gates = slot.gates
     gates.fio.sigmoid_()
     gates.g.tanh_()
     not_prev = torch.rsub(z_prev, 1.0)
@@ -268,57 +346,56 @@ def pointwise(
         c_out.add_(ig)
     else:
         c_out.addcmul_(ig, not_copy)
-    if w.ln is not None:
-        c_norm, mean, rstd = torch.native_layer_norm(c_out, (w.hidden_size,), *w.ln["cell"],
-                                                     w.eps)
-        stats["cell"] = (mean, rstd)
-        torch.tanh(c_norm, out=tanh_c)
-    else:
-        torch.tanh(c_out, out=tanh_c)
-    oh = gates.o * tanh_c
+    torch.tanh(c_out if w.ln is None else _layer_norm(w, "cell", c_out, slot), out=slot.tanh_c)
+    oh = gates.o * slot.tanh_c
     if copy is None:  # Eq. 3
         h_out.copy_(oh)
     else:
         torch.mul(h_prev, copy, out=h_out)
         h_out.addcmul_(oh, not_copy)  # type: ignore[arg-type]
-    zbin = u = None
+    if slot.diff is not None:  # what COPY's coefficient multiplies, for the backward pass
+        torch.sub(oh, h_prev, out=slot.diff[1])
+        torch.sub(ig, c_prev, out=slot.diff[2])
     if z_out is not None:
-        u = gates.z * slope  # type: ignore[operator]
-        u.add_(1.0).mul_(0.5)
-        zbin = _binarize(u, gates.z, boundary, generator, sample_rows)  # type: ignore[arg-type]
+        # u = (a s_z + 1) / 2 exactly as the cell rounds it: halving is exact
+        u = torch.mul(gates.z, 0.5 * slope, out=slot.u).add_(0.5)  # type: ignore[arg-type]
+        zbin = _binarize(u, gates.z, slot.zbin, boundary, generator, sample_rows)  # type: ignore[arg-type]
         if copy is None:  # Eq. 8-9
             z_out.copy_(zbin)
         else:
             torch.mul(z_prev, copy, out=z_out)
             z_out.addcmul_(zbin, not_copy)  # type: ignore[arg-type]
-    return Saved(not_prev, update, copy, not_copy, mix, ig, oh, zbin, u, stats)
+        if slot.zdiff is not None:
+            torch.sub(zbin, z_prev, out=slot.zdiff)
+    return Saved(not_prev, update, copy, not_copy, mix)
 
 
 def _binarize(
-    u: Tensor, z_tilde: Tensor, boundary: str, generator: torch.Generator | None,
+    u: Tensor, z_tilde: Tensor, out: Tensor, boundary: str, generator: torch.Generator | None,
     rows: tuple[Tensor, int] | None,
 ) -> Tensor:
     """The forward value of :func:`hmrnn.functional.binarize` of ``z~ = clamp(u, 0, 1)``
-    (written into ``z_tilde`` where it is needed); the gradient is in :func:`run_backward`."""
+    (written into ``z_tilde`` where it is needed) into ``out``; the gradient is in
+    :func:`run_backward`."""
     if boundary == "step":
-        return (u > 0.5).to(u.dtype)  # z~ > 0.5 exactly when u > 0.5
+        return torch.gt(u, 0.5, out=out)  # z~ > 0.5 exactly when u > 0.5
     torch.clamp(u, 0.0, 1.0, out=z_tilde)  # Eq. 10
     if boundary == "soft":
-        return z_tilde
+        return out.copy_(z_tilde)
     if rows is None:
-        return torch.bernoulli(z_tilde, generator=generator)
+        return torch.bernoulli(z_tilde, generator=generator, out=out)
     index, n = rows  # one draw per row of the whole batch, as the dense loop makes
     p = z_tilde.new_zeros(n, 1).index_copy_(0, index, z_tilde)
-    return torch.bernoulli(p, generator=generator).index_select(0, index)
+    return torch.index_select(torch.bernoulli(p, generator=generator), 0, index, out=out)
 
 
 class Buffers:
-    """Everything one call writes: states for all steps, and what the backward reads.
+    """The states of one call for all steps, every layer's workspace, and what the
+    backward pass reads.
 
-    Per layer: ``h``, ``c`` ``(T+1, N, H)`` (index 0 is the initial state), ``act`` ``(T',
-    N, R)``, ``tanh_c`` ``(T', N, H)``; without layer norm ``x`` ``(T', N, K)``, with it
-    ``proj``: three ``(T', N, R)`` (or None for an absent term); shared: ``z`` ``(T+1, N,
-    L)``. ``T' = T`` when the backward pass will run, else 1 (one slot, reused).
+    Per layer: ``h``, ``c`` ``(T+1, N, H)`` (index 0 is the initial state) and a
+    :class:`Workspace` of ``T'`` steps; shared: ``z`` ``(T+1, N, L)``. ``T' = T`` when the
+    backward pass will run, else 1 (one slot, reused).
     """
 
     def __init__(
@@ -327,7 +404,6 @@ class Buffers:
     ) -> None:
         N = h0[0].shape[0]
         like = h0[0]
-        kept = steps if keep else 1
         self.keep = keep
         self.h = [like.new_empty(steps + 1, N, w.hidden_size) for w in weights]
         self.c = [like.new_empty(steps + 1, N, w.hidden_size) for w in weights]
@@ -336,44 +412,13 @@ class Buffers:
             self.h[l][0] = h0[l]
             self.c[l][0] = c0[l]
             self.z[0, :, l : l + 1] = z0[l]
-        self.act = [like.new_empty(kept, N, w.rows) for w in weights]
-        self.tanh_c = [like.new_empty(kept, N, w.hidden_size) for w in weights]
-        self.x = [like.new_empty(kept, N, w.fused.shape[1]) if w.fused is not None else None
-                  for w in weights]
-        self.proj = [
-            tuple(like.new_empty(kept, N, w.rows) if w.term(name) is not None else None
-                  for name in _TERMS)
-            if w.ln is not None else (None, None, None)
-            for w in weights
-        ]
+        self.work = [Workspace(w, steps if keep else 1, N, like, keep=keep) for w in weights]
         self.saved: list[list[Saved]] = [[] for _ in weights]
 
-    def step_views(self, weights: list[LayerWeights], l: int) -> dict[str, list[Any]]:
-        """Per-step views of layer ``l``'s buffers (``T+1`` or ``T'`` of each), made at once."""
-        w = weights[l]
-        views: dict[str, list[Any]] = {
-            "h": list(self.h[l].unbind(0)),
-            "c": list(self.c[l].unbind(0)),
-            "z": list(self.z[:, :, l : l + 1].unbind(0)),
-            "act": list(self.act[l].unbind(0)),
-            "gates": Gates.of(self.act[l], w.hidden_size).unbind(),
-            "tanh_c": list(self.tanh_c[l].unbind(0)),
-            "proj": list(zip(*(p.unbind(0) if p is not None else [None] * len(self.act[l])
-                               for p in self.proj[l]), strict=True)),
-        }
-        x = self.x[l]
-        if x is not None:
-            widths = [t.shape[1] if t is not None else 0 for t in (w.U, w.U_td, w.W)]
-            cuts = [sum(widths[:j]) for j in range(4)]
-            parts = [x[:, :, cuts[j] : cuts[j + 1]].unbind(0) if widths[j] else None
-                     for j in range(3)]
-            views["x"] = [
-                (x[t], *(p[t] if p is not None else None for p in parts))
-                for t in range(len(x))
-            ]
-        else:
-            views["x"] = [None] * len(self.act[l])
-        return views
+    def step_views(self) -> list[dict[str, list[Tensor]]]:
+        """Per layer, per-step views of ``h``, ``c`` (``T+1``) and ``z`` (``T+1``, ``(N, 1)``)."""
+        return [{"h": list(self.h[l].unbind(0)), "c": list(self.c[l].unbind(0)),
+                 "z": list(self.z[:, :, l : l + 1].unbind(0))} for l in range(len(self.h))]
 
 
 def run_forward(
@@ -396,12 +441,12 @@ def run_forward(
     """
     steps = bottom.shape[0]
     buf = Buffers(weights, h0, c0, z0, steps, keep)
-    views = [buf.step_views(weights, l) for l in range(len(weights))]
+    views = buf.step_views()
     bottom_steps = bottom.unbind(0)
     for t in range(steps):
         for l in range(len(weights)):
-            saved = dense_step(weights, views, l, t, t if keep else 0, bottom_steps[t], slope,
-                               boundary, generator)
+            saved = dense_step(weights, buf, views, l, t, bottom_steps[t], slope, boundary,
+                               generator)
             if keep:
                 buf.saved[l].append(saved)
     return buf
@@ -409,39 +454,39 @@ def run_forward(
 
 def dense_step(
     weights: list[LayerWeights],
-    views: list[dict[str, list[Any]]],
+    buf: Buffers,
+    views: list[dict[str, list[Tensor]]],
     l: int,
     t: int,
-    k: int,
     bottom: Tensor,
     slope: float,
     boundary: str,
     generator: torch.Generator | None,
 ) -> Saved:
-    """Layer ``l``'s step ``t`` on every row, reading and writing :class:`Buffers` through
-    ``views`` (:meth:`Buffers.step_views` of every layer); ``k`` is the scratch slot and
-    ``bottom (N, R_1)`` the bottom layer's ``W x_t + bias``."""
+    """Layer ``l``'s step ``t`` on every row, reading and writing ``buf`` through ``views``
+    (:meth:`Buffers.step_views`); ``bottom (N, R_1)`` is the bottom layer's ``W x_t + b``."""
     w, v = weights[l], views[l]
+    slot = buf.work[l].slots[t if buf.keep else 0]
     top = l == len(weights) - 1
-    stats: dict[str, tuple[Tensor, ...]] = {}
     below = views[l - 1] if l > 0 else None
     z_prev = v["z"][t]
     z_below = below["z"][t + 1] if below is not None else None
-    preactivation(
-        w, v["act"][k], bottom if l == 0 else w.bias, v["h"][t], z_prev,
-        None if top else views[l + 1]["h"][t], z_below,
-        below["h"][t + 1] if below is not None else None, v["x"][k], v["proj"][k], stats,
-    )
-    return pointwise(
-        w, v["gates"][k], v["tanh_c"][k], v["h"][t], v["c"][t], z_prev, z_below,
-        v["h"][t + 1], v["c"][t + 1], None if top else v["z"][t + 1],
-        slope, boundary, generator, stats,
-    )
+    preactivation(w, slot, bottom if l == 0 else w.bias, v["h"][t], z_prev,
+                  None if top else views[l + 1]["h"][t], z_below,
+                  below["h"][t + 1] if below is not None else None)
+    return pointwise(w, slot, v["h"][t], v["c"][t], z_prev, z_below, v["h"][t + 1],
+                     v["c"][t + 1], None if top else v["z"][t + 1], slope, boundary, generator)
 
 
 def _vecdot(a: Tensor, b: Tensor) -> Tensor:
     """Row-wise dot products ``(M, D), (M, D) -> (M, 1)``."""
     return torch.linalg.vecdot(a, b).unsqueeze(1)
+
+
+def _ln_backward(grad: Tensor, w: LayerWeights, key: str, x: Tensor, slot: Slot) -> Tensor:
+    """The gradient of ``LN_key``'s input ``x`` from its output's, ``grad``."""
+    return _layer_norm_backward(grad, x, (x.shape[-1],), *slot.stats[key], *w.ln[key],  # type: ignore[index]
+                                [True, False, False])[0]
 
 
 def run_backward(
@@ -469,104 +514,99 @@ def run_backward(
     like = buf.h[0]
     N = like.shape[1]
     half_slope = 0.5 * slope
-    views = [buf.step_views(weights, l) for l in range(L)]
+    views = buf.step_views()
     gh_acc: list[Tensor] = [like.new_zeros(N, w.hidden_size) for w in weights]
     gc_acc = [g if g is not None else like.new_zeros(N, w.hidden_size)
               for g, w in zip(grad_c_last, weights, strict=True)]
     gz_acc = [like.new_zeros(N, 1) for _ in weights]
-    gs_all = [like.new_empty(steps, N, w.rows) for w in weights]  # dL/ds, every step
-    gs_steps = [Gates.of(gs, w.hidden_size).unbind() for gs, w in zip(gs_all, weights,
-                                                                       strict=True)]
+    grads = [Workspace(w, steps, N, like, grads=True) for w in weights]  # dL/d(what it wrote)
+    # [dL/dh | dL/dc] of the step, beside each other as diff is: one dot product for both
+    g_hc = [_split(like.new_empty(1, N, 2 * w.hidden_size), (w.hidden_size,) * 2)[0]
+            for w in weights]
+    # dL/d[h_prev | z h_above | z_below h_below], two per layer: a step's stays readable
+    # while the step before writes the other
+    g_x = [_split(like.new_empty(2, N, sum(w.widths())), w.widths()) if w.ln is None else None
+           for w in weights]
     gh_out = [g.unbind(0) if g is not None else None for g in grad_h]
     gz_out = [grad_z[:, :, l : l + 1].unbind(0) if grad_z is not None else None
               for l in range(L)]
-    gproj: list[dict[str, list[Tensor]]] = [{} for _ in weights]  # dL/d(pre-LN products)
-    gcell: list[list[Tensor]] = [[] for _ in weights]  # dL/d(LN(c)), with layer norm
     for t in range(steps - 1, -1, -1):
         for l in range(L - 1, -1, -1):
             w, v, saved = weights[l], views[l], buf.saved[l][t]
-            gates, tanh_c, gs = v["gates"][t], v["tanh_c"][t], gs_steps[l][t]
-            h_prev, c_prev, z_prev = v["h"][t], v["c"][t], v["z"][t]
+            slot, g_slot = buf.work[l].slots[t], grads[l].slots[t]
+            gates, tanh_c, gs = slot.gates, slot.tanh_c, g_slot.gates
             below = views[l - 1] if l > 0 else None
+            z_prev = v["z"][t]
             z_below = below["z"][t + 1] if below is not None else None
             copy, not_copy = saved.copy, saved.not_copy
-            gh = gh_acc[l] if gh_out[l] is None else gh_acc[l] + gh_out[l][t + 1]  # type: ignore[index]
+            _, gh, gc = g_hc[l]
+            if gh_out[l] is None:
+                gh.copy_(gh_acc[l])  # type: ignore[union-attr]
+            else:
+                torch.add(gh_acc[l], gh_out[l][t + 1], out=gh)  # type: ignore[index]
             gz = gz_acc[l] if gz_out[l] is None else gz_acc[l] + gz_out[l][t + 1]  # type: ignore[index]
             # Eq. 3: h = COPY h_prev + (1 - COPY) o tanh(c)
-            gh_new = gh if not_copy is None else gh * not_copy
+            gh_new = gh if not_copy is None else gh * not_copy  # type: ignore[operator]
             torch.mul(gh_new, tanh_c, out=gs.o)
-            g_tanh = gh_new * gates.o
-            _tanh_backward(g_tanh, tanh_c, grad_input=g_tanh)
+            g_tanh = _tanh_backward(gh_new * gates.o, tanh_c, grad_input=g_slot.tanh_c)
             if w.ln is not None:
-                gcell[l].append(g_tanh)
-                g_tanh = _layer_norm_backward(
-                    g_tanh, v["c"][t + 1], (w.hidden_size,), *saved.stats["cell"],
-                    *w.ln["cell"], [True, False, False],
-                )[0]
-            gc = g_tanh.add_(gc_acc[l])
+                g_tanh = _ln_backward(g_tanh, w, "cell", v["c"][t + 1], slot)
+            torch.add(g_tanh, gc_acc[l], out=gc)
             # Eq. 2: c = c_prev (UPDATE f + COPY) + (1 - COPY) i g
-            gc_cprev = gc * c_prev
+            gc_cprev = gc * v["c"][t]  # type: ignore[operator]
             torch.mul(gc_cprev, saved.update, out=gs.f)
-            gc_acc[l] = gc * saved.mix
-            g_ig = gc if not_copy is None else gc * not_copy
+            gc_acc[l] = gc * saved.mix  # type: ignore[operator]
+            g_ig = gc if not_copy is None else gc * not_copy  # type: ignore[operator]
             torch.mul(g_ig, gates.g, out=gs.i)
             torch.mul(g_ig, gates.i, out=gs.g)
-            g_update = _vecdot(gc_cprev, gates.f)
-            g_below = None
             if gs.z is not None:  # Eq. 8-10, straight through: dz/dz~ = 1 (DESIGN.md 5)
                 g_tilde = gz if not_copy is None else gz * not_copy
-                torch.mul(_hardtanh_backward(g_tilde, saved.u, 0.0, 1.0), half_slope, out=gs.z)
+                torch.mul(_hardtanh_backward(g_tilde, slot.u, 0.0, 1.0), half_slope, out=gs.z)
+            # dL/dUPDATE through f c_prev, and, in a layer that can copy,
+            # dL/d(1 - COPY) - dL/dCOPY = <[gh | gc], diff> + gz (z_bin - z_prev)
+            g_update = _vecdot(gc_cprev, gates.f)
+            g_below = None
             if copy is None:
                 g_prev = g_update.neg_()  # UPDATE = 1 - z_prev
             else:
-                g_copy = _vecdot(gc, c_prev).add_(_vecdot(gh, h_prev))
-                g_not_copy = _vecdot(gc, saved.ig).add_(_vecdot(gh, saved.oh))
+                g_mix = _vecdot(g_hc[l][0], slot.diff[0])  # type: ignore[arg-type, index]
                 if gs.z is not None:
-                    g_copy.addcmul_(gz, z_prev)
-                    g_not_copy.addcmul_(gz, saved.zbin)  # type: ignore[arg-type]
+                    g_mix.addcmul_(gz, slot.zdiff)  # type: ignore[arg-type]
                 # COPY = not_prev - UPDATE, 1 - COPY = UPDATE + z_prev, UPDATE = not_prev z_below
-                g_update.add_(g_not_copy).sub_(g_copy)
-                g_prev = g_not_copy.sub_(g_copy).sub_(g_update * z_below)
+                g_update.add_(g_mix)
+                g_prev = torch.addcmul(g_mix, g_update, z_below, value=-1.0)  # type: ignore[arg-type]
                 if gs.z is not None:
                     g_prev.addcmul_(gz, copy)
                 g_below = g_update.mul_(saved.not_prev)
             _sigmoid_backward(gs.fio, gates.fio, grad_input=gs.fio)
             _tanh_backward(gs.g, gates.g, grad_input=gs.g)
             # s = U h_prev + z_prev U_td h_above + z_below W h_below + b
-            g_hprev = gh * copy if copy is not None else None  # COPY's path to h_prev
-            g_s = gs_all[l][t]
+            g_s = g_slot.act
+            g_hprev = gh * copy if copy is not None else None  # type: ignore[operator]
             if w.ln is None:
-                gx = torch.mm(g_s, w.fused)  # type: ignore[arg-type]  (N, K)
-                H = w.hidden_size
-                gh_acc[l] = gx[:, :H] if g_hprev is None else g_hprev.add_(gx[:, :H])
-                if w.U_td is not None:
-                    g_above = gx[:, H : H + weights[l + 1].hidden_size]
+                gx, gx_h, g_above, g_bu = g_x[l][t % 2]  # type: ignore[index, misc]
+                torch.mm(g_s, w.fused, out=gx)  # type: ignore[arg-type]
+                gh_acc[l] = gx_h if g_hprev is None else g_hprev.add_(gx_h)  # type: ignore[assignment, arg-type]
+                if g_above is not None:
                     g_prev.add_(_vecdot(g_above, views[l + 1]["h"][t]))
                     gh_acc[l + 1].addcmul_(g_above, z_prev)
-                if below is not None:
-                    g_bu = gx[:, gx.shape[1] - weights[l - 1].hidden_size :]
-                    g_below.add_(_vecdot(g_bu, below["h"][t + 1]))  # type: ignore[union-attr]
+                if g_bu is not None:
+                    g_below.add_(_vecdot(g_bu, below["h"][t + 1]))  # type: ignore[index, union-attr]
                     gh_acc[l - 1].addcmul_(g_bu, z_below)  # type: ignore[arg-type]
             else:
-                proj, R, ln = v["proj"][t], w.rows, w.ln
-                g_rec = _layer_norm_backward(g_s, proj[0], (R,), *saved.stats["recurrent"],
-                                             *ln["recurrent"], [True, False, False])[0]
-                gproj[l].setdefault("U", []).append(g_rec)
+                g_rec = _ln_backward(g_s, w, "recurrent", slot.proj["U"], slot)
+                g_slot.proj["U"].copy_(g_rec)
                 gh_acc[l] = (torch.mm(g_rec, w.U) if g_hprev is None
                              else g_hprev.addmm_(g_rec, w.U))
                 if w.U_td is not None:
-                    mean, rstd, d = saved.stats["top_down"]
-                    g_prev.add_(_vecdot(g_s, d))
-                    g_td = _layer_norm_backward(g_s * z_prev, proj[1], (R,), mean, rstd,
-                                                *ln["top_down"], [True, False, False])[0]
-                    gproj[l].setdefault("U_td", []).append(g_td)
+                    g_prev.add_(_vecdot(g_s, slot.normed["top_down"]))
+                    g_td = _ln_backward(g_s * z_prev, w, "top_down", slot.proj["U_td"], slot)
+                    g_slot.proj["U_td"].copy_(g_td)
                     gh_acc[l + 1].addmm_(g_td, w.U_td)
                 if below is not None:
-                    mean, rstd, b = saved.stats["bottom_up"]
-                    g_below.add_(_vecdot(g_s, b))  # type: ignore[union-attr]
-                    g_bu = _layer_norm_backward(g_s * z_below, proj[2], (R,), mean, rstd,
-                                                *ln["bottom_up"], [True, False, False])[0]
-                    gproj[l].setdefault("W", []).append(g_bu)
+                    g_below.add_(_vecdot(g_s, slot.normed["bottom_up"]))  # type: ignore[union-attr]
+                    g_bu = _ln_backward(g_s * z_below, w, "bottom_up", slot.proj["W"], slot)  # type: ignore[operator]
+                    g_slot.proj["W"].copy_(g_bu)
                     gh_acc[l - 1].addmm_(g_bu, w.W)  # type: ignore[arg-type]
             gz_acc[l] = g_prev
             if g_below is not None:
@@ -575,57 +615,51 @@ def run_backward(
                for l, g in enumerate(gh_acc)]
     grad_z0 = [g if gz_out[l] is None else g + gz_out[l][0]  # type: ignore[index]
                for l, g in enumerate(gz_acc)]
-    grads = [_weight_grads(weights, buf, l, gs_all[l], gproj[l], gcell[l]) for l in range(L)]
-    return gs_all[0], grad_h0, gc_acc, grad_z0, grads
+    weight_grads = [_weight_grads(weights, buf, l, grads[l]) for l in range(L)]
+    return grads[0].act, grad_h0, gc_acc, grad_z0, weight_grads
 
 
 def _weight_grads(
-    weights: list[LayerWeights], buf: Buffers, l: int, gs: Tensor,
-    gproj: dict[str, list[Tensor]], gcell: list[Tensor],
+    weights: list[LayerWeights], buf: Buffers, l: int, grads: Workspace
 ) -> dict[str, Tensor]:
-    """Each weight's gradient as one product over all steps: ``sum_t g_t^T x_t``."""
-    w = weights[l]
+    """Each weight's gradient as one product over all steps: ``sum_t g_t^T x_t``.
+
+    ``grads`` holds, step by step, the gradients of ``s`` (``act``), of the products
+    before normalisation (``proj``) and of ``tanh``'s input (``tanh_c``: ``LN(c)``'s output).
+    """
+    w, work = weights[l], buf.work[l]
     R, top = w.rows, len(weights) - 1
-    flat = gs.reshape(-1, R)
-    grads = {"bias": flat.sum(0)}
-    inputs = {
-        "U": buf.h[l][:-1],  # h_{t-1}
-        "U_td": buf.h[l + 1][:-1] if l < top else None,  # h^{above}_{t-1}
-        "W": buf.h[l - 1][1:] if l > 0 else None,  # h^{below}_t
-    }
+    gs = grads.act.reshape(-1, R)
+    out = {"bias": gs.sum(0)}
     if w.ln is None:
-        x = buf.x[l]
-        g_fused = flat.t().mm(x.reshape(-1, x.shape[2]))  # type: ignore[union-attr]  (R, K)
-        start = 0
-        for name in _TERMS:
-            h = inputs[name]
-            if h is not None:
-                grads[name] = g_fused[:, start : start + h.shape[2]]
-                start += h.shape[2]
-        return grads
-    gates = {"U": None, "U_td": buf.z[:-1, :, l : l + 1],
-             "W": buf.z[1:, :, l - 1 : l] if l > 0 else None}
-    for j, name in enumerate(_TERMS):
-        h = inputs[name]
-        if name not in gproj or h is None:
+        x = work.x
+        g_fused = gs.t().mm(x.reshape(-1, x.shape[2]))  # type: ignore[union-attr]  (R, K)
+        H, Ha, _ = w.widths()
+        for name, cols in (("U", slice(0, H)), ("U_td", slice(H, H + Ha)),
+                           ("W", slice(H + Ha, None))):
+            if w.term(name) is not None:
+                out[name] = g_fused[:, cols]
+        return out
+    inputs = {
+        "U": (buf.h[l][:-1], None),  # h_{t-1}
+        "U_td": (buf.h[l + 1][:-1] if l < top else None, buf.z[:-1, :, l : l + 1]),
+        "W": (buf.h[l - 1][1:] if l > 0 else None, buf.z[1:, :, l - 1 : l] if l > 0 else None),
+    }
+    for name, (h, gate) in inputs.items():
+        if h is None:
             continue
-        g = torch.stack(gproj[name][::-1]).reshape(-1, R)  # collected in reverse time
-        grads[name] = g.t().mm(h.reshape(-1, h.shape[2]))
+        out[name] = grads.proj[name].reshape(-1, R).t().mm(h.reshape(-1, h.shape[2]))
         key = _LN_OF[name]
-        mean = torch.stack([s.stats[key][0] for s in buf.saved[l]])
-        rstd = torch.stack([s.stats[key][1] for s in buf.saved[l]])
-        gate = gates[name]
-        upstream = gs if gate is None else gs * gate
-        _, grads[f"ln_{key}.weight"], grads[f"ln_{key}.bias"] = _layer_norm_backward(
-            upstream, buf.proj[l][j], (R,), mean, rstd, *w.ln[key], [False, True, True]  # type: ignore[index]
+        upstream = grads.act if gate is None else grads.act * gate
+        _, out[f"ln_{key}.weight"], out[f"ln_{key}.bias"] = _layer_norm_backward(
+            upstream, work.proj[name], (R,), *work.stats[key], *w.ln[key],  # type: ignore[index]
+            [False, True, True],
         )
-    mean = torch.stack([s.stats["cell"][0] for s in buf.saved[l]])
-    rstd = torch.stack([s.stats["cell"][1] for s in buf.saved[l]])
-    _, grads["ln_cell.weight"], grads["ln_cell.bias"] = _layer_norm_backward(
-        torch.stack(gcell[::-1]), buf.c[l][1:], (w.hidden_size,), mean, rstd, *w.ln["cell"],
+    _, out["ln_cell.weight"], out["ln_cell.bias"] = _layer_norm_backward(
+        grads.tanh_c, buf.c[l][1:], (w.hidden_size,), *work.stats["cell"], *w.ln["cell"],  # type: ignore[index]
         [False, True, True],
     )
-    return grads
+    return out
 
 
 def weights_of(
@@ -680,8 +714,8 @@ class _HMLSTMFunction(torch.autograd.Function):
             )
         spec, weights, buf = ctx.spec, ctx.weights, ctx.buf
         L = len(spec.names)
-        saved = ctx.saved_tensors
-        buf.h, buf.z = list(saved[:L]), saved[L]
+        saved = [t.detach() for t in ctx.saved_tensors]  # views of these are made cheaply
+        buf.h, buf.z = saved[:L], saved[L]
         g_bottom, g_h0, g_c0, g_z0, g_weights = run_backward(
             weights, buf, spec.slope, list(grads[:L]), grads[L], list(grads[L + 1 :])
         )

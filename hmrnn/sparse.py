@@ -27,15 +27,13 @@ Shape legend: T time, N batch, M rows not in COPY, L layers, H_l hidden size of 
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor
 
 from .fast import (
     Buffers,
-    Gates,
     LayerWeights,
+    Workspace,
     cell_tensors,
     dense_step,
     layer_norm_eps,
@@ -102,11 +100,11 @@ def sparse_forward(
     slope, boundary = float(rnn.slope), rnn.boundary
     bottom = rnn.layers[0].bottom_up(input) + weights[0].bias  # (T, N, R_1)
     buf = Buffers(weights, state.h, state.c, state.z, input.shape[0], keep=False)
-    views = [buf.step_views(weights, l) for l in range(len(weights))]
+    views = buf.step_views()
     for t, bottom_t in enumerate(bottom.unbind(0)):
-        dense_step(weights, views, 0, t, 0, bottom_t, slope, boundary, generator)
+        dense_step(weights, buf, views, 0, t, bottom_t, slope, boundary, generator)
         for l in range(1, len(weights)):
-            _sparse_step(weights, views, l, t, slope, boundary, generator)
+            _sparse_step(weights, buf, views, l, t, slope, boundary, generator)
     hidden = tuple(h[1:] for h in buf.h)
     boundaries = buf.z[1:]
     if rnn.batch_first:
@@ -120,8 +118,8 @@ def sparse_forward(
 
 
 def _sparse_step(
-    weights: list[LayerWeights], views: list[dict[str, list[Any]]], l: int, t: int,
-    slope: float, boundary: str, generator: torch.Generator | None,
+    weights: list[LayerWeights], buf: Buffers, views: list[dict[str, list[Tensor]]], l: int,
+    t: int, slope: float, boundary: str, generator: torch.Generator | None,
 ) -> None:
     """Layer ``l >= 1``'s step ``t`` on the rows not in COPY; the others keep their state."""
     v, below = views[l], views[l - 1]
@@ -129,7 +127,7 @@ def _sparse_step(
     index = ((z_prev != 0) | (z_below != 0)).view(-1).nonzero().view(-1)  # (M,) not in COPY
     M, N = index.numel(), z_prev.shape[0]
     if M == N:
-        dense_step(weights, views, l, t, 0, weights[l].bias, slope, boundary, generator)
+        dense_step(weights, buf, views, l, t, weights[l].bias, slope, boundary, generator)
         return
     for name in ("h", "c", "z"):  # COPY: the state stays as it is (DESIGN.md decision 3)
         v[name][t + 1].copy_(v[name][t])
@@ -144,21 +142,13 @@ def _sparse_step(
         return x.index_select(0, index)
 
     h_prev, c_prev, zp, zb = rows(v["h"][t]), rows(v["c"][t]), rows(z_prev), rows(z_below)
-    act = h_prev.new_empty(M, w.rows)
-    x = None
-    if w.fused is not None:
-        whole = h_prev.new_empty(M, w.fused.shape[1])
-        widths = [m.shape[1] if m is not None else 0 for m in (w.U, w.U_td, w.W)]
-        x = (whole, whole[:, : widths[0]],
-             whole[:, widths[0] : widths[0] + widths[1]] if widths[1] else None,
-             whole[:, widths[0] + widths[1] :])
-    stats: dict[str, tuple[Tensor, ...]] = {}
-    preactivation(w, act, w.bias, h_prev, zp, None if top else rows(views[l + 1]["h"][t]), zb,
-                  rows(below["h"][t + 1]), x, (None, None, None), stats)
+    slot = Workspace(w, 1, M, h_prev).slots[0]
+    preactivation(w, slot, w.bias, h_prev, zp, None if top else rows(views[l + 1]["h"][t]), zb,
+                  rows(below["h"][t + 1]))
     h, c = torch.empty_like(h_prev), torch.empty_like(c_prev)
     z = None if top else torch.empty_like(zp)
-    pointwise(w, Gates.of(act, w.hidden_size), torch.empty_like(h_prev), h_prev, c_prev, zp, zb,
-              h, c, z, slope, boundary, generator, stats, sample_rows=(index, N))
+    pointwise(w, slot, h_prev, c_prev, zp, zb, h, c, z, slope, boundary, generator,
+              sample_rows=(index, N))
     v["h"][t + 1].index_copy_(0, index, h)
     v["c"][t + 1].index_copy_(0, index, c)
     if z is not None:
@@ -199,6 +189,9 @@ class StreamingHMLSTM:
         self.slope = float(rnn.slope)
         with torch.no_grad():
             self.weights = _weights(rnn)
+        like = rnn.layers[0].W
+        # term by term (no fused input), so that absent terms are left out
+        self._slots = [Workspace(w, 1, 1, like).slots[0]._replace(x=None) for w in self.weights]
         state = state if state is not None else rnn.initial_state(1)
         if state.h[0].shape[0] != 1:
             raise ValueError(
@@ -235,20 +228,15 @@ class StreamingHMLSTM:
                 if self.rnn.boundary == "sample" and not top:  # keep the dense loop's draws
                     torch.bernoulli(self.z[l].new_zeros(1, 1), generator=self.generator)
                 continue
-            act = bottom.new_empty(1, w.rows)
-            stats: dict[str, tuple[Tensor, ...]] = {}
+            slot = self._slots[l]
             z_below = None if l == 0 else self.z[l - 1]
             h_below = None if l == 0 or fired_below == 0.0 else self.h[l - 1]
-            preactivation(
-                w, act, bottom if l == 0 else w.bias, self.h[l], self.z[l],
-                None if top or not flush else self.h[l + 1], z_below, h_below,
-                None, (None, None, None), stats,
-            )
+            preactivation(w, slot, bottom if l == 0 else w.bias, self.h[l], self.z[l],
+                          None if top or not flush else self.h[l + 1], z_below, h_below)
             h, c = torch.empty_like(self.h[l]), torch.empty_like(self.c[l])
             z = None if top else torch.empty_like(self.z[l])
-            pointwise(w, Gates.of(act, w.hidden_size), torch.empty_like(h), self.h[l], self.c[l],
-                      self.z[l], z_below, h, c, z, self.slope, self.rnn.boundary,
-                      self.generator, stats)
+            pointwise(w, slot, self.h[l], self.c[l], self.z[l], z_below, h, c, z, self.slope,
+                      self.rnn.boundary, self.generator)
             self.h[l], self.c[l] = h, c
             if z is not None:
                 self.z[l] = z

@@ -265,8 +265,10 @@ class HandwritingTask:
     # -- the Task protocol -------------------------------------------------------------
 
     def train_loss(self, model: nn.Module, step: int) -> tuple[Tensor, dict[str, Any]]:
-        device = self.context.device
-        inputs, targets, mask = (t.to(device) for t in self.batch(step))
+        dtype = next(self.model.parameters()).dtype
+        inputs, targets, mask = self.batch(step)
+        inputs, targets = (t.to(self.context.device, dtype) for t in (inputs, targets))
+        mask = mask.to(self.context.device)
         params, output, _ = model(inputs)
         params = mdn.MixtureParams(*(p.float() for p in params))  # fp32 under autocast
         total = mdn.loss(params, targets, mask, reduction="sum")
