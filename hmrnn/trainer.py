@@ -233,6 +233,7 @@ class Trainer:
         if self.scaler is not None:
             self.scaler.update()  # after a skipped step too: the next unscale_ needs it
         self.task.end_step(finite)
+        stats["grad_norm"] = float(norm)  # before clipping
         return finite, float(loss.detach()), stats
 
     def _evaluate(self, split: str) -> dict[str, Any]:
