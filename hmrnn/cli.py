@@ -24,32 +24,12 @@ def _print(*args: Any) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    import torch
-
     from .charlm import build_charlm
-    from .checkpoint import load_checkpoint
-    from .config import Config, apply_overrides, load_config, parse_overrides
     from .data import Vocab, load_corpus
-    from .distributed import setup, teardown
     from .lm import CharLMTask
-    from .trainer import Trainer
+    from .session import run_training
 
-    overrides = parse_overrides(args.overrides)
-    config = load_config(args.config, overrides)
-    checkpoint = None
-    last = Path(config.run.out_dir) / "last.pt"
-    if args.resume:
-        if not last.exists():
-            raise FileNotFoundError(f"--resume: no checkpoint at {last} to continue from")
-        checkpoint = load_checkpoint(last)
-        config = apply_overrides(Config.from_dict(checkpoint["config"]), overrides)
-    context = setup(config.run.device, config.run.backend)
-    say = _print if context.is_main else (lambda *a: None)
-    try:
-        if config.run.threads:
-            torch.set_num_threads(config.run.threads)
-        say("# resolved config" + (f" (resuming {last})" if checkpoint else ""))
-        say(config.to_toml())
+    def make_task(config: Any, checkpoint: Any, context: Any, say: Any) -> CharLMTask:
         data = config.data
         corpus = load_corpus(
             data.corpus, data.data_dir or None, cache_dir=data.cache_dir or None,
@@ -61,30 +41,20 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
         if checkpoint is not None and Vocab.from_list(checkpoint["vocab"]) != corpus.vocab:
             raise ValueError("--resume: the corpus's vocabulary differs from the checkpoint's")
-        torch.manual_seed(config.train.seed)
         model = build_charlm(config.model, len(corpus.vocab)).to(context.device)
         say(f"model: {sum(p.numel() for p in model.parameters()):,} parameters, "
             f"vocabulary {len(corpus.vocab)}, device {context.device}, "
             f"{context.world_size} process(es)")
-        task = CharLMTask(model, corpus, config, context)
-        trainer = Trainer(task, config, context, echo=say)
-        if checkpoint is not None:
-            trainer.restore(checkpoint)
-        result = trainer.fit()
-        say(f"stopped after step {result.step} ({result.stopped_by}); "
-            f"best valid loss {result.best_valid:.4f} nats")
-        if not args.no_report and result.stopped_by != "signal":
-            _final_report(trainer, task, corpus, say, stopped_by=result.stopped_by)
-        if result.stopped_by == "signal":
-            say(f"interrupted: checkpoint written to {result.last_checkpoint}; "
-                "continue with --resume")
-            return 130
-        return 0
-    finally:
-        teardown(context)
+        return CharLMTask(model, corpus, config, context)
+
+    def report(trainer: Any, task: Any, say: Any) -> None:
+        _final_report(trainer, task, task.corpus, say)
+
+    return run_training(args.config, args.overrides, kind="charlm", resume=args.resume,
+                        make_task=make_task, report=None if args.no_report else report)
 
 
-def _final_report(trainer: Any, task: Any, corpus: Any, say: Any, *, stopped_by: str) -> None:
+def _final_report(trainer: Any, task: Any, corpus: Any, say: Any) -> None:
     """Test BPC of the best model, its boundaries against true word ends, and a sample."""
     import torch
 

@@ -74,67 +74,43 @@ def cmd_train(args: argparse.Namespace) -> int:
     """Train a handwriting model with the generic trainer, then report on the test split."""
     import torch
 
-    from ..checkpoint import CheckpointError, load_checkpoint
-    from ..config import Config, apply_overrides, load_config, parse_overrides
-    from ..distributed import setup, teardown
-    from ..trainer import Trainer
+    from ..checkpoint import load_checkpoint
+    from ..config import apply_overrides
+    from ..session import run_training
     from .model import build_handwriting_model
     from .task import KIND, HandwritingTask, load_handwriting_data
 
-    overrides = parse_overrides(args.overrides)
-    config = load_config(args.config, overrides)
-    checkpoint = None
-    last = Path(config.run.out_dir) / "last.pt"
-    if args.resume:
-        if not last.exists():
-            raise FileNotFoundError(f"--resume: no checkpoint at {last} to continue from")
-        checkpoint = load_checkpoint(last)
-        if checkpoint.get("kind") != KIND:
-            raise CheckpointError(f"--resume: {last} holds a {checkpoint.get('kind')!r} model, "
-                                  "not a handwriting model")
-        config = apply_overrides(Config.from_dict(checkpoint["config"]), overrides)
-    path = Path(_data_path(args, config)).resolve()
-    config = apply_overrides(config, {"data.corpus": "iamondb", "data.data_dir": str(path)})
-    context = setup(config.run.device, config.run.backend)
-    say = _print if context.is_main else (lambda *a: None)
-    try:
-        if config.run.threads:
-            torch.set_num_threads(config.run.threads)
-        say("# resolved config" + (f" (resuming {last})" if checkpoint else ""))
-        say(config.to_toml())
+    def adjust(config: Any) -> Any:
+        path = Path(_data_path(args, config)).resolve()
+        return apply_overrides(config, {"data.corpus": "iamondb", "data.data_dir": str(path)})
+
+    def make_task(config: Any, checkpoint: Any, context: Any, say: Any) -> HandwritingTask:
+        path = Path(config.data.data_dir)
         data, split = load_handwriting_data(
             path, config.data.fractions, split=checkpoint["split"] if checkpoint else None
         )
         say(f"data: {len(data.train):,} / {len(data.valid):,} / {len(data.test):,} lines "
             f"(train / valid / test, split seed {split['seed']}) from {path}")
-        torch.manual_seed(config.train.seed)
         model = build_handwriting_model(config.model).to(context.device)
         task = HandwritingTask(model, data, config, context, split)
         say(f"model: {sum(p.numel() for p in model.parameters()):,} parameters, "
             f"device {context.device}, {context.world_size} process(es), "
             f"{task.steps_per_epoch} steps per epoch")
-        trainer = Trainer(task, config, context, echo=say)
-        if checkpoint is not None:
-            trainer.restore(checkpoint)
-        result = trainer.fit()
-        say(f"stopped after step {result.step} ({result.stopped_by}); "
-            f"best valid loss {result.best_valid:.4f} nats per step")
-        if not args.no_report:
-            if trainer.best_path.exists():
-                model.load_state_dict(load_checkpoint(trainer.best_path)["model"])
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(config.train.seed)
-                summary = task.summarize("test")
-            for line in format_evaluation(summary, "test (best checkpoint)"):
-                say(line)
-            say(f"checkpoints: {trainer.best_path} (best), {trainer.last_path} (last)")
-        if result.stopped_by == "signal":
-            say(f"interrupted: checkpoint written to {result.last_checkpoint}; "
-                "continue with --resume")
-            return 130
-        return 0
-    finally:
-        teardown(context)
+        return task
+
+    def report(trainer: Any, task: Any, say: Any) -> None:
+        if trainer.best_path.exists():
+            task.model.load_state_dict(load_checkpoint(trainer.best_path)["model"])
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(trainer.config.train.seed)
+            summary = task.summarize("test")
+        for line in format_evaluation(summary, "test (best checkpoint)"):
+            say(line)
+        say(f"checkpoints: {trainer.best_path} (best), {trainer.last_path} (last)")
+
+    return run_training(args.config, args.overrides, kind=KIND, resume=args.resume,
+                        make_task=make_task, report=None if args.no_report else report,
+                        adjust_config=adjust)
 
 
 # -- eval -----------------------------------------------------------------------------
