@@ -91,15 +91,14 @@ def interleaved(
 def _rows(
     times: dict[str, list[float]], chars: int, reference: str, mode: str, sizes: str,
     batch: int, copy: dict[str, list[float] | None], group: str,
-    labels: dict[str, str] | None = None,
 ) -> list[Row]:
     ref = times[reference]
     rows = []
     for name, t in times.items():
         ratio = (None if name == reference
                  else statistics.median(r / s for r, s in zip(ref, t, strict=True)))
-        rows.append(Row((labels or {}).get(name, name), mode, sizes, batch,
-                        chars / statistics.median(t), ratio, copy.get(name), group))
+        rows.append(Row(name, mode, sizes, batch, chars / statistics.median(t), ratio,
+                        copy.get(name), group))
     return rows
 
 
@@ -362,6 +361,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Measure and print the table, the targets, and where it ran."""
+    if args.text and not args.checkpoint:
+        raise ValueError("--text is read by a trained model: give --checkpoint too")
+    for flag in ("repeats", "threads", "seq_len", "eval_batch", "gen_chars", "layers"):
+        if getattr(args, flag) < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be at least 1")
     args.train = args.train or [(128, 32), (512, 64)]
     torch.set_num_threads(args.threads)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
@@ -392,7 +396,8 @@ def describe_machine(device: torch.device) -> str:
     else:
         cpu = _cpu_name() or platform.machine()
         where = f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
-    return f"{where}, torch {torch.__version__}, Python {platform.python_version()}"
+    load = f", load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
+    return f"{where}, torch {torch.__version__}, Python {platform.python_version()}{load}"
 
 
 def _cpu_name() -> str:

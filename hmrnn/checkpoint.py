@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import io
 import os
-import pickle
 import tempfile
-import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 FORMAT = "hmrnn"
 VERSION = 1
@@ -60,8 +60,7 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError,
-            ValueError, KeyError) as e:
+    except Exception as e:  # any failure to unpickle a file means it is damaged
         raise CheckpointError(
             f"checkpoint {path} is truncated or corrupt and cannot be read ({type(e).__name__})"
         ) from None
@@ -73,3 +72,38 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
             f"version {VERSION}"
         )
     return data
+
+
+def load_model(
+    path: str | Path,
+    kind: str,
+    build: Callable[[Any, dict[str, Any]], nn.Module],
+    device: torch.device | str = "cpu",
+) -> tuple[nn.Module, Any, dict[str, Any]]:
+    """Rebuild a trained model of ``kind`` from a checkpoint (file or run folder).
+
+    Args:
+        build: makes the untrained model from the checkpoint's :class:`hmrnn.config.Config`
+            and the checkpoint itself (e.g. its vocabulary).
+
+    Returns:
+        ``(model, config, checkpoint)``, the model in evaluation mode on ``device``.
+
+    Raises:
+        CheckpointError: unreadable, of another kind, or from an incompatible version.
+    """
+    from .config import Config
+
+    checkpoint = load_checkpoint(path, map_location=device)
+    if checkpoint.get("kind") != kind:
+        raise CheckpointError(f"{path} holds a {checkpoint.get('kind')!r} model, not {kind!r}")
+    try:
+        config = Config.from_dict(checkpoint["config"])
+        model = build(config, checkpoint)
+        model.load_state_dict(checkpoint["model"])
+    except (KeyError, RuntimeError, ValueError) as e:
+        raise CheckpointError(
+            f"checkpoint {path} does not match this version of hmrnn: {str(e).splitlines()[0]}"
+        ) from None
+    model.to(device).eval()
+    return model, config, checkpoint

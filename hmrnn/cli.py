@@ -351,16 +351,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command != "train" or any(not a.lstrip("-").count("=") for a in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
+    name = " ".join(["hmrnn", args.command, *([args.action] if "action" in args else [])])
     try:
         return int(args.func(args))
     except (DataError, ConfigError, CheckpointError, FileNotFoundError, ValueError) as e:
-        print(f"hmrnn {args.command}: error: {e}", file=sys.stderr)
+        print(f"{name}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except TrainingError as e:
-        print(f"hmrnn {args.command}: {e}", file=sys.stderr)
+        print(f"{name}: {e}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
-        print(f"hmrnn {args.command}: interrupted", file=sys.stderr)
+        print(f"{name}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 0

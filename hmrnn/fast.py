@@ -43,7 +43,12 @@ _sigmoid_backward = torch.ops.aten.sigmoid_backward.grad_input
 _tanh_backward = torch.ops.aten.tanh_backward.grad_input
 _hardtanh_backward = torch.ops.aten.hardtanh_backward.default
 _layer_norm_backward = torch.ops.aten.native_layer_norm_backward.default
-_native_layer_norm_out = torch.ops.aten.native_layer_norm.out
+try:  # oneDNN's matrix product with a prepacked weight (what inductor's CPU freezing uses)
+    _reorder = torch.ops.mkldnn._reorder_linear_weight.default
+    _onednn_linear = torch.ops.mkldnn._linear_pointwise.default
+    _onednn_linear_add = torch.ops.mkldnn._linear_pointwise.binary
+except (AttributeError, RuntimeError):  # a build without oneDNN
+    _reorder = None
 
 # Per layer, the cell's tensors the fast loop reads, in the order it passes them on.
 _PARAMETER_NAMES = (
@@ -55,6 +60,38 @@ _TERMS = ("U", "U_td", "W")  # recurrent, top-down, bottom-up
 _LN_OF = {"U": "recurrent", "U_td": "top_down", "W": "bottom_up"}
 
 
+_ONEDNN_MIN_WEIGHT = 1 << 19  # below this (e.g. 3 x 128) the copy out costs what it saves
+_PACK_MIN_STEPS = 8  # packing a weight costs about one product with it
+
+
+class Linear:
+    """``x @ weight.T`` (plus a bias or an ``(M, O)`` tensor) for many ``x`` of about
+    ``rows`` rows: on CPU in float32 a large weight ``(O, I)`` is packed once for oneDNN,
+    whose products of few rows are faster than ``torch.addmm``'s (1.4x at 3 x 512, batch
+    64; they round apart, in the last bits); elsewhere, or with ``rows=0`` (too few uses
+    to pay for the packing), it is ``torch.addmm``.
+    """
+
+    def __init__(self, weight: Tensor, rows: int) -> None:
+        self.weight_t = weight.t()
+        use = (rows > 0 and _reorder is not None and weight.device.type == "cpu"
+               and weight.dtype == torch.float32 and weight.numel() >= _ONEDNN_MIN_WEIGHT
+               and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
+        self.packed = _reorder(weight.contiguous(), rows) if use else None
+
+    def __call__(self, x: Tensor, add: Tensor | None = None, out: Tensor | None = None) -> Tensor:
+        """``x (M, I) -> (M, O)``, written into ``out`` if given."""
+        if self.packed is None:
+            if add is None:
+                return torch.mm(x, self.weight_t, out=out)
+            return torch.addmm(add, x, self.weight_t, out=out)
+        if add is None or add.dim() == 1:
+            y = _onednn_linear(x, self.packed, add, "none", [], "")
+        else:
+            y = _onednn_linear_add(x, add, self.packed, None, "add")
+        return y if out is None else out.copy_(y)
+
+
 @dataclass(frozen=True)
 class LayerWeights:
     """What one layer's step reads, gathered once per call.
@@ -63,7 +100,8 @@ class LayerWeights:
     bottom layer, whose input term comes precomputed), ``bias (R,)``. Without layer norm
     ``fused (R, K)`` is ``[U | U_td | W]`` and the three are column views of it; with layer
     norm ``ln`` maps ``"recurrent"``, ``"top_down"``, ``"bottom_up"``, ``"cell"`` to the
-    ``(weight, bias)`` of each normalisation. ``t`` holds the transposes, made once.
+    ``(weight, bias)`` of each normalisation. :meth:`product` gives each product as a
+    :class:`Linear` for about ``rows`` rows, made on first use.
     """
 
     hidden_size: int
@@ -74,7 +112,8 @@ class LayerWeights:
     fused: Tensor | None
     ln: dict[str, tuple[Tensor, Tensor]] | None
     eps: float
-    t: dict[str, Tensor]
+    rows_hint: int
+    linear: dict[str, Linear]
 
     @property
     def rows(self) -> int:
@@ -82,6 +121,14 @@ class LayerWeights:
 
     def term(self, name: str) -> Tensor | None:
         return getattr(self, name)
+
+    def product(self, name: str) -> Linear:
+        """``x @ M.T`` for ``M`` = ``"fused"``, ``"U"``, ``"U_td"`` or ``"W"``; a trailing
+        ``"^T"`` (e.g. ``"fused^T"``) gives ``g @ M``, the backward pass's product."""
+        if name not in self.linear:
+            m = self.fused if name.startswith("fused") else self.term(name.removesuffix("^T"))
+            self.linear[name] = Linear(m.t() if name.endswith("^T") else m, self.rows_hint)  # type: ignore[union-attr]
+        return self.linear[name]
 
     def widths(self) -> tuple[int, int, int]:
         """Columns of ``U``, ``U_td``, ``W`` (0 for an absent one)."""
@@ -98,8 +145,11 @@ def parameter_names(cell: HMLSTMCell, bottom: bool) -> tuple[str, ...]:
     )
 
 
-def layer_weights(names: tuple[str, ...], tensors: tuple[Tensor, ...], eps: float) -> LayerWeights:
-    """Assemble :class:`LayerWeights` from tensors named as :func:`parameter_names` says."""
+def layer_weights(
+    names: tuple[str, ...], tensors: tuple[Tensor, ...], eps: float, rows: int
+) -> LayerWeights:
+    """Assemble :class:`LayerWeights` from tensors named as :func:`parameter_names` says,
+    for products of about ``rows`` rows."""
     p = dict(zip(names, tensors, strict=True))
     terms: list[Tensor | None] = [p.get(name) for name in _TERMS]
     H = terms[0].shape[1]  # type: ignore[union-attr]
@@ -116,9 +166,7 @@ def layer_weights(names: tuple[str, ...], tensors: tuple[Tensor, ...], eps: floa
             if w is not None:
                 terms[j] = fused[:, start : start + w.shape[1]]
                 start += w.shape[1]
-    named = {"fused": fused, **dict(zip(_TERMS, terms, strict=True))}
-    transposed = {k: v.t() for k, v in named.items() if v is not None}
-    return LayerWeights(H, *terms, p["bias"], fused, ln, eps, transposed)  # type: ignore[arg-type]
+    return LayerWeights(H, *terms, p["bias"], fused, ln, eps, rows, {})  # type: ignore[arg-type]
 
 
 class Gates(NamedTuple):
@@ -153,8 +201,9 @@ class Slot(NamedTuple):
     the top layer); without layer norm ``x``: the fused product's input ``(M, K)`` and its
     three column views (absent ones None); with layer norm, by term (``"U"``, ``"U_td"``,
     ``"W"``) ``proj``, the products before normalisation, and by normalisation
-    (``"recurrent"``, ``"top_down"``, ``"bottom_up"``, ``"cell"``) ``normed`` ``(M, R)``
-    or ``(M, H)`` and ``stats`` ``(mean, rstd)``, each ``(M, 1)``. For the backward pass
+    (``"recurrent"``, ``"top_down"``, ``"bottom_up"``, ``"cell"``), filled as the step
+    runs, ``normed`` ``(M, R)`` or ``(M, H)`` and ``stats`` ``(mean, rstd)``, each ``(M,
+    1)``. For the backward pass
     of a layer that can copy: ``diff = [o tanh(c) - h_{t-1} | i g - c_{t-1}]`` ``(M, 2H)``
     with its two halves, and ``zdiff = z_bin - z_{t-1}`` ``(M, 1)`` (else None).
     """
@@ -188,11 +237,13 @@ class Workspace:
     step ``k``; the ``(S, M, *)`` buffers themselves serve the weight gradients.
 
     ``grads=True`` makes only what the backward pass writes (the gradients of ``act``,
-    ``tanh_c`` and ``proj``); ``keep=True`` also what it reads beyond the states.
+    ``tanh_c`` and ``proj``); ``keep=True`` also what it reads beyond the states;
+    ``fused=False`` no input for the fused product (:func:`preactivation` then multiplies
+    term by term).
     """
 
     def __init__(self, w: LayerWeights, steps: int, rows: int, like: Tensor,
-                 grads: bool = False, keep: bool = False) -> None:
+                 grads: bool = False, keep: bool = False, fused: bool = True) -> None:
         H, R = w.hidden_size, w.rows
         boundary = w.U_td is not None and not grads
         copies = w.W is not None and keep  # a layer above the bottom one can copy
@@ -206,26 +257,19 @@ class Workspace:
         self.act, self.tanh_c = new(R), new(H)
         self.u = new(1) if boundary else None
         self.zbin = new(1) if boundary else None
-        self.x = new(sum(w.widths())) if w.fused is not None and not grads else None
+        self.x = new(sum(w.widths())) if w.fused is not None and fused and not grads else None
         self.diff = new(2 * H) if copies else None
         self.zdiff = new(1) if copies and boundary else None
-        keys = [k for k in ("recurrent", "top_down", "bottom_up", "cell")
-                if w.ln and k in w.ln and not grads]
         self.proj = {name: new(R) for name in _TERMS if w.ln and w.term(name) is not None}
-        self.normed = {k: new(H if k == "cell" else R) for k in keys}
-        self.stats = {k: (new(1), new(1)) for k in keys}
         gates = Gates.of(self.act, H).unbind()
         xs = _split(self.x, w.widths()) if self.x is not None else [None] * steps
         diffs = _split(self.diff, (H, H)) if self.diff is not None else [None] * steps
         act, tanh_c, u, zbin, zdiff = (each(t) for t in (self.act, self.tanh_c, self.u,
                                                            self.zbin, self.zdiff))
         proj = {name: each(t) for name, t in self.proj.items()}
-        normed = {k: each(t) for k, t in self.normed.items()}
-        stats = {k: (each(m), each(r)) for k, (m, r) in self.stats.items()}
         self.slots = [
             Slot(act[k], gates[k], tanh_c[k], u[k], zbin[k], xs[k],  # type: ignore[arg-type]
-                 {n: v[k] for n, v in proj.items()}, {n: v[k] for n, v in normed.items()},
-                 {n: (m[k], r[k]) for n, (m, r) in stats.items()}, diffs[k], zdiff[k])  # type: ignore[arg-type]
+                 {n: v[k] for n, v in proj.items()}, {}, {}, diffs[k], zdiff[k])  # type: ignore[arg-type]
             for k in range(steps)
         ]
 
@@ -246,11 +290,16 @@ class Saved(NamedTuple):
 
 
 def _layer_norm(w: LayerWeights, key: str, x: Tensor, slot: Slot) -> Tensor:
-    """``LN_key(x)`` into the slot's buffers (its mean and rstd kept for the backward)."""
-    mean, rstd = slot.stats[key]
-    weight, bias = w.ln[key]  # type: ignore[index]
-    return _native_layer_norm_out(x, (x.shape[-1],), weight, bias, w.eps,
-                                  out0=slot.normed[key], out1=mean, out2=rstd)[0]
+    """``LN_key(x)``, its output, mean and rstd kept in the slot for the backward pass."""
+    normed, mean, rstd = torch.native_layer_norm(x, (x.shape[-1],), *w.ln[key], w.eps)  # type: ignore[index]
+    slot.normed[key], slot.stats[key] = normed, (mean, rstd)
+    return normed
+
+
+def _layer_norm_stats(x: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """Mean and rstd over the last axis, for all steps at once: ``(*, D) -> (*, 1)`` each."""
+    _, mean, rstd = torch.native_layer_norm(x, (x.shape[-1],), None, None, eps)
+    return mean, rstd
 
 
 def preactivation(
@@ -262,6 +311,7 @@ def preactivation(
     h_above: Tensor | None,
     z_below: Tensor | None,
     h_below: Tensor | None,
+    gated_rows: bool = False,
 ) -> None:
     """Write ``s`` (Eq. 5-7 plus the bias) into ``slot.act (M, R)``.
 
@@ -273,35 +323,50 @@ def preactivation(
         z_below, h_below: ``z^{below}_t (M, 1)``, ``h^{below}_t (M, Hb)``; None in the
             bottom layer, or (``h_below``) to leave the bottom-up term out where every
             ``z^{below}_t`` is 0.
+        gated_rows: compute the top-down and bottom-up terms only on the rows whose
+            boundary lets them in (the others add 0), gathering those rows.
 
     Without layer norm, a slot with ``x`` makes one product of the fused weight (every
-    term present); one without multiplies term by term and leaves absent terms out.
+    term, every row); one without multiplies term by term.
     """
     out = slot.act
-    if w.ln is None:
-        if slot.x is not None:  # [U | U_td | W] @ [h | z h^above | z^below h^below]
-            whole, x_h, x_a, x_b = slot.x
-            x_h.copy_(h_prev)
-            if x_a is not None:
-                torch.mul(h_above, z_prev, out=x_a)
-            if x_b is not None:
-                torch.mul(h_below, z_below, out=x_b)
-            torch.addmm(base, whole, w.t["fused"], out=out)
-            return
-        torch.addmm(base, h_prev, w.t["U"], out=out)
-        if h_above is not None:
-            out.addmm_(h_above * z_prev, w.t["U_td"])
-        if h_below is not None:
-            out.addmm_(h_below * z_below, w.t["W"])  # type: ignore[operator]
+    if w.ln is None and slot.x is not None:  # [U | U_td | W] @ [h | z h^above | z^below h^below]
+        whole, x_h, x_a, x_b = slot.x
+        x_h.copy_(h_prev)
+        if x_a is not None:
+            torch.mul(h_above, z_prev, out=x_a)
+        if x_b is not None:
+            torch.mul(h_below, z_below, out=x_b)
+        w.product("fused")(whole, base, out=out)
         return
-    recurrent = torch.mm(h_prev, w.t["U"], out=slot.proj["U"])
-    torch.add(_layer_norm(w, "recurrent", recurrent, slot), base, out=out)
-    if h_below is not None:  # Eq. 7
-        p = torch.mm(h_below, w.t["W"], out=slot.proj["W"])
-        out.addcmul_(_layer_norm(w, "bottom_up", p, slot), z_below)  # type: ignore[arg-type]
-    if h_above is not None:  # Eq. 6
-        p = torch.mm(h_above, w.t["U_td"], out=slot.proj["U_td"])
-        out.addcmul_(_layer_norm(w, "top_down", p, slot), z_prev)
+    if w.ln is None:
+        w.product("U")(h_prev, base, out=out)
+    else:
+        torch.add(_term(w, "U", h_prev, slot), base, out=out)
+    for name, h, z in (("W", h_below, z_below), ("U_td", h_above, z_prev)):  # Eq. 7, Eq. 6
+        if h is None:
+            continue
+        if gated_rows:
+            rows = z.view(-1).nonzero().view(-1)  # type: ignore[union-attr]
+            if len(rows) < len(h):
+                if len(rows):
+                    z_rows = z.index_select(0, rows)  # type: ignore[union-attr]
+                    out.index_add_(0, rows, _term(w, name, h.index_select(0, rows)) * z_rows)
+                continue
+        out.addcmul_(_term(w, name, h, slot), z)  # type: ignore[arg-type]
+
+
+def _term(w: LayerWeights, name: str, h: Tensor, slot: Slot | None = None) -> Tensor:
+    """One term of ``s`` before its boundary gate: ``M h``, layer-normalised with layer
+    norm; with a ``slot`` the product goes into its buffer and the normalisation's
+    statistics into its dicts, for the backward pass."""
+    p = w.product(name)(h, out=slot.proj.get(name) if slot is not None else None)
+    if w.ln is None:
+        return p
+    key = _LN_OF[name]
+    if slot is None:
+        return torch.native_layer_norm(p, (p.shape[-1],), *w.ln[key], w.eps)[0]
+    return _layer_norm(w, key, p, slot)
 
 
 def pointwise(
@@ -585,7 +650,7 @@ def run_backward(
             g_hprev = gh * copy if copy is not None else None  # type: ignore[operator]
             if w.ln is None:
                 gx, gx_h, g_above, g_bu = g_x[l][t % 2]  # type: ignore[index, misc]
-                torch.mm(g_s, w.fused, out=gx)  # type: ignore[arg-type]
+                w.product("fused^T")(g_s, out=gx)
                 gh_acc[l] = gx_h if g_hprev is None else g_hprev.add_(gx_h)  # type: ignore[assignment, arg-type]
                 if g_above is not None:
                     g_prev.add_(_vecdot(g_above, views[l + 1]["h"][t]))
@@ -596,18 +661,18 @@ def run_backward(
             else:
                 g_rec = _ln_backward(g_s, w, "recurrent", slot.proj["U"], slot)
                 g_slot.proj["U"].copy_(g_rec)
-                gh_acc[l] = (torch.mm(g_rec, w.U) if g_hprev is None
-                             else g_hprev.addmm_(g_rec, w.U))
+                g_rec_h = w.product("U^T")(g_rec)
+                gh_acc[l] = g_rec_h if g_hprev is None else g_hprev.add_(g_rec_h)
                 if w.U_td is not None:
                     g_prev.add_(_vecdot(g_s, slot.normed["top_down"]))
                     g_td = _ln_backward(g_s * z_prev, w, "top_down", slot.proj["U_td"], slot)
                     g_slot.proj["U_td"].copy_(g_td)
-                    gh_acc[l + 1].addmm_(g_td, w.U_td)
+                    gh_acc[l + 1].add_(w.product("U_td^T")(g_td))
                 if below is not None:
                     g_below.add_(_vecdot(g_s, slot.normed["bottom_up"]))  # type: ignore[union-attr]
                     g_bu = _ln_backward(g_s * z_below, w, "bottom_up", slot.proj["W"], slot)  # type: ignore[operator]
                     g_slot.proj["W"].copy_(g_bu)
-                    gh_acc[l - 1].addmm_(g_bu, w.W)  # type: ignore[arg-type]
+                    gh_acc[l - 1].add_(w.product("W^T")(g_bu))
             gz_acc[l] = g_prev
             if g_below is not None:
                 gz_acc[l - 1] = gz_acc[l - 1] + g_below
@@ -652,23 +717,32 @@ def _weight_grads(
         key = _LN_OF[name]
         upstream = grads.act if gate is None else grads.act * gate
         _, out[f"ln_{key}.weight"], out[f"ln_{key}.bias"] = _layer_norm_backward(
-            upstream, work.proj[name], (R,), *work.stats[key], *w.ln[key],  # type: ignore[index]
+            upstream, work.proj[name], (R,), *_layer_norm_stats(work.proj[name], w.eps),
+            *w.ln[key],  # type: ignore[index]
             [False, True, True],
         )
     _, out["ln_cell.weight"], out["ln_cell.bias"] = _layer_norm_backward(
-        grads.tanh_c, buf.c[l][1:], (w.hidden_size,), *work.stats["cell"], *w.ln["cell"],  # type: ignore[index]
+        grads.tanh_c, buf.c[l][1:], (w.hidden_size,), *_layer_norm_stats(buf.c[l][1:], w.eps),
+        *w.ln["cell"],  # type: ignore[index]
         [False, True, True],
     )
     return out
 
 
+def packing_rows(rows: int, steps: int) -> int:
+    """``rows`` for :class:`Linear` where a weight serves enough products (``steps``) to pay
+    for packing it, else 0."""
+    return rows if steps >= _PACK_MIN_STEPS else 0
+
+
 def weights_of(
-    names: tuple[tuple[str, ...], ...], params: tuple[Tensor, ...], eps: float
+    names: tuple[tuple[str, ...], ...], params: tuple[Tensor, ...], eps: float, rows: int
 ) -> list[LayerWeights]:
-    """Every layer's :class:`LayerWeights` from :func:`cell_tensors`'s names and tensors."""
+    """Every layer's :class:`LayerWeights` from :func:`cell_tensors`'s names and tensors,
+    for products of about ``rows`` rows (0: unpacked, see :class:`Linear`)."""
     out, start = [], 0
     for layer in names:
-        out.append(layer_weights(layer, params[start : start + len(layer)], eps))
+        out.append(layer_weights(layer, params[start : start + len(layer)], eps, rows))
         start += len(layer)
     return out
 
@@ -695,7 +769,8 @@ class _HMLSTMFunction(torch.autograd.Function):
     def forward(ctx: Any, spec: _Spec, bottom: Tensor, *tensors: Tensor) -> tuple[Tensor, ...]:
         L = len(spec.names)
         h0, c0, z0 = tensors[:L], tensors[L : 2 * L], tensors[2 * L : 3 * L]
-        weights = weights_of(spec.names, tensors[3 * L :], spec.eps)
+        weights = weights_of(spec.names, tensors[3 * L :], spec.eps,
+                             packing_rows(bottom.shape[1], bottom.shape[0]))
         buf = run_forward(weights, bottom + weights[0].bias, h0, c0, z0, spec.slope,
                           spec.boundary, spec.generator, keep=True)
         ctx.set_materialize_grads(False)
@@ -772,7 +847,7 @@ def hmlstm_loop(
         h_all, z_all, c_last = out[:L], out[L], out[L + 1 :]
     else:
         with torch.no_grad():
-            weights = weights_of(names, params, spec.eps)
+            weights = weights_of(names, params, spec.eps, packing_rows(*input.shape[1::-1]))
             buf = run_forward(weights, bottom + weights[0].bias, h0, c0, z0, slope, boundary,
                               generator, keep=False)
         h_all, z_all, c_last = buf.h, buf.z, tuple(c[-1].clone() for c in buf.c)

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .charlm import CharLM, build_charlm
-from .checkpoint import CheckpointError, load_checkpoint
+from .checkpoint import load_model
 from .config import Config
 from .data import Corpus, StreamBatcher, Vocab, eval_batches
 from .distributed import DistContext
@@ -204,21 +204,11 @@ def load_charlm(path: str | Path, device: torch.device | str = "cpu") -> tuple[
     CharLM, Vocab, Config, dict[str, Any]
 ]:
     """Rebuild a trained character model from a checkpoint (file or run folder)."""
-    checkpoint = load_checkpoint(path, map_location=device)
-    if checkpoint.get("kind") != "charlm":
-        raise CheckpointError(
-            f"{path} holds a {checkpoint.get('kind')!r} model, not a character language model"
-        )
-    try:
-        config = Config.from_dict(checkpoint["config"])
-        vocab = Vocab.from_list(checkpoint["vocab"])
-        model = build_charlm(config.model, len(vocab))
-        model.load_state_dict(checkpoint["model"])
-    except (KeyError, RuntimeError, ValueError) as e:
-        raise CheckpointError(
-            f"checkpoint {path} does not match this version of hmrnn: {str(e).splitlines()[0]}"
-        ) from None
-    model.to(device).eval()
+    model, config, checkpoint = load_model(
+        path, "charlm",
+        lambda config, ckpt: build_charlm(config.model, len(ckpt["vocab"])), device,
+    )
+    vocab = Vocab.from_list(checkpoint["vocab"])
     return model, vocab, config, checkpoint
 
 

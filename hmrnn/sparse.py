@@ -35,8 +35,8 @@ from .fast import (
     LayerWeights,
     Workspace,
     cell_tensors,
-    dense_step,
     layer_norm_eps,
+    packing_rows,
     pointwise,
     preactivation,
     weights_of,
@@ -64,10 +64,11 @@ def copy_share(boundary: Tensor, initial: Tensor | None = None) -> Tensor:
     return ((1.0 - z_prev) * (1.0 - z_below)).mean(dim=(0, 1))
 
 
-def _weights(rnn: HMLSTM) -> list[LayerWeights]:
+def _weights(rnn: HMLSTM, rows: int) -> list[LayerWeights]:
     cells = list(rnn.layers)
     names, params = cell_tensors(cells)  # type: ignore[arg-type]
-    return weights_of(names, tuple(p.detach() for p in params), layer_norm_eps(cells))  # type: ignore[arg-type]
+    detached = tuple(p.detach() for p in params)
+    return weights_of(names, detached, layer_norm_eps(cells), rows)  # type: ignore[arg-type]
 
 
 @torch.no_grad()
@@ -96,15 +97,14 @@ def sparse_forward(
     N = input.shape[1]
     if state is None:
         state = rnn.initial_state(N)
-    weights = _weights(rnn)
+    weights = _weights(rnn, packing_rows(N, input.shape[0]))
     slope, boundary = float(rnn.slope), rnn.boundary
     bottom = rnn.layers[0].bottom_up(input) + weights[0].bias  # (T, N, R_1)
     buf = Buffers(weights, state.h, state.c, state.z, input.shape[0], keep=False)
     views = buf.step_views()
     for t, bottom_t in enumerate(bottom.unbind(0)):
-        dense_step(weights, buf, views, 0, t, bottom_t, slope, boundary, generator)
-        for l in range(1, len(weights)):
-            _sparse_step(weights, buf, views, l, t, slope, boundary, generator)
+        for l in range(len(weights)):
+            _sparse_step(weights, views, l, t, bottom_t, slope, boundary, generator)
     hidden = tuple(h[1:] for h in buf.h)
     boundaries = buf.z[1:]
     if rnn.batch_first:
@@ -118,41 +118,51 @@ def sparse_forward(
 
 
 def _sparse_step(
-    weights: list[LayerWeights], buf: Buffers, views: list[dict[str, list[Tensor]]], l: int,
-    t: int, slope: float, boundary: str, generator: torch.Generator | None,
+    weights: list[LayerWeights], views: list[dict[str, list[Tensor]]], l: int, t: int,
+    bottom: Tensor, slope: float, boundary: str, generator: torch.Generator | None,
 ) -> None:
-    """Layer ``l >= 1``'s step ``t`` on the rows not in COPY; the others keep their state."""
-    v, below = views[l], views[l - 1]
-    z_prev, z_below = v["z"][t], below["z"][t + 1]  # (N, 1)
-    index = ((z_prev != 0) | (z_below != 0)).view(-1).nonzero().view(-1)  # (M,) not in COPY
-    M, N = index.numel(), z_prev.shape[0]
-    if M == N:
-        dense_step(weights, buf, views, l, t, weights[l].bias, slope, boundary, generator)
-        return
-    for name in ("h", "c", "z"):  # COPY: the state stays as it is (DESIGN.md decision 3)
-        v[name][t + 1].copy_(v[name][t])
-    w = weights[l]
+    """Layer ``l``'s step ``t`` on the rows not in COPY (the others keep their state), its
+    top-down and bottom-up products on the rows whose boundaries let them in."""
+    w, v = weights[l], views[l]
+    below = views[l - 1] if l > 0 else None
     top = l == len(weights) - 1
-    if M == 0:
-        if boundary == "sample" and not top:  # the dense loop's draws, to keep in step with it
-            torch.bernoulli(z_prev.new_zeros(N, 1), generator=generator)
-        return
+    z_prev = v["z"][t]  # (N, 1)
+    z_below = below["z"][t + 1] if below is not None else None
+    N = z_prev.shape[0]
+    index = None  # all rows: the bottom layer never copies
+    if z_below is not None:
+        index = ((z_prev != 0) | (z_below != 0)).view(-1).nonzero().view(-1)  # (M,)
+        if len(index) == N:
+            index = None
+        else:
+            for name in ("h", "c", "z"):  # COPY keeps the state as it is (DESIGN.md 3)
+                v[name][t + 1].copy_(v[name][t])
+            if len(index) == 0:
+                if boundary == "sample" and not top:  # the dense loop's draws, to keep in step
+                    torch.bernoulli(z_prev.new_zeros(N, 1), generator=generator)
+                return
 
     def rows(x: Tensor) -> Tensor:
-        return x.index_select(0, index)
+        return x if index is None else x.index_select(0, index)
 
-    h_prev, c_prev, zp, zb = rows(v["h"][t]), rows(v["c"][t]), rows(z_prev), rows(z_below)
-    slot = Workspace(w, 1, M, h_prev).slots[0]
-    preactivation(w, slot, w.bias, h_prev, zp, None if top else rows(views[l + 1]["h"][t]), zb,
-                  rows(below["h"][t + 1]))
-    h, c = torch.empty_like(h_prev), torch.empty_like(c_prev)
-    z = None if top else torch.empty_like(zp)
+    h_prev, c_prev, zp = rows(v["h"][t]), rows(v["c"][t]), rows(z_prev)
+    zb = rows(z_below) if z_below is not None else None
+    slot = Workspace(w, 1, len(h_prev), h_prev, fused=False).slots[0]
+    preactivation(w, slot, rows(bottom) if l == 0 else w.bias, h_prev, zp,
+                  None if top else rows(views[l + 1]["h"][t]), zb,
+                  rows(below["h"][t + 1]) if below is not None else None, gated_rows=True)
+    if index is None:
+        h, c, z = v["h"][t + 1], v["c"][t + 1], None if top else v["z"][t + 1]
+    else:
+        h, c = torch.empty_like(h_prev), torch.empty_like(c_prev)
+        z = None if top else torch.empty_like(zp)
     pointwise(w, slot, h_prev, c_prev, zp, zb, h, c, z, slope, boundary, generator,
-              sample_rows=(index, N))
-    v["h"][t + 1].index_copy_(0, index, h)
-    v["c"][t + 1].index_copy_(0, index, c)
-    if z is not None:
-        v["z"][t + 1].index_copy_(0, index, z)
+              sample_rows=None if index is None else (index, N))
+    if index is not None:
+        v["h"][t + 1].index_copy_(0, index, h)
+        v["c"][t + 1].index_copy_(0, index, c)
+        if z is not None:
+            v["z"][t + 1].index_copy_(0, index, z)
 
 
 class StreamingHMLSTM:
@@ -188,10 +198,10 @@ class StreamingHMLSTM:
         self.generator = generator
         self.slope = float(rnn.slope)
         with torch.no_grad():
-            self.weights = _weights(rnn)
+            self.weights = _weights(rnn, 1)  # packed: a stream runs many steps
         like = rnn.layers[0].W
         # term by term (no fused input), so that absent terms are left out
-        self._slots = [Workspace(w, 1, 1, like).slots[0]._replace(x=None) for w in self.weights]
+        self._slots = [Workspace(w, 1, 1, like, fused=False).slots[0] for w in self.weights]
         state = state if state is not None else rnn.initial_state(1)
         if state.h[0].shape[0] != 1:
             raise ValueError(

@@ -337,7 +337,7 @@ def fake_checkpoint(path: Path, data_path: Path, rnn: str, kind: str = "handwrit
         (["train", "--data", "{data}", "train.batchsize=1"], "did you mean train.batch_size"),
         (["train", "--data", "{data}", "--resume", "run.out_dir={tmp}/none"], "--resume"),
         (["eval", "{tmp}/strokes.npz"], "cannot be read"),
-        (["eval", "{charlm}"], "not a handwriting model"),
+        (["eval", "{charlm}"], "model, not 'handwriting'"),
         (["eval", "{hm}", "--data", "{other}"], "does not hold the lines this model"),
         (["draw", "--data", "{data}", "--line", "0", "--segments", "--out", "{tmp}/x.png"],
          "--segments draws a model's boundaries"),

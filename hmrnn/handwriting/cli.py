@@ -291,26 +291,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``hmrnn handwriting ...`` on its own, with ``hmrnn``'s one-line errors."""
-    from ..checkpoint import CheckpointError
-    from ..cli import EXIT_FAILED, EXIT_USAGE
-    from ..config import ConfigError
-    from ..data import DataError
-    from ..trainer import TrainingError
+    from ..cli import main as hmrnn_main
 
-    parser = argparse.ArgumentParser(prog="hmrnn")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["handwriting", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return int(args.func(args))
-    except (DataError, ConfigError, CheckpointError, FileNotFoundError, ValueError) as e:
-        print(f"hmrnn handwriting {args.action}: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except TrainingError as e:
-        print(f"hmrnn handwriting {args.action}: {e}", file=sys.stderr)
-        return EXIT_FAILED
-    except KeyboardInterrupt:
-        print(f"hmrnn handwriting {args.action}: interrupted", file=sys.stderr)
-        return 130
+    return hmrnn_main(["handwriting", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

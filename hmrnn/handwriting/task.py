@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..checkpoint import CheckpointError, load_checkpoint
+from ..checkpoint import CheckpointError, load_model
 from ..config import Config
 from ..data import SPLIT_FRACTIONS, DataError, split_sizes
 from ..distributed import DistContext
@@ -345,19 +345,11 @@ def load_handwriting_checkpoint(
         CheckpointError: not a readable hmrnn checkpoint, not a handwriting model, or
             written by an incompatible version.
     """
-    checkpoint = load_checkpoint(path, map_location=device)
-    if checkpoint.get("kind") != KIND:
-        raise CheckpointError(
-            f"{path} holds a {checkpoint.get('kind')!r} model, not a handwriting model"
-        )
+    model, config, checkpoint = load_model(
+        path, KIND, lambda config, _ckpt: build_handwriting_model(config.model), device
+    )
     try:
-        config = Config.from_dict(checkpoint["config"])
         normalizer = Normalizer.from_dict(checkpoint["normalizer"])
-        model = build_handwriting_model(config.model)
-        model.load_state_dict(checkpoint["model"])
-    except (KeyError, RuntimeError, ValueError) as e:
-        raise CheckpointError(
-            f"checkpoint {path} does not match this version of hmrnn: {str(e).splitlines()[0]}"
-        ) from None
-    model.to(device).eval()
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {path} has no usable normaliser ({e})") from None
     return model, normalizer, config, checkpoint
