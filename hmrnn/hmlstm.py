@@ -54,7 +54,8 @@ class HMLSTM(nn.Module):
         fast: run the fused loop of :mod:`hmrnn.fast` (one autograd node for the whole
             sequence, hand-written backward; differentiable once) rather than the
             cell-by-cell loop, which is the readable reference and the one that runs under
-            autocast. Both compute the same; may be changed after construction.
+            autocast. Both compute the same, within float rounding; may be changed after
+            construction. For inference that skips COPY's work see :mod:`hmrnn.sparse`.
 
     Inputs: ``input, state=None, *, generator=None``
         - input: ``(T, N, input_size)`` (``(N, T, input_size)`` if ``batch_first``).
