@@ -120,7 +120,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from .config import load_config
     from .data import DataError, load_corpus
-    from .hierarchy import format_scores, segmentation_scores
+    from .hierarchy import computation_summary, format_scores, segmentation_scores
     from .lm import evaluate_lm, load_charlm
 
     torch.manual_seed(0)
@@ -165,7 +165,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
         report["boundary_rates"] = rates
         lines.append("boundary rates: " + " ".join(
             f"layer{l + 1}={r:.3f}" for l, r in enumerate(rates)))
-        scores = segmentation_scores(result.boundary > 0.5, text[:-1], refs)
+        z = result.boundary > 0.5
+        computation = computation_summary(z)
+        report["computation"] = computation
+        lines.append(f"layer updates: {computation['total_updates']:,} against "
+                     f"{computation['stacked_rnn_updates']:,} for a standard stacked RNN "
+                     f"({computation['saved_fraction']:.1%} saved)")
+        scores = segmentation_scores(z, text[:-1], refs)
         report["segmentation"] = scores
         lines.append(format_scores(scores))
     _print(json.dumps(report, indent=2) if args.json else "\n".join(lines))

@@ -60,6 +60,8 @@ def test_eval_prints_bpc_and_boundary_scores(trained: Path, capsys) -> None:
     report = json.loads(capsys.readouterr().out)
     assert 0 < report["bpc"] < 10 and report["chars"] > 0
     assert set(report["segmentation"]["layers"]) == {"layer1", "layer2"}
+    assert report["computation"]["stacked_rnn_updates"] == 3 * report["chars"]
+    assert 0 <= report["computation"]["saved_fraction"] < 1
 
 
 def test_eval_on_a_file_and_sample(trained: Path, tmp_path: Path, capsys) -> None:
