@@ -339,6 +339,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", help="download cache (default ~/.cache/hmrnn)")
     p.set_defaults(func=cmd_data)
 
+    from .bench import add_arguments as add_bench_arguments
+    from .bench import run as run_bench
+
+    p = sub.add_parser("bench", help="speed against PyTorch's fused LSTM, side by side",
+                       description="Time training steps and inference of the HM-LSTM and "
+                                   "an nn.LSTM model of the same sizes; print one table.")
+    add_bench_arguments(p)
+    p.set_defaults(func=run_bench)
+
     from .handwriting.cli import add_parser as add_handwriting_parser
 
     add_handwriting_parser(sub)

@@ -1,0 +1,92 @@
+"""hmrnn.bench on tiny models: the table, the targets and the checkpoint path, never timed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from hmrnn.bench import main
+from hmrnn.charlm import build_charlm
+from hmrnn.checkpoint import save_checkpoint
+from hmrnn.config import Config, ModelConfig
+from hmrnn.data import Vocab
+
+TINY = ["--layers", "2", "--embedding", "4", "--vocab", "7", "--seq-len", "5", "--repeats",
+        "1", "--warmup", "0", "--eval-hidden", "6", "--eval-chars", "120", "--eval-batch", "3",
+        "--gen-chars", "4", "--threads", "1", "--device", "cpu"]
+
+
+def _table(out: str) -> list[list[str]]:
+    return [[c.strip() for c in line.strip("|").split("|")]
+            for line in out.splitlines() if line.startswith("| ") and "---" not in line][1:]
+
+
+def test_prints_every_row_and_target(capsys: pytest.CaptureFixture[str]) -> None:
+    threads = torch.get_num_threads()
+    assert main([*TINY, "--train", "8:2", "--cell-loop"]) == 0
+    out = capsys.readouterr().out
+    rows = _table(out)
+    trained = ("nn.LSTM", "HM-LSTM", "LN-HM-LSTM", "HM-LSTM cell loop")
+    expected = [(m, "train") for m in trained] + [(m, "forward") for m in trained]
+    expected += [(m, "eval") for m in ("nn.LSTM", "HM-LSTM", "HM-LSTM sparse")]
+    expected += [(m, "generate") for m in ("nn.LSTM", "HM-LSTM", "HM-LSTM streaming")]
+    assert [(r[0], r[1]) for r in rows] == expected
+    for model, mode, _, _, chars, ratio, dense, copy in rows:
+        assert float(chars.replace(",", "")) > 0
+        assert ratio == "1 (ref.)" if model == "nn.LSTM" else float(ratio) > 0
+        assert bool(dense) == model.startswith("HM-LSTM ")
+        if model == "nn.LSTM":
+            assert copy == ""
+        elif mode != "generate" or model == "HM-LSTM streaming":
+            shares = [float(c.rstrip("%")) for c in copy.split(" / ")]
+            assert len(shares) == 2 and shares[0] == 0  # the bottom layer never copies
+    assert "2x8" in rows[0][2] and rows[8][3] == "3" and rows[11][3] == "1"
+    targets = out.split("targets:")[1]
+    assert targets.count("- [") == 4  # two training ratios, generation, evaluation
+    assert "machine:" in out and "1 torch threads" in out
+    assert torch.get_num_threads() == threads  # restored
+
+
+def test_trained_checkpoint_and_text(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    text = "the cat sat on the mat and the dog sat on the log " * 4
+    vocab = Vocab.from_text(text)
+    config = Config(model=ModelConfig(num_layers=2, hidden_size=(6, 5), embedding_size=4,
+                                      output_size=8, layer_norm=True))
+    torch.manual_seed(0)
+    model = build_charlm(config.model, len(vocab))
+    save_checkpoint(tmp_path / "m.pt", {"kind": "charlm", "config": config.to_dict(),
+                                        "model": model.state_dict(), "vocab": vocab.to_list()})
+    (tmp_path / "t.txt").write_text(text + "\u00e9", encoding="utf-8")  # an unknown one
+    assert main([*TINY, "--suite", "inference", "--checkpoint", str(tmp_path / "m.pt"),
+                 "--text", str(tmp_path / "t.txt")]) == 0
+    out = capsys.readouterr().out
+    rows = _table(out)
+    assert [r[1] for r in rows] == ["eval"] * 3 + ["generate"] * 3
+    assert rows[0][2] == "LN 6x5"
+    assert f"on {len(text):,} chars" in out
+
+
+def test_boundary_bias_makes_the_random_model_copy(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*TINY, "--suite", "inference", "--boundary-bias", "-50"]) == 0
+    rows = _table(capsys.readouterr().out)
+    assert rows[2][0] == "HM-LSTM sparse" and rows[2][-1] == "0% / 100%"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--train", "512"], "HIDDEN:BATCH"),
+        (["--text", "x.txt"], "give --checkpoint too"),
+        (["--repeats", "0"], "--repeats must be at least 1"),
+        (["--suite", "inference", "--checkpoint", "missing.pt"], "does not exist"),
+        (["--checkpoint", "m.pt", "--boundary-bias", "-1"], "random model only"),
+    ],
+)
+def test_argument_errors(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    threads = torch.get_num_threads()
+    with pytest.raises(SystemExit) as info:
+        main([*TINY, *argv])
+    assert info.value.code == 2 and message in capsys.readouterr().err
+    assert torch.get_num_threads() == threads
