@@ -13,8 +13,10 @@ Rows:
 - ``forward``: the same models' forward pass without gradients (dense);
 - ``eval``: batched evaluation of text at ``--eval-batch``: nn.LSTM, the dense HM-LSTM
   and :func:`hmrnn.sparse.sparse_forward` (only rows not in COPY are computed);
-- ``generate``: sampling one character at a time at batch 1: nn.LSTM stepped, the
-  dense HM-LSTM stepped, and :class:`hmrnn.sparse.StreamingHMLSTM`.
+- ``generate``: sampling one character at a time at batch 1: nn.LSTM stepped (with
+  PyTorch's oneDNN LSTM kernel off, as it repacks the weights at every call and is 20x
+  slower for one step), the dense HM-LSTM stepped, and
+  :class:`hmrnn.sparse.StreamingHMLSTM`.
 
 The COPY column gives, per layer bottom first, the share of (step, row) pairs in COPY in
 that run. With ``--checkpoint`` the inference rows use a trained model (its sizes, its
@@ -190,11 +192,17 @@ def _inference_models(
         source = f"trained {args.checkpoint} on {len(known):,} chars of {args.text}"
     else:
         sizes = [args.eval_hidden] * args.layers
+        torch.manual_seed(1)
         model = _charlm("hmlstm", args.vocab, args.embedding, sizes, args.eval_hidden,
                         args.layer_norm, device)
+        with torch.no_grad():  # a what-if: fewer boundaries, more COPY, as training may give
+            for cell in list(model.rnn.layers)[:-1]:
+                cell.bias[-1] += args.boundary_bias
         ids = torch.randint(args.vocab, (args.eval_chars,),
                             generator=torch.Generator().manual_seed(1)).to(device)
-        source = "random weights, random ids (COPY shares of an untrained model say little)"
+        source = ("random weights, random ids (COPY shares of an untrained model say little)"
+                  + (f", boundary detectors' bias shifted by {args.boundary_bias:g}"
+                     if args.boundary_bias else ""))
     model.eval()
     rnn = model.rnn
     reference = _charlm("lstm", model.vocab_size, rnn.input_size, list(rnn.hidden_sizes),
@@ -260,7 +268,7 @@ def bench_inference(args: argparse.Namespace, device: torch.device) -> tuple[lis
                 x = torch.multinomial(torch.softmax(logits, -1), 1, generator=gen)[0]
         return go
 
-    def stepped(m: CharLM) -> Callable[[], None]:
+    def stepped(m: CharLM, onednn: bool = True) -> Callable[[], None]:
         state: list[Any] = [None]
 
         def step(x: Tensor) -> Tensor:
@@ -271,7 +279,12 @@ def bench_inference(args: argparse.Namespace, device: torch.device) -> tuple[lis
 
         def go() -> None:
             state[0] = None
-            run()
+            before = torch.backends.mkldnn.enabled
+            torch.backends.mkldnn.enabled = onednn
+            try:
+                run()
+            finally:
+                torch.backends.mkldnn.enabled = before
         return go
 
     def streaming() -> None:
@@ -283,7 +296,9 @@ def bench_inference(args: argparse.Namespace, device: torch.device) -> tuple[lis
         generate(step)()
         computed.append(list(stream.computed))
 
-    times = interleaved({"nn.LSTM": stepped(reference), "HM-LSTM": stepped(model),
+    # nn.LSTM's oneDNN kernel repacks its weights at every call (8 ms a step at 3 x 512 on
+    # 2 cores, against 0.35 ms without it): stepped, the reference runs without it.
+    times = interleaved({"nn.LSTM": stepped(reference, onednn=False), "HM-LSTM": stepped(model),
                          "HM-LSTM streaming": streaming}, args.repeats, args.warmup, device)
     gen_copy = [1.0 - c / n for c in computed[-1]]
     rows += _rows(times, n, "generate", label, 1, {"HM-LSTM streaming": gen_copy},
@@ -368,6 +383,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="characters evaluated by the random inference model")
     parser.add_argument("--layer-norm", action="store_true",
                         help="the random inference model has layer norm")
+    parser.add_argument("--boundary-bias", type=float, default=0.0,
+                        help="add this to the random inference model's boundary biases "
+                             "(negative: fewer boundaries, more COPY; e.g. -0.2)")
     parser.add_argument("--gen-chars", type=int, default=300, help="characters generated")
     parser.add_argument("--cell-loop", action="store_true",
                         help="also train the cell-by-cell reference loop (HMLSTM fast=False)")
@@ -377,6 +395,8 @@ def run(args: argparse.Namespace) -> int:
     """Measure and print the table, the targets, and where it ran."""
     if args.text and not args.checkpoint:
         raise ValueError("--text is read by a trained model: give --checkpoint too")
+    if args.checkpoint and args.boundary_bias:
+        raise ValueError("--boundary-bias changes the random model only, not a checkpoint")
     for flag in ("repeats", "threads", "seq_len", "eval_batch", "gen_chars", "layers"):
         if getattr(args, flag) < 1:
             raise ValueError(f"--{flag.replace('_', '-')} must be at least 1")

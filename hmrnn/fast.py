@@ -60,7 +60,10 @@ _TERMS = ("U", "U_td", "W")  # recurrent, top-down, bottom-up
 _LN_OF = {"U": "recurrent", "U_td": "top_down", "W": "bottom_up"}
 
 
-_ONEDNN_MIN_WEIGHT = 1 << 19  # below this (e.g. 3 x 128) the copy out costs what it saves
+# From this many elements (3 x 512: yes; 3 x 128: no) a layer's weights are packed for
+# oneDNN (below, copying its output out costs what it saves) and, on the CPU, the gated
+# terms' products are made only on the rows their boundaries let in.
+_LARGE_WEIGHT = 1 << 19
 _PACK_MIN_STEPS = 8  # packing a weight costs about one product with it
 
 
@@ -75,7 +78,7 @@ class Linear:
     def __init__(self, weight: Tensor, rows: int) -> None:
         self.weight_t = weight.t()
         use = (rows > 0 and _reorder is not None and weight.device.type == "cpu"
-               and weight.dtype == torch.float32 and weight.numel() >= _ONEDNN_MIN_WEIGHT
+               and weight.dtype == torch.float32 and weight.numel() >= _LARGE_WEIGHT
                and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
         self.packed = _reorder(weight.contiguous(), rows) if use else None
 
@@ -101,7 +104,9 @@ class LayerWeights:
     ``fused (R, K)`` is ``[U | U_td | W]`` and the three are column views of it; with layer
     norm ``ln`` maps ``"recurrent"``, ``"top_down"``, ``"bottom_up"``, ``"cell"`` to the
     ``(weight, bias)`` of each normalisation. :meth:`product` gives each product as a
-    :class:`Linear` for about ``rows`` rows, made on first use.
+    :class:`Linear` for about ``rows`` rows, made on first use. ``skip_gated``: the
+    weights are large enough (on the CPU) that the products of a gated term are worth
+    making only on the rows its boundary lets in, the others adding 0.
     """
 
     hidden_size: int
@@ -114,6 +119,7 @@ class LayerWeights:
     eps: float
     rows_hint: int
     linear: dict[str, Linear]
+    skip_gated: bool
 
     @property
     def rows(self) -> int:
@@ -166,7 +172,10 @@ def layer_weights(
             if w is not None:
                 terms[j] = fused[:, start : start + w.shape[1]]
                 start += w.shape[1]
-    return LayerWeights(H, *terms, p["bias"], fused, ln, eps, rows, {})  # type: ignore[arg-type]
+    present = [t for t in terms if t is not None]
+    skip = (present[0].device.type == "cpu"  # (a row count on CUDA would wait for the GPU)
+            and sum(t.numel() for t in present) >= _LARGE_WEIGHT)
+    return LayerWeights(H, *terms, p["bias"], fused, ln, eps, rows, {}, skip)  # type: ignore[arg-type]
 
 
 class Gates(NamedTuple):
@@ -330,15 +339,18 @@ def preactivation(
     term, every row); one without multiplies term by term.
     """
     out = slot.act
-    if w.ln is None and slot.x is not None:  # [U | U_td | W] @ [h | z h^above | z^below h^below]
-        whole, x_h, x_a, x_b = slot.x
+    gated_input = w.ln is None and slot.x is not None
+    if gated_input:  # [U | U_td | W] @ [h | z h^above | z^below h^below]
+        whole, x_h, x_a, x_b = slot.x  # type: ignore[misc]
         x_h.copy_(h_prev)
         if x_a is not None:
             torch.mul(h_above, z_prev, out=x_a)
         if x_b is not None:
             torch.mul(h_below, z_below, out=x_b)
-        w.product("fused")(whole, base, out=out)
-        return
+        if not w.skip_gated:
+            w.product("fused")(whole, base, out=out)  # one product
+            return
+        h_above, h_below, gated_rows = x_a, x_b, True  # the gated terms, already gated
     if w.ln is None:
         w.product("U")(h_prev, base, out=out)
     else:
@@ -350,10 +362,15 @@ def preactivation(
             rows = z.view(-1).nonzero().view(-1)  # type: ignore[union-attr]
             if len(rows) < len(h):
                 if len(rows):
-                    z_rows = z.index_select(0, rows)  # type: ignore[union-attr]
-                    out.index_add_(0, rows, _term(w, name, h.index_select(0, rows)) * z_rows)
+                    term = _term(w, name, h.index_select(0, rows))
+                    if not gated_input:
+                        term.mul_(z.index_select(0, rows))  # type: ignore[union-attr]
+                    out.index_add_(0, rows, term)
                 continue
-        out.addcmul_(_term(w, name, h, slot), z)  # type: ignore[arg-type]
+        if gated_input:
+            out.add_(_term(w, name, h))
+        else:
+            out.addcmul_(_term(w, name, h, slot), z)  # type: ignore[arg-type]
 
 
 def _term(w: LayerWeights, name: str, h: Tensor, slot: Slot | None = None) -> Tensor:
@@ -538,7 +555,8 @@ def dense_step(
     z_below = below["z"][t + 1] if below is not None else None
     preactivation(w, slot, bottom if l == 0 else w.bias, v["h"][t], z_prev,
                   None if top else views[l + 1]["h"][t], z_below,
-                  below["h"][t + 1] if below is not None else None)
+                  below["h"][t + 1] if below is not None else None,
+                  gated_rows=w.skip_gated and not buf.keep)  # training reads LN's full terms
     return pointwise(w, slot, v["h"][t], v["c"][t], z_prev, z_below, v["h"][t + 1],
                      v["c"][t + 1], None if top else v["z"][t + 1], slope, boundary, generator)
 
@@ -696,24 +714,28 @@ def _weight_grads(
     R, top = w.rows, len(weights) - 1
     gs = grads.act.reshape(-1, R)
     out = {"bias": gs.sum(0)}
+    gates = {"U": None, "U_td": buf.z[:-1, :, l : l + 1],  # z_{t-1}, z^{below}_t
+             "W": buf.z[1:, :, l - 1 : l] if l > 0 else None}
     if w.ln is None:
-        x = work.x
-        g_fused = gs.t().mm(x.reshape(-1, x.shape[2]))  # type: ignore[union-attr]  (R, K)
         H, Ha, _ = w.widths()
+        x = work.x.reshape(-1, work.x.shape[2])  # type: ignore[union-attr]  (T N, K)
+        g_fused = None if w.skip_gated else gs.t().mm(x)  # (R, K): one product
         for name, cols in (("U", slice(0, H)), ("U_td", slice(H, H + Ha)),
                            ("W", slice(H + Ha, None))):
             if w.term(name) is not None:
-                out[name] = g_fused[:, cols]
+                out[name] = (g_fused[:, cols] if g_fused is not None
+                             else _gated_outer(gs, x[:, cols], gates[name]))
         return out
-    inputs = {
-        "U": (buf.h[l][:-1], None),  # h_{t-1}
-        "U_td": (buf.h[l + 1][:-1] if l < top else None, buf.z[:-1, :, l : l + 1]),
-        "W": (buf.h[l - 1][1:] if l > 0 else None, buf.z[1:, :, l - 1 : l] if l > 0 else None),
-    }
-    for name, (h, gate) in inputs.items():
+    hidden = {"U": buf.h[l][:-1],  # h_{t-1}
+              "U_td": buf.h[l + 1][:-1] if l < top else None,  # h^{above}_{t-1}
+              "W": buf.h[l - 1][1:] if l > 0 else None}  # h^{below}_t
+    for name, h in hidden.items():
         if h is None:
             continue
-        out[name] = grads.proj[name].reshape(-1, R).t().mm(h.reshape(-1, h.shape[2]))
+        gate = gates[name]
+        g_proj = grads.proj[name].reshape(-1, R)
+        out[name] = _gated_outer(g_proj, h.reshape(-1, h.shape[2]),
+                                 gate if w.skip_gated else None)
         key = _LN_OF[name]
         upstream = grads.act if gate is None else grads.act * gate
         _, out[f"ln_{key}.weight"], out[f"ln_{key}.bias"] = _layer_norm_backward(
@@ -727,6 +749,17 @@ def _weight_grads(
         [False, True, True],
     )
     return out
+
+
+def _gated_outer(g: Tensor, x: Tensor, gate: Tensor | None) -> Tensor:
+    """``sum_n g_n^T x_n`` ``(P, D)`` over ``(M, P)`` and ``(M, D)``, over only the rows
+    where ``gate (T, N, 1)`` is not 0 when it is given (those rows of ``g`` or ``x`` are 0
+    where it is: a gated term's input or gradient)."""
+    if gate is not None:
+        rows = gate.reshape(-1).nonzero().view(-1)
+        if len(rows) < len(g):
+            g, x = g.index_select(0, rows), x.index_select(0, rows)
+    return g.t().mm(x)
 
 
 def packing_rows(rows: int, steps: int) -> int:

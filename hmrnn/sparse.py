@@ -7,7 +7,9 @@ discard them. The two paths here do not:
 
 - :func:`sparse_forward`, batched evaluation: at each step, for each layer above the
   bottom one (which never copies), the rows not in COPY are gathered, stepped, and
-  scattered back; the others keep their state without a single operation on them.
+  scattered back; the others keep their state without a single operation on them. In
+  every layer the top-down product is made only on the rows after a boundary of their
+  own (FLUSH), the bottom-up one only where the layer below has just ended a segment.
 - :class:`StreamingHMLSTM`, generation at batch size 1: each layer's operation is known
   on the host before it runs, so a layer in COPY is skipped, and an UPDATE (``z_{t-1} =
   0``) leaves out the top-down product, a FLUSH with a silent layer below the bottom-up one.
@@ -16,11 +18,16 @@ Both run the same step code as the dense loop (:func:`hmrnn.fast.preactivation` 
 :func:`hmrnn.fast.pointwise`) and give the same boundaries and, within float rounding
 (a product over fewer rows may sum in another order), the same hidden states.
 
-Training stays dense. With the straight-through estimator (DESIGN.md decision 5) the
-gradient reaches ``z_{t-1}`` and ``z^{below}_t`` of a row in COPY through the COPY
-coefficient, which multiplies the difference between the kept state and the state the
-gates would have written (``h_{t-1} - o tanh(c)``, ``c_{t-1} - c``): the branch not taken
-is needed for the backward pass, so it is computed for every row.
+Training stays dense where the straight-through estimator needs both branches (DESIGN.md
+decision 5): its gradient reaches ``z_{t-1}`` and ``z^{below}_t`` of a row in COPY
+through the COPY coefficient, which multiplies the difference between the kept state and
+the state the gates would have written (``h_{t-1} - o tanh(c)``, ``c_{t-1} - c``), and
+through the boundary gates of the top-down and bottom-up terms, which multiply the terms
+themselves. So the training loop computes every row's gates, and the backward products
+``dL/ds U_td`` and ``dL/ds W`` for every row. What it skips (:mod:`hmrnn.fast`, large
+layers on the CPU) is only what is exactly 0 and read by nobody: a gated term's forward
+product on the rows its gate closes (without layer norm; with it the normalised term
+itself is the gradient of its gate) and those rows' share in the weight gradients.
 
 Shape legend: T time, N batch, M rows not in COPY, L layers, H_l hidden size of layer l.
 """

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import hmrnn.fast
 from hmrnn.hmlstm import HMLSTM, HMLSTMState
 
 T, N, D = 7, 3, 2
@@ -50,12 +51,17 @@ def _run(rnn: HMLSTM, fast: bool, x: torch.Tensor, state: HMLSTMState,
     return [v.detach() for v in values], list(grads)
 
 
+@pytest.mark.parametrize("skip_gated", [False, True])
 @pytest.mark.parametrize("layer_norm", [False, True])
 @pytest.mark.parametrize("mode", ["step", "sample", "soft"])
 @pytest.mark.parametrize("sizes", [SIZES, (4, 3)])
 def test_fast_equals_reference_forward_and_gradients(
-    mode: str, layer_norm: bool, sizes: tuple[int, ...]
+    mode: str, layer_norm: bool, sizes: tuple[int, ...], skip_gated: bool,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """``skip_gated``: the gated terms' products only on the rows let in (large weights)."""
+    if skip_gated:
+        monkeypatch.setattr(hmrnn.fast, "_LARGE_WEIGHT", 0)
     rnn = _model(sizes, mode, layer_norm)
     x = torch.randn(T, N, D, dtype=torch.float64, requires_grad=True)
     state = _state(sizes, 1)
@@ -99,9 +105,14 @@ def test_inference_path_equals_training_path(layer_norm: bool) -> None:
             torch.testing.assert_close(u.detach(), v, rtol=1e-12, atol=1e-14)
 
 
-def test_float32_training_step_matches_reference() -> None:
+@pytest.mark.parametrize("layer_norm", [False, True])
+def test_float32_training_step_matches_reference(
+    layer_norm: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In float32 the large-weight path (oneDNN products where available) is taken."""
+    monkeypatch.setattr(hmrnn.fast, "_LARGE_WEIGHT", 0)
     torch.manual_seed(0)
-    rnn = HMLSTM(3, 8, 3, layer_norm=True)
+    rnn = HMLSTM(3, 8, 3, layer_norm=layer_norm)
     x = torch.randn(5, 4, 3)
     losses = {}
     for fast in (True, False):
