@@ -15,11 +15,17 @@ layer, arranged for speed:
   COPY) i g`` and ``h = COPY h_{t-1} + (1 - COPY) o tanh(c)``: the same functions of
   ``z`` (bit for bit when ``z`` is 0 or 1) in fewer operations;
 - every step writes into buffers made once per call, through views made once per call;
+- on the CPU in float32, a large layer's weights are packed once per call for oneDNN
+  (:class:`Linear`), whose products of a few rows are faster than ``torch.addmm``'s;
 - under autograd the whole sequence is one node, :class:`_HMLSTMFunction`, whose backward
   walks the steps in reverse by hand (the straight-through gradient of DESIGN.md decision
   5 included) and computes each weight's gradient as one matrix product over all steps,
   as cuDNN does, instead of one per step. The hard sigmoid's gradient is taken as 0 at
-  its two kinks themselves (``clamp``'s autograd takes ``a/2`` there; a set of measure 0).
+  its two kinks themselves (``clamp``'s autograd takes ``a/2`` there; a set of measure 0);
+- in training, a large layer (CPU) makes a gated term's forward product (without layer
+  norm) and its weight gradient only on the rows its boundary lets in: the other rows'
+  share is exactly 0. The inference loop computes every row and every term: the dense
+  path that :mod:`hmrnn.sparse` is measured against.
 
 The forward step (:func:`preactivation` then :func:`pointwise`) is shared with the sparse
 inference paths of :mod:`hmrnn.sparse`, which run it on the rows that are not in COPY.
@@ -105,8 +111,9 @@ class LayerWeights:
     norm ``ln`` maps ``"recurrent"``, ``"top_down"``, ``"bottom_up"``, ``"cell"`` to the
     ``(weight, bias)`` of each normalisation. :meth:`product` gives each product as a
     :class:`Linear` for about ``rows`` rows, made on first use. ``skip_gated``: the
-    weights are large enough (on the CPU) that the products of a gated term are worth
-    making only on the rows its boundary lets in, the others adding 0.
+    weights are large enough (on the CPU) that in training the products of a gated term
+    are worth making only on the rows its boundary lets in (the others add 0), in the
+    forward pass without layer norm and in the weight gradients.
     """
 
     hidden_size: int
@@ -336,7 +343,7 @@ def preactivation(
             boundary lets them in (the others add 0), gathering those rows.
 
     Without layer norm, a slot with ``x`` makes one product of the fused weight (every
-    term, every row); one without multiplies term by term.
+    term, every row) unless ``gated_rows``; one without multiplies term by term.
     """
     out = slot.act
     gated_input = w.ln is None and slot.x is not None
@@ -347,10 +354,10 @@ def preactivation(
             torch.mul(h_above, z_prev, out=x_a)
         if x_b is not None:
             torch.mul(h_below, z_below, out=x_b)
-        if not w.skip_gated:
+        if not gated_rows:
             w.product("fused")(whole, base, out=out)  # one product
             return
-        h_above, h_below, gated_rows = x_a, x_b, True  # the gated terms, already gated
+        h_above, h_below = x_a, x_b  # the gated terms, already gated
     if w.ln is None:
         w.product("U")(h_prev, base, out=out)
     else:
@@ -553,10 +560,13 @@ def dense_step(
     below = views[l - 1] if l > 0 else None
     z_prev = v["z"][t]
     z_below = below["z"][t + 1] if below is not None else None
+    # Training may skip the products that are exactly 0 (without layer norm: with it the
+    # normalised term is its gate's gradient); the inference loop stays dense, every row
+    # and term computed, which is what hmrnn.sparse is measured against.
     preactivation(w, slot, bottom if l == 0 else w.bias, v["h"][t], z_prev,
                   None if top else views[l + 1]["h"][t], z_below,
                   below["h"][t + 1] if below is not None else None,
-                  gated_rows=w.skip_gated and not buf.keep)  # training reads LN's full terms
+                  gated_rows=w.skip_gated and buf.keep and w.ln is None)
     return pointwise(w, slot, v["h"][t], v["c"][t], z_prev, z_below, v["h"][t + 1],
                      v["c"][t + 1], None if top else v["z"][t + 1], slope, boundary, generator)
 
