@@ -9,8 +9,7 @@ alike), and each row reports the median. Ratios are medians of the per-repeat ra
 Rows:
 
 - ``train``: one step of truncated BPTT on a segment (forward, cross-entropy, backward,
-  Adam), at each ``--train`` setting, for nn.LSTM, HM-LSTM and LN-HM-LSTM (and, with
-  ``--compile-step``, both again with their step functions compiled);
+  Adam), at each ``--train`` setting, for nn.LSTM, HM-LSTM and LN-HM-LSTM;
 - ``forward``: the same models' forward pass without gradients (dense);
 - ``eval``: batched evaluation of text at ``--eval-batch``: nn.LSTM, the dense HM-LSTM
   and :func:`hmrnn.sparse.sparse_forward` (only rows not in COPY are computed);
@@ -132,11 +131,6 @@ def bench_train(
         "LN-HM-LSTM": _charlm("hmlstm", args.vocab, args.embedding, sizes, hidden, True,
                               device),
     }
-    if args.compile_step:  # the step functions compiled by torch.compile
-        for name, layer_norm in (("HM-LSTM compiled", False), ("LN-HM-LSTM compiled", True)):
-            models[name] = _charlm("hmlstm", args.vocab, args.embedding, sizes, hidden,
-                                   layer_norm, device)
-            models[name].rnn.compile_step = True
     if args.cell_loop:  # the readable reference loop, one cell call per layer and step
         models["HM-LSTM cell loop"] = _charlm("hmlstm", args.vocab, args.embedding, sizes,
                                               hidden, False, device)
@@ -170,10 +164,6 @@ def bench_train(
     with torch.no_grad():
         copy = {name: copy_share(m(x).rnn.boundary).tolist()
                 for name, m in models.items() if isinstance(m.rnn, HMLSTM)}
-    for name, model in models.items():  # compile before any timing, whatever --warmup says
-        if getattr(model.rnn, "compile_step", False):
-            train(name)()
-            forward(name)()
     rows = _rows(interleaved({n: train(n) for n in models}, args.repeats, args.warmup, device),
                  chars, "train", label, batch, copy, group)
     rows += _rows(interleaved({n: forward(n) for n in models}, args.repeats, args.warmup,
@@ -345,8 +335,7 @@ def targets(rows: list[Row], args: argparse.Namespace) -> list[str]:
     for hidden, batch in args.train:
         limit = 1.5 if hidden >= 512 else 2.0
         group = f"train {args.layers}x{hidden} b{batch}"
-        for model, bound in (("HM-LSTM", limit), ("HM-LSTM compiled", limit),
-                             ("LN-HM-LSTM", 2.0), ("LN-HM-LSTM compiled", 2.0)):
+        for model, bound in (("HM-LSTM", limit), ("LN-HM-LSTM", 2.0)):
             row = _find(rows, group, "train", model)
             if row is not None and row.ratio:
                 check(f"{group}: {model} time per char / nn.LSTM's <= {bound}", 1 / row.ratio,
@@ -398,9 +387,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="add this to the random inference model's boundary biases "
                              "(negative: fewer boundaries, more COPY; e.g. -0.2)")
     parser.add_argument("--gen-chars", type=int, default=300, help="characters generated")
-    parser.add_argument("--compile-step", action="store_true",
-                        help="also train HM-LSTMs whose step functions are compiled "
-                             "(HMLSTM compile_step=True; compiling takes a minute first)")
     parser.add_argument("--cell-loop", action="store_true",
                         help="also train the cell-by-cell reference loop (HMLSTM fast=False)")
 

@@ -90,7 +90,6 @@ class RunConfig:
     tensorboard: bool = True  # also log to TensorBoard when it is installed
     backend: str = ""  # DDP backend; empty: nccl on CUDA, gloo on CPU
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast on CUDA)
-    compile_step: bool = False  # HM-LSTM: torch.compile the step functions (docs/benchmarks.md)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,6 @@ from typing import Any
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import Config, apply_overrides, load_config, parse_overrides
 from .distributed import DistContext, setup, teardown
-from .hmlstm import HMLSTM
 from .trainer import Task, Trainer
 
 Say = Callable[..., None]
@@ -74,9 +73,6 @@ def run_training(
         say(config.to_toml())
         torch.manual_seed(config.train.seed)
         task = make_task(config, checkpoint, context, say)
-        for module in task.model.modules():
-            if isinstance(module, HMLSTM):
-                module.compile_step = config.run.compile_step
         trainer = Trainer(task, config, context, echo=say)
         if checkpoint is not None:
             trainer.restore(checkpoint)

@@ -23,16 +23,6 @@ def _table(out: str) -> list[list[str]]:
             for line in out.splitlines() if line.startswith("| ") and "---" not in line][1:]
 
 
-def test_compiled_rows(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main([*TINY, "--suite", "train", "--train", "8:2", "--compile-step"]) == 0
-    out = capsys.readouterr().out
-    rows = {(r[0], r[1]): r for r in _table(out)}
-    for mode in ("train", "forward"):
-        assert float(rows["HM-LSTM compiled", mode][6]) > 0  # against the eager HM-LSTM
-        assert ("LN-HM-LSTM compiled", mode) in rows
-    assert "HM-LSTM compiled time per char / nn.LSTM's" in out
-
-
 def test_prints_every_row_and_target(capsys: pytest.CaptureFixture[str]) -> None:
     threads = torch.get_num_threads()
     assert main([*TINY, "--train", "8:2", "--cell-loop"]) == 0

@@ -40,10 +40,9 @@ def _state(sizes: tuple[int, ...], seed: int) -> HMLSTMState:
 
 
 def _run(rnn: HMLSTM, fast: bool, x: torch.Tensor, state: HMLSTMState,
-         weights: list[torch.Tensor], compile_step: bool = False,
-         ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+         weights: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Outputs, and the gradients of a loss reading every output, for one loop."""
-    rnn.fast, rnn.compile_step = fast, compile_step
+    rnn.fast = fast
     out, last = rnn(x, state, generator=torch.Generator().manual_seed(3))
     values = [*out.hidden, out.boundary, *last.h, *last.c, *last.z]
     loss = sum((v * w).sum() for v, w in zip(values, weights, strict=True))
@@ -81,30 +80,6 @@ def test_fast_equals_reference_forward_and_gradients(
     boundary = ref_values[len(sizes)][..., :-1]
     if mode != "soft":  # the test means something only if boundaries both fire and not
         assert 0 < boundary.mean() < 1
-
-
-@pytest.mark.parametrize(("mode", "layer_norm"), [("step", False), ("sample", True)])
-def test_compiled_step_equals_eager(mode: str, layer_norm: bool) -> None:
-    """``compile_step``: the same step and backward functions through torch.compile (one
-    kernel per kind of layer), forward values and every gradient, in float64; a second
-    call at another batch size compiles its own copy and agrees too."""
-    rnn = _model(SIZES, mode, layer_norm)
-    for rows in (N, N + 2):
-        x = torch.randn(T, rows, D, dtype=torch.float64, requires_grad=True)
-        state = _state(SIZES, 1) if rows == N else HMLSTMState(
-            *(tuple(t.requires_grad_() for t in part) for part in rnn.initial_state(rows)))
-        with torch.no_grad():
-            shapes = [v.shape for v in _run_shapes(rnn, x, state)]
-        g = torch.Generator().manual_seed(2)
-        weights = [torch.randn(s, generator=g, dtype=torch.float64) for s in shapes]
-        eager_values, eager_grads = _run(rnn, True, x, state, weights)
-        values, grads = _run(rnn, True, x, state, weights, compile_step=True)
-        for a, b in zip(values, eager_values, strict=True):
-            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
-        for a, b in zip(grads, eager_grads, strict=True):
-            if a is not None or b is not None:
-                torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
-        assert 0 < eager_values[len(SIZES)][..., :-1].mean() < 1
 
 
 def _run_shapes(rnn: HMLSTM, x: torch.Tensor, state: HMLSTMState) -> list[torch.Tensor]:
