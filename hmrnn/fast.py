@@ -37,8 +37,6 @@ K = H + Ha + Hb.
 
 from __future__ import annotations
 
-import functools
-import types
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -847,65 +845,14 @@ def weights_of(
     return out
 
 
-class CompiledCores:
-    """:func:`step_core` and :func:`backward_core` compiled by :func:`torch.compile`: each
-    kind of call (layer bottom, middle or top; training or not; shapes, dtype, device) gets
-    a copy of its own, compiled once for its static shapes into one kernel, so that no
-    kind recompiles another's. The first call of a kind compiles it (seconds; inductor
-    caches the result on disk for later processes).
-    """
-
-    def __init__(self) -> None:
-        self._compiled: dict[tuple[Any, ...], Callable[..., Any]] = {}
-
-    def _get(self, fn: Callable[..., Any], key: tuple[Any, ...]) -> Callable[..., Any]:
-        compiled = self._compiled.get(key)
-        if compiled is None:  # a code object of its own: dynamo keeps one cache per code
-            copy = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__)
-            compiled = torch.compile(copy, fullgraph=True, dynamic=False)
-            self._compiled[key] = compiled
-        return compiled
-
-    def forward(self, act: Tensor, h_prev: Tensor, c_prev: Tensor, z_prev: Tensor,
-                z_below: Tensor | None, half_slope: Tensor,
-                ln_cell: tuple[Tensor, Tensor] | None, eps: float, boundary: str,
-                zbin: Tensor | None, keep: bool) -> Saved:
-        key = ("forward", act.shape, h_prev.shape, act.dtype, act.device, z_below is None,
-               ln_cell is None, eps, boundary, zbin is None, keep)
-        return self._get(step_core, key)(act, h_prev, c_prev, z_prev, z_below, half_slope,
-                                         ln_cell, eps, boundary, zbin, keep)
-
-    def backward(self, gh: Tensor, gh_out: Tensor | None, gz: Tensor, gz_out: Tensor | None,
-                 gc_next: Tensor, s: Saved, c_prev: Tensor, c: Tensor,
-                 z_below: Tensor | None, half_slope: Tensor,
-                 ln_cell: tuple[Tensor, Tensor] | None) -> StepGrads:
-        key = ("backward", s.fio.shape, gh.dtype, gh.device, gh_out is None, gz_out is None,
-               s.copy is None, s.u is None, ln_cell is None)
-        return self._get(backward_core, key)(gh, gh_out, gz, gz_out, gc_next, s, c_prev, c,
-                                             z_below, half_slope, ln_cell)
-
-
-@functools.cache
-def compiled_cores() -> CompiledCores:
-    """The process's :class:`CompiledCores` (made on first use)."""
-    return CompiledCores()
-
-
 class _Spec(NamedTuple):
-    """The non-tensor arguments of one call: per-layer tensor names, the step's knobs, and
-    whether the step functions are compiled (:func:`compiled_cores`)."""
+    """The non-tensor arguments of one call: per-layer tensor names, and the step's knobs."""
 
     names: tuple[tuple[str, ...], ...]
     eps: float
     slope: float
     boundary: str
     generator: torch.Generator | None
-    compiled: bool = False
-
-    def cores(self) -> tuple[Callable[..., Saved], Callable[..., StepGrads]]:
-        if self.compiled:
-            return compiled_cores().forward, compiled_cores().backward
-        return step_core, backward_core
 
 
 class _HMLSTMFunction(torch.autograd.Function):
@@ -923,7 +870,7 @@ class _HMLSTMFunction(torch.autograd.Function):
         weights = weights_of(spec.names, tensors[3 * L :], spec.eps,
                              packing_rows(bottom.shape[1], bottom.shape[0]))
         buf = run_forward(weights, bottom + weights[0].bias, h0, c0, z0, spec.slope,
-                          spec.boundary, spec.generator, keep=True, core=spec.cores()[0])
+                          spec.boundary, spec.generator, keep=True)
         ctx.set_materialize_grads(False)
         ctx.spec, ctx.weights, ctx.buf = spec, weights, buf
         ctx.save_for_backward(*buf.h, buf.z)  # outputs: saved this way, not on ctx (a cycle)
@@ -943,8 +890,7 @@ class _HMLSTMFunction(torch.autograd.Function):
         saved = [t.detach() for t in ctx.saved_tensors]  # views of these are made cheaply
         buf.h, buf.z = saved[:L], saved[L]
         g_bottom, g_h0, g_c0, g_z0, g_weights = run_backward(
-            weights, buf, spec.slope, list(grads[:L]), grads[L], list(grads[L + 1 :]),
-            core=spec.cores()[1],
+            weights, buf, spec.slope, list(grads[:L]), grads[L], list(grads[L + 1 :])
         )
         g_params = [g[name] for names, g in zip(spec.names, g_weights, strict=True)
                     for name in names]
@@ -975,7 +921,6 @@ def hmlstm_loop(
     slope: float,
     boundary: str,
     generator: torch.Generator | None = None,
-    compiled: bool = False,
 ) -> tuple[tuple[Tensor, ...], Tensor, tuple[Tensor, ...], tuple[Tensor, ...], tuple[Tensor, ...]]:
     """Run the stack over a sequence: what :meth:`hmrnn.hmlstm.HMLSTM.forward` computes.
 
@@ -984,7 +929,6 @@ def hmlstm_loop(
         input: ``(T, N, D)``.
         h0, c0, z0: the initial state, ``L`` tensors ``(N, H_l)``, ``(N, H_l)``, ``(N, 1)``.
         slope: the hard sigmoid's slope ``a``.
-        compiled: run the step functions compiled (:func:`compiled_cores`).
 
     Returns:
         ``hidden`` (``L`` tensors ``(T, N, H_l)``), ``boundary (T, N, L)``, and the last
@@ -993,7 +937,7 @@ def hmlstm_loop(
         ``create_graph=True`` raises ``RuntimeError``.
     """
     names, params = cell_tensors(cells)
-    spec = _Spec(names, layer_norm_eps(cells), slope, boundary, generator, compiled)
+    spec = _Spec(names, layer_norm_eps(cells), slope, boundary, generator)
     bottom = cells[0].bottom_up(input)  # (T, N, R_1): the input is known in advance
     L = len(cells)
     if torch.is_grad_enabled() and any(t.requires_grad for t in (bottom, *h0, *c0, *z0, *params)):
@@ -1003,7 +947,7 @@ def hmlstm_loop(
         with torch.no_grad():
             weights = weights_of(names, params, spec.eps, packing_rows(*input.shape[1::-1]))
             buf = run_forward(weights, bottom + weights[0].bias, h0, c0, z0, slope, boundary,
-                              generator, keep=False, core=spec.cores()[0])
+                              generator, keep=False)
         h_all, z_all, c_last = buf.h, buf.z, tuple(c[-1].clone() for c in buf.c)
     hidden = tuple(h[1:] for h in h_all)
     h_last = tuple(h[-1].clone() for h in h_all)

@@ -56,12 +56,6 @@ class HMLSTM(nn.Module):
             cell-by-cell loop, which is the readable reference and the one that runs under
             autocast. Both compute the same, within float rounding; may be changed after
             construction. For inference that skips COPY's work see :mod:`hmrnn.sparse`.
-        compile_step: with ``fast``, run the loop's step functions compiled by
-            :func:`torch.compile` (:func:`hmrnn.fast.compiled_cores`): each step's
-            element-wise work becomes one kernel instead of some twenty operations. The
-            first forward and backward pass of each kind of layer compile (seconds to a
-            minute, then cached); a C++ compiler (CPU) or Triton (CUDA) is needed. May be
-            changed after construction.
 
     Inputs: ``input, state=None, *, generator=None``
         - input: ``(T, N, input_size)`` (``(N, T, input_size)`` if ``batch_first``).
@@ -100,7 +94,6 @@ class HMLSTM(nn.Module):
         layer_norm: bool = False,
         batch_first: bool = False,
         fast: bool = True,
-        compile_step: bool = False,
         device: Any = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -120,7 +113,6 @@ class HMLSTM(nn.Module):
         self.batch_first = batch_first
         self.boundary = boundary
         self.fast = fast
-        self.compile_step = compile_step
         kw = factory_kwargs(device, dtype)
         below = (input_size, *sizes[:-1])
         above: tuple[int | None, ...] = (*sizes[1:], None)
@@ -176,7 +168,7 @@ class HMLSTM(nn.Module):
         if self.fast and not torch.is_autocast_enabled(input.device.type):
             hidden, boundary, *last = hmlstm_loop(
                 list(self.layers), input, state.h, state.c, state.z,  # type: ignore[arg-type]
-                float(self.slope), self._boundary, generator, self.compile_step,
+                float(self.slope), self._boundary, generator,
             )
             state = HMLSTMState(*last)
         else:
