@@ -37,7 +37,6 @@ K = H + Ha + Hb.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -46,8 +45,8 @@ from torch import Tensor
 
 from .cell import HMLSTMCell
 
-_sigmoid_backward = torch.ops.aten.sigmoid_backward.default
-_tanh_backward = torch.ops.aten.tanh_backward.default
+_sigmoid_backward = torch.ops.aten.sigmoid_backward.grad_input
+_tanh_backward = torch.ops.aten.tanh_backward.grad_input
 _hardtanh_backward = torch.ops.aten.hardtanh_backward.default
 _layer_norm_backward = torch.ops.aten.native_layer_norm_backward.default
 try:  # oneDNN's matrix product with a prepacked weight (what inductor's CPU freezing uses)
@@ -186,21 +185,56 @@ def layer_weights(
     return LayerWeights(H, *terms, p["bias"], fused, ln, eps, rows, {}, skip)  # type: ignore[arg-type]
 
 
+class Gates(NamedTuple):
+    """Views of a ``(*, R)`` gate tensor: ``fio (*, 3H)``, ``f, i, o, g (*, H)``, ``z (*, 1)``
+    (None in the top layer)."""
+
+    fio: Tensor
+    f: Tensor
+    i: Tensor
+    o: Tensor
+    g: Tensor
+    z: Tensor | None
+
+    @classmethod
+    def of(cls, act: Tensor, H: int) -> Gates:
+        z = act[..., 4 * H :] if act.shape[-1] > 4 * H else None
+        return cls(act[..., : 3 * H], act[..., :H], act[..., H : 2 * H],
+                   act[..., 2 * H : 3 * H], act[..., 3 * H : 4 * H], z)
+
+    def unbind(self) -> list[Gates]:
+        """Per-step views of ``(T, *, R)`` gates."""
+        parts = [p.unbind(0) if p is not None else None for p in self]
+        steps = len(parts[0])  # type: ignore[arg-type]
+        return [Gates(*(p[t] if p is not None else None for p in parts)) for t in range(steps)]
+
+
 class Slot(NamedTuple):
     """The scratch of one layer's step, ``M`` rows: views into a :class:`Workspace`.
 
-    ``act (M, R)``: ``s``; without layer norm ``x``: the fused product's input ``(M, K)``
-    and its three column views (absent ones None); with layer norm, by term (``"U"``,
-    ``"U_td"``, ``"W"``) ``proj``, the products before normalisation, and by normalisation
-    (``"recurrent"``, ``"top_down"``, ``"bottom_up"``), filled as the step runs, ``normed
-    (M, R)`` and ``stats`` ``(mean, rstd)``, each ``(M, 1)``.
+    ``act (M, R)``: ``s``, then the gates (``gates`` views it); ``tanh_c (M, H)``; ``u``,
+    the hard sigmoid's argument, and ``zbin``, the binarised boundary ``(M, 1)`` (None in
+    the top layer); without layer norm ``x``: the fused product's input ``(M, K)`` and its
+    three column views (absent ones None); with layer norm, by term (``"U"``, ``"U_td"``,
+    ``"W"``) ``proj``, the products before normalisation, and by normalisation
+    (``"recurrent"``, ``"top_down"``, ``"bottom_up"``, ``"cell"``), filled as the step
+    runs, ``normed`` ``(M, R)`` or ``(M, H)`` and ``stats`` ``(mean, rstd)``, each ``(M,
+    1)``. For the backward pass
+    of a layer that can copy: ``diff = [o tanh(c) - h_{t-1} | i g - c_{t-1}]`` ``(M, 2H)``
+    with its two halves, and ``zdiff = z_bin - z_{t-1}`` ``(M, 1)`` (else None).
     """
 
     act: Tensor
+    gates: Gates
+    tanh_c: Tensor
+    u: Tensor | None
+    zbin: Tensor | None
     x: tuple[Tensor, Tensor, Tensor | None, Tensor | None] | None
     proj: dict[str, Tensor]
     normed: dict[str, Tensor]
     stats: dict[str, tuple[Tensor, Tensor]]
+    diff: tuple[Tensor, Tensor, Tensor] | None
+    zdiff: Tensor | None
 
 
 def _split(buffer: Tensor, widths: tuple[int, ...]) -> list[tuple[Tensor | None, ...]]:
@@ -218,60 +252,57 @@ class Workspace:
     """One layer's scratch for ``S`` steps of ``M`` rows, made at once: ``slots[k]`` views
     step ``k``; the ``(S, M, *)`` buffers themselves serve the weight gradients.
 
-    ``grads=True`` makes only what the backward pass writes (the gradients of ``proj``);
+    ``grads=True`` makes only what the backward pass writes (the gradients of ``act``,
+    ``tanh_c`` and ``proj``); ``keep=True`` also what it reads beyond the states;
     ``fused=False`` no input for the fused product (:func:`preactivation` then multiplies
     term by term).
     """
 
     def __init__(self, w: LayerWeights, steps: int, rows: int, like: Tensor,
-                 grads: bool = False, fused: bool = True) -> None:
-        R = w.rows
+                 grads: bool = False, keep: bool = False, fused: bool = True) -> None:
+        H, R = w.hidden_size, w.rows
+        boundary = w.U_td is not None and not grads
+        copies = w.W is not None and keep  # a layer above the bottom one can copy
 
         def new(width: int) -> Tensor:
             return like.new_empty(steps, rows, width)
 
-        self.act = new(R)
+        def each(t: Tensor | None) -> list[Any]:
+            return list(t.unbind(0)) if t is not None else [None] * steps
+
+        self.act, self.tanh_c = new(R), new(H)
+        self.u = new(1) if boundary else None
+        self.zbin = new(1) if boundary else None
         self.x = new(sum(w.widths())) if w.fused is not None and fused and not grads else None
+        self.diff = new(2 * H) if copies else None
+        self.zdiff = new(1) if copies and boundary else None
         self.proj = {name: new(R) for name in _TERMS if w.ln and w.term(name) is not None}
-        act = list(self.act.unbind(0))
+        gates = Gates.of(self.act, H).unbind()
         xs = _split(self.x, w.widths()) if self.x is not None else [None] * steps
-        proj = {name: list(t.unbind(0)) for name, t in self.proj.items()}
+        diffs = _split(self.diff, (H, H)) if self.diff is not None else [None] * steps
+        act, tanh_c, u, zbin, zdiff = (each(t) for t in (self.act, self.tanh_c, self.u,
+                                                           self.zbin, self.zdiff))
+        proj = {name: each(t) for name, t in self.proj.items()}
         self.slots = [
-            Slot(act[k], xs[k], {n: v[k] for n, v in proj.items()}, {}, {})  # type: ignore[arg-type]
+            Slot(act[k], gates[k], tanh_c[k], u[k], zbin[k], xs[k],  # type: ignore[arg-type]
+                 {n: v[k] for n, v in proj.items()}, {}, {}, diffs[k], zdiff[k])  # type: ignore[arg-type]
             for k in range(steps)
         ]
 
 
 class Saved(NamedTuple):
-    """One layer's step from ``s`` on (:func:`step_core`): the new state and what the
-    backward pass reads.
+    """The small tensors one layer's step leaves for the backward pass.
 
-    ``h``, ``c`` ``(M, H)`` and ``z`` ``(M, 1)`` (None in the top layer, whose ``z`` stays
-    0); ``fio (M, 3H)``: ``f, i, o`` (sigmoid); ``g (M, H)`` (tanh); ``tanh_c (M, H)``;
-    ``u (M, 1)``, the hard sigmoid's argument (None in the top layer); ``cell_stats``: the
-    mean and rstd ``(M, 1)`` of ``LN(c)`` (None without layer norm); ``not_prev = 1 -
-    z_{t-1}``, ``update``, ``copy``, ``not_copy = 1 - COPY`` ``(M, 1)`` (``copy`` and
-    ``not_copy`` are None in the bottom layer, which never copies); ``mix = UPDATE f +
-    COPY (M, H)``; kept for the backward pass of a layer that can copy (else None): ``diff
-    = [o tanh(c) - h_{t-1} | i g - c_{t-1}] (M, 2H)`` and ``zdiff = z_bin - z_{t-1} (M,
-    1)``.
+    ``not_prev = 1 - z_{t-1}``, ``update``, ``copy``, ``not_copy = 1 - COPY`` ``(M, 1)``
+    (``copy`` and ``not_copy`` are None in the bottom layer, which never copies);
+    ``mix = UPDATE f + COPY`` ``(M, H)``.
     """
 
-    h: Tensor
-    c: Tensor
-    z: Tensor | None
-    fio: Tensor
-    g: Tensor
-    tanh_c: Tensor
-    u: Tensor | None
-    cell_stats: tuple[Tensor, Tensor] | None
     not_prev: Tensor
     update: Tensor
     copy: Tensor | None
     not_copy: Tensor | None
     mix: Tensor
-    diff: Tensor | None
-    zdiff: Tensor | None
 
 
 def _layer_norm(w: LayerWeights, key: str, x: Tensor, slot: Slot) -> Tensor:
@@ -362,106 +393,89 @@ def _term(w: LayerWeights, name: str, h: Tensor, slot: Slot | None = None) -> Te
     return _layer_norm(w, key, p, slot)
 
 
-def step_core(
-    act: Tensor,
+def pointwise(
+    w: LayerWeights,
+    slot: Slot,
     h_prev: Tensor,
     c_prev: Tensor,
     z_prev: Tensor,
     z_below: Tensor | None,
-    half_slope: Tensor,
-    ln_cell: tuple[Tensor, Tensor] | None,
-    eps: float,
+    h_out: Tensor,
+    c_out: Tensor,
+    z_out: Tensor | None,
+    slope: float,
     boundary: str,
-    zbin: Tensor | None,
-    keep: bool,
+    generator: torch.Generator | None,
+    sample_rows: tuple[Tensor, int] | None = None,
 ) -> Saved:
-    """Gates, Eq. 2-3 and Eq. 8-10 of one step, given ``s`` (``act (M, R)``, not written).
+    """Gates, Eq. 2-3 and Eq. 8-10 of one step, given ``s`` in ``slot.act``.
 
-    A pure function of tensors (what :func:`torch.compile` fuses into one kernel).
-    ``z_below`` is None in the bottom layer (``z^0 = 1``); ``half_slope``: ``a / 2``, a
-    0-dim tensor; ``ln_cell``: ``LN(c)``'s ``(weight, bias)``, or None; ``zbin``: the
-    boundary already drawn (``"sample"``: :func:`draw_boundary`), else None; ``keep``:
-    make ``diff`` and ``zdiff``.
+    The gates are overwritten with ``f, i, o`` (sigmoid), ``g`` (tanh) and, for the
+    ``"soft"`` and ``"sample"`` boundaries, ``z~`` (hard sigmoid). ``h_out``, ``c_out (M,
+    H)`` and ``z_out (M, 1)`` (None in the top layer, whose ``z`` stays 0) receive the new
+    state. ``z_below`` is None in the bottom layer (``z^0 = 1``). ``sample_rows = (index,
+    N)`` draws ``"sample"`` boundaries for a subset of a batch of N rows exactly as for the
+    whole batch (one uniform draw per row of the batch).
     """
-    H = h_prev.shape[1]
-    fio = torch.sigmoid(act[:, : 3 * H])
-    g = torch.tanh(act[:, 3 * H : 4 * H])
-    f, i, o = fio[:, :H], fio[:, H : 2 * H], fio[:, 2 * H :]
+    gates = slot.gates
+    gates.fio.sigmoid_()
+    gates.g.tanh_()
     not_prev = torch.rsub(z_prev, 1.0)
     if z_below is None:  # the bottom layer: UPDATE or FLUSH, never COPY
         update, copy, not_copy = not_prev, None, None
-        mix = f * update
+        mix = gates.f * update
     else:
         update = not_prev * z_below
         copy = not_prev - update  # (1 - z_{t-1})(1 - z^{below}_t)
         not_copy = update + z_prev  # UPDATE + FLUSH
-        mix = torch.addcmul(copy, update, f)
-    ig = i * g
-    c = c_prev * mix  # Eq. 2
-    c = c + ig if not_copy is None else torch.addcmul(c, ig, not_copy)
-    stats = None
-    if ln_cell is None:
-        tanh_c = torch.tanh(c)
+        mix = torch.addcmul(copy, update, gates.f)
+    ig = gates.i * gates.g
+    torch.mul(c_prev, mix, out=c_out)  # Eq. 2
+    if not_copy is None:
+        c_out.add_(ig)
     else:
-        normed, mean, rstd = torch.native_layer_norm(c, (H,), ln_cell[0], ln_cell[1], eps)
-        tanh_c, stats = torch.tanh(normed), (mean, rstd)
-    oh = o * tanh_c
-    h = oh if copy is None else torch.addcmul(h_prev * copy, oh, not_copy)  # type: ignore[arg-type]  # Eq. 3
-    diff = zdiff = z = u = None
-    if keep and copy is not None:  # what COPY's coefficient multiplies, for the backward pass
-        diff = torch.cat([oh - h_prev, ig - c_prev], dim=1)
-    if act.shape[1] > 4 * H:
+        c_out.addcmul_(ig, not_copy)
+    torch.tanh(c_out if w.ln is None else _layer_norm(w, "cell", c_out, slot), out=slot.tanh_c)
+    oh = gates.o * slot.tanh_c
+    if copy is None:  # Eq. 3
+        h_out.copy_(oh)
+    else:
+        torch.mul(h_prev, copy, out=h_out)
+        h_out.addcmul_(oh, not_copy)  # type: ignore[arg-type]
+    if slot.diff is not None:  # what COPY's coefficient multiplies, for the backward pass
+        torch.sub(oh, h_prev, out=slot.diff[1])
+        torch.sub(ig, c_prev, out=slot.diff[2])
+    if z_out is not None:
         # u = (a s_z + 1) / 2 exactly as the cell rounds it: halving is exact
-        u = act[:, 4 * H :] * half_slope + 0.5
-        if zbin is None:
-            zbin = (u > 0.5).to(u.dtype) if boundary == "step" else torch.clamp(u, 0.0, 1.0)
-        z = zbin if copy is None else torch.addcmul(z_prev * copy, zbin, not_copy)  # type: ignore[arg-type]  # Eq. 8-9
-        if keep and copy is not None:
-            zdiff = zbin - z_prev
-    return Saved(h, c, z, fio, g, tanh_c, u, stats, not_prev, update, copy, not_copy, mix,
-                 diff, zdiff)
+        u = torch.mul(gates.z, 0.5 * slope, out=slot.u).add_(0.5)  # type: ignore[arg-type]
+        zbin = _binarize(u, gates.z, slot.zbin, boundary, generator, sample_rows)  # type: ignore[arg-type]
+        if copy is None:  # Eq. 8-9
+            z_out.copy_(zbin)
+        else:
+            torch.mul(z_prev, copy, out=z_out)
+            z_out.addcmul_(zbin, not_copy)  # type: ignore[arg-type]
+        if slot.zdiff is not None:
+            torch.sub(zbin, z_prev, out=slot.zdiff)
+    return Saved(not_prev, update, copy, not_copy, mix)
 
 
-def draw_boundary(
-    act: Tensor, H: int, half_slope: Tensor, generator: torch.Generator | None,
-    rows: tuple[Tensor, int] | None = None,
+def _binarize(
+    u: Tensor, z_tilde: Tensor, out: Tensor, boundary: str, generator: torch.Generator | None,
+    rows: tuple[Tensor, int] | None,
 ) -> Tensor:
-    """``"sample"``'s ``z ~ Bernoulli(z~)`` (Eq. 10) from ``s`` in ``act (M, R)``: ``(M, 1)``.
-
-    ``rows = (index, N)`` draws for a subset of a batch of N rows exactly as for the whole
-    batch (one uniform draw per row of the batch). The gradient is in :func:`backward_core`.
-    """
-    z_tilde = torch.clamp(act[:, 4 * H :] * half_slope + 0.5, 0.0, 1.0)
+    """The forward value of :func:`hmrnn.functional.binarize` of ``z~ = clamp(u, 0, 1)``
+    (written into ``z_tilde`` where it is needed) into ``out``; the gradient is in
+    :func:`run_backward`."""
+    if boundary == "step":
+        return torch.gt(u, 0.5, out=out)  # z~ > 0.5 exactly when u > 0.5
+    torch.clamp(u, 0.0, 1.0, out=z_tilde)  # Eq. 10
+    if boundary == "soft":
+        return out.copy_(z_tilde)
     if rows is None:
-        return torch.bernoulli(z_tilde, generator=generator)
+        return torch.bernoulli(z_tilde, generator=generator, out=out)
     index, n = rows  # one draw per row of the whole batch, as the dense loop makes
     p = z_tilde.new_zeros(n, 1).index_copy_(0, index, z_tilde)
-    return torch.bernoulli(p, generator=generator).index_select(0, index)
-
-
-def pointwise(
-    w: LayerWeights,
-    act: Tensor,
-    h_prev: Tensor,
-    c_prev: Tensor,
-    z_prev: Tensor,
-    z_below: Tensor | None,
-    half_slope: Tensor,
-    boundary: str,
-    generator: torch.Generator | None,
-    keep: bool = False,
-    sample_rows: tuple[Tensor, int] | None = None,
-    core: Callable[..., Saved] = step_core,
-) -> Saved:
-    """``core`` (:func:`step_core` or its compiled form) of layer ``w`` on ``s`` in
-    ``act``, drawing ``"sample"`` boundaries first (``sample_rows``: see
-    :func:`draw_boundary`)."""
-    zbin = None
-    if boundary == "sample" and act.shape[1] > 4 * w.hidden_size:
-        zbin = draw_boundary(act, w.hidden_size, half_slope, generator, sample_rows)
-    ln_cell = w.ln["cell"] if w.ln is not None else None
-    return core(act, h_prev, c_prev, z_prev, z_below, half_slope, ln_cell, w.eps,
-                         boundary, zbin, keep)
+    return torch.index_select(torch.bernoulli(p, generator=generator), 0, index, out=out)
 
 
 class Buffers:
@@ -487,7 +501,7 @@ class Buffers:
             self.h[l][0] = h0[l]
             self.c[l][0] = c0[l]
             self.z[0, :, l : l + 1] = z0[l]
-        self.work = [Workspace(w, steps if keep else 1, N, like) for w in weights]
+        self.work = [Workspace(w, steps if keep else 1, N, like, keep=keep) for w in weights]
         self.saved: list[list[Saved]] = [[] for _ in weights]
 
     def step_views(self) -> list[dict[str, list[Tensor]]]:
@@ -506,7 +520,6 @@ def run_forward(
     boundary: str,
     generator: torch.Generator | None,
     keep: bool,
-    core: Callable[..., Saved] = step_core,
 ) -> Buffers:
     """The dense loop: every layer, every row, every step.
 
@@ -514,17 +527,15 @@ def run_forward(
         bottom: ``W x_t + bias`` of the bottom layer for all steps, ``(T, N, R_1)``.
         h0, c0, z0: the initial state, ``L`` tensors each.
         keep: keep what the backward pass needs.
-        core: :func:`step_core` or its compiled form.
     """
     steps = bottom.shape[0]
     buf = Buffers(weights, h0, c0, z0, steps, keep)
     views = buf.step_views()
     bottom_steps = bottom.unbind(0)
-    half_slope = bottom.new_tensor(0.5 * slope)
     for t in range(steps):
         for l in range(len(weights)):
-            saved = dense_step(weights, buf, views, l, t, bottom_steps[t], half_slope,
-                               boundary, generator, core)
+            saved = dense_step(weights, buf, views, l, t, bottom_steps[t], slope, boundary,
+                               generator)
             if keep:
                 buf.saved[l].append(saved)
     return buf
@@ -537,10 +548,9 @@ def dense_step(
     l: int,
     t: int,
     bottom: Tensor,
-    half_slope: Tensor,
+    slope: float,
     boundary: str,
     generator: torch.Generator | None,
-    core: Callable[..., Saved] = step_core,
 ) -> Saved:
     """Layer ``l``'s step ``t`` on every row, reading and writing ``buf`` through ``views``
     (:meth:`Buffers.step_views`); ``bottom (N, R_1)`` is the bottom layer's ``W x_t + b``."""
@@ -557,13 +567,8 @@ def dense_step(
                   None if top else views[l + 1]["h"][t], z_below,
                   below["h"][t + 1] if below is not None else None,
                   gated_rows=w.skip_gated and buf.keep and w.ln is None)
-    saved = pointwise(w, slot.act, v["h"][t], v["c"][t], z_prev, z_below, half_slope,
-                      boundary, generator, keep=buf.keep, core=core)
-    v["h"][t + 1].copy_(saved.h)
-    v["c"][t + 1].copy_(saved.c)
-    if saved.z is not None:
-        v["z"][t + 1].copy_(saved.z)
-    return saved
+    return pointwise(w, slot, v["h"][t], v["c"][t], z_prev, z_below, v["h"][t + 1],
+                     v["c"][t + 1], None if top else v["z"][t + 1], slope, boundary, generator)
 
 
 def _vecdot(a: Tensor, b: Tensor) -> Tensor:
@@ -577,94 +582,6 @@ def _ln_backward(grad: Tensor, w: LayerWeights, key: str, x: Tensor, slot: Slot)
                                 [True, False, False])[0]
 
 
-class StepGrads(NamedTuple):
-    """What :func:`backward_core` gives for one layer's step (``M`` rows).
-
-    ``g_s (M, R)``: the gradient of ``s``; ``g_norm (M, H)``: of ``LN(c)``'s output (for
-    its weights; None without layer norm); ``gc_prev (M, H)``: of ``c_{t-1}``;
-    ``gz_prev (M, 1)``: of ``z_{t-1}`` but for the top-down term's share; ``gz_below (M,
-    1)``: of ``z^{below}_t`` but for the bottom-up term's share (None in the bottom
-    layer); ``gh_copy (M, H)``: of ``h_{t-1}`` through COPY (None in the bottom layer).
-    """
-
-    g_s: Tensor
-    g_norm: Tensor | None
-    gc_prev: Tensor
-    gz_prev: Tensor
-    gz_below: Tensor | None
-    gh_copy: Tensor | None
-
-
-def backward_core(
-    gh: Tensor,
-    gh_out: Tensor | None,
-    gz: Tensor,
-    gz_out: Tensor | None,
-    gc_next: Tensor,
-    s: Saved,
-    c_prev: Tensor,
-    c: Tensor,
-    z_below: Tensor | None,
-    half_slope: Tensor,
-    ln_cell: tuple[Tensor, Tensor] | None,
-) -> StepGrads:
-    """One layer's step of :func:`step_core` in reverse, from the gradients of its outputs:
-    ``h`` (``gh``, plus ``gh_out`` if not None), ``z`` (``gz`` plus ``gz_out``) and ``c``
-    (``gc_next``). ``c_prev``, ``c (M, H)``: the cell before and after the step. A pure
-    function of tensors, as :func:`step_core`.
-
-    The straight-through gradient (DESIGN.md decision 5) is ``dz/dz~ = 1``; the hard
-    sigmoid's gradient is taken as 0 at its two kinks themselves (``clamp``'s autograd
-    takes ``a/2`` there; a set of measure 0).
-    """
-    if gh_out is not None:
-        gh = gh + gh_out
-    if gz_out is not None:
-        gz = gz + gz_out
-    H = gh.shape[1]
-    f, i, o = s.fio[:, :H], s.fio[:, H : 2 * H], s.fio[:, 2 * H :]
-    not_copy = s.not_copy
-    # Eq. 3: h = COPY h_prev + (1 - COPY) o tanh(c)
-    gh_new = gh if not_copy is None else gh * not_copy
-    g_o = gh_new * s.tanh_c
-    g_norm = _tanh_backward(gh_new * o, s.tanh_c)
-    g_tanh = g_norm
-    if ln_cell is not None:
-        g_tanh = _layer_norm_backward(g_norm, c, (H,), *s.cell_stats, *ln_cell,  # type: ignore[misc]
-                                      [True, False, False])[0]
-    gc = g_tanh + gc_next
-    # Eq. 2: c = c_prev (UPDATE f + COPY) + (1 - COPY) i g
-    gc_cprev = gc * c_prev
-    g_f = gc_cprev * s.update
-    g_ig = gc if not_copy is None else gc * not_copy
-    g_i, g_g = g_ig * s.g, g_ig * i
-    # dL/dUPDATE through f c_prev, and, in a layer that can copy,
-    # dL/d(1 - COPY) - dL/dCOPY = <[gh | gc], diff> + gz (z_bin - z_prev)
-    g_update = _vecdot(gc_cprev, f)
-    g_below = None
-    if s.copy is None:
-        g_prev = g_update.neg()  # UPDATE = 1 - z_prev
-    else:
-        g_mix = _vecdot(torch.cat([gh, gc], dim=1), s.diff)  # type: ignore[arg-type]
-        if s.u is not None:
-            g_mix = torch.addcmul(g_mix, gz, s.zdiff)  # type: ignore[arg-type]
-        # COPY = not_prev - UPDATE, 1 - COPY = UPDATE + z_prev, UPDATE = not_prev z_below
-        g_update = g_update + g_mix
-        g_prev = torch.addcmul(g_mix, g_update, z_below, value=-1.0)  # type: ignore[arg-type]
-        if s.u is not None:
-            g_prev = torch.addcmul(g_prev, gz, s.copy)
-        g_below = g_update * s.not_prev
-    parts = [_sigmoid_backward(torch.cat([g_f, g_i, g_o], dim=1), s.fio),
-             _tanh_backward(g_g, s.g)]
-    if s.u is not None:  # Eq. 8-10, straight through: dz/dz~ = 1 (DESIGN.md 5)
-        g_tilde = gz if not_copy is None else gz * not_copy
-        parts.append(_hardtanh_backward(g_tilde, s.u, 0.0, 1.0) * half_slope)
-    g_s = torch.cat(parts, dim=1)
-    gh_copy = gh * s.copy if s.copy is not None else None
-    return StepGrads(g_s, g_norm if ln_cell is not None else None, gc * s.mix, g_prev,
-                     g_below, gh_copy)
-
-
 def run_backward(
     weights: list[LayerWeights],
     buf: Buffers,
@@ -672,7 +589,6 @@ def run_backward(
     grad_h: list[Tensor | None],
     grad_z: Tensor | None,
     grad_c_last: list[Tensor | None],
-    core: Callable[..., StepGrads] = backward_core,
 ) -> tuple[Tensor, list[Tensor], list[Tensor], list[Tensor], list[dict[str, Tensor]]]:
     """BPTT through :func:`run_forward`'s steps, in reverse.
 
@@ -680,7 +596,6 @@ def run_backward(
         grad_h: per layer, the gradient of ``buf.h`` ``(T+1, N, H)`` (None: zero).
         grad_z: the gradient of ``buf.z`` ``(T+1, N, L)`` (None: zero).
         grad_c_last: per layer, the gradient of the last ``c`` ``(N, H)`` (None: zero).
-        core: :func:`backward_core` or its compiled form.
 
     Returns:
         ``(grad_bottom (T, N, R_1), grad_h0, grad_c0, grad_z0, grad_weights)``: one
@@ -691,64 +606,101 @@ def run_backward(
     steps = buf.z.shape[0] - 1
     like = buf.h[0]
     N = like.shape[1]
-    half_slope = like.new_tensor(0.5 * slope)
+    half_slope = 0.5 * slope
     views = buf.step_views()
     gh_acc: list[Tensor] = [like.new_zeros(N, w.hidden_size) for w in weights]
     gc_acc = [g if g is not None else like.new_zeros(N, w.hidden_size)
               for g, w in zip(grad_c_last, weights, strict=True)]
     gz_acc = [like.new_zeros(N, 1) for _ in weights]
     grads = [Workspace(w, steps, N, like, grads=True) for w in weights]  # dL/d(what it wrote)
-    g_act: list[list[Tensor]] = [[like] * steps for _ in weights]  # dL/ds, step by step
-    g_norm: list[list[Tensor]] = [[like] * steps for _ in weights]  # dL/dLN(c)
+    # [dL/dh | dL/dc] of the step, beside each other as diff is: one dot product for both
+    g_hc = [_split(like.new_empty(1, N, 2 * w.hidden_size), (w.hidden_size,) * 2)[0]
+            for w in weights]
+    # dL/d[h_prev | z h_above | z_below h_below], two per layer: a step's stays readable
+    # while the step before writes the other
+    g_x = [_split(like.new_empty(2, N, sum(w.widths())), w.widths()) if w.ln is None else None
+           for w in weights]
     gh_out = [g.unbind(0) if g is not None else None for g in grad_h]
     gz_out = [grad_z[:, :, l : l + 1].unbind(0) if grad_z is not None else None
               for l in range(L)]
     for t in range(steps - 1, -1, -1):
         for l in range(L - 1, -1, -1):
-            w, v, s = weights[l], views[l], buf.saved[l][t]
+            w, v, saved = weights[l], views[l], buf.saved[l][t]
             slot, g_slot = buf.work[l].slots[t], grads[l].slots[t]
+            gates, tanh_c, gs = slot.gates, slot.tanh_c, g_slot.gates
             below = views[l - 1] if l > 0 else None
             z_prev = v["z"][t]
             z_below = below["z"][t + 1] if below is not None else None
-            sg = core(
-                gh_acc[l], gh_out[l][t + 1] if gh_out[l] is not None else None,  # type: ignore[index]
-                gz_acc[l], gz_out[l][t + 1] if gz_out[l] is not None else None,  # type: ignore[index]
-                gc_acc[l], s, v["c"][t], v["c"][t + 1], z_below, half_slope,
-                w.ln["cell"] if w.ln is not None else None,
-            )
-            g_s, g_prev, g_below = sg.g_s, sg.gz_prev, sg.gz_below
-            g_act[l][t], gc_acc[l] = g_s, sg.gc_prev
-            if sg.g_norm is not None:
-                g_norm[l][t] = sg.g_norm
+            copy, not_copy = saved.copy, saved.not_copy
+            _, gh, gc = g_hc[l]
+            if gh_out[l] is None:
+                gh.copy_(gh_acc[l])  # type: ignore[union-attr]
+            else:
+                torch.add(gh_acc[l], gh_out[l][t + 1], out=gh)  # type: ignore[index]
+            gz = gz_acc[l] if gz_out[l] is None else gz_acc[l] + gz_out[l][t + 1]  # type: ignore[index]
+            # Eq. 3: h = COPY h_prev + (1 - COPY) o tanh(c)
+            gh_new = gh if not_copy is None else gh * not_copy  # type: ignore[operator]
+            torch.mul(gh_new, tanh_c, out=gs.o)
+            g_tanh = _tanh_backward(gh_new * gates.o, tanh_c, grad_input=g_slot.tanh_c)
+            if w.ln is not None:
+                g_tanh = _ln_backward(g_tanh, w, "cell", v["c"][t + 1], slot)
+            torch.add(g_tanh, gc_acc[l], out=gc)
+            # Eq. 2: c = c_prev (UPDATE f + COPY) + (1 - COPY) i g
+            gc_cprev = gc * v["c"][t]  # type: ignore[operator]
+            torch.mul(gc_cprev, saved.update, out=gs.f)
+            gc_acc[l] = gc * saved.mix  # type: ignore[operator]
+            g_ig = gc if not_copy is None else gc * not_copy  # type: ignore[operator]
+            torch.mul(g_ig, gates.g, out=gs.i)
+            torch.mul(g_ig, gates.i, out=gs.g)
+            if gs.z is not None:  # Eq. 8-10, straight through: dz/dz~ = 1 (DESIGN.md 5)
+                g_tilde = gz if not_copy is None else gz * not_copy
+                torch.mul(_hardtanh_backward(g_tilde, slot.u, 0.0, 1.0), half_slope, out=gs.z)
+            # dL/dUPDATE through f c_prev, and, in a layer that can copy,
+            # dL/d(1 - COPY) - dL/dCOPY = <[gh | gc], diff> + gz (z_bin - z_prev)
+            g_update = _vecdot(gc_cprev, gates.f)
+            g_below = None
+            if copy is None:
+                g_prev = g_update.neg_()  # UPDATE = 1 - z_prev
+            else:
+                g_mix = _vecdot(g_hc[l][0], slot.diff[0])  # type: ignore[arg-type, index]
+                if gs.z is not None:
+                    g_mix.addcmul_(gz, slot.zdiff)  # type: ignore[arg-type]
+                # COPY = not_prev - UPDATE, 1 - COPY = UPDATE + z_prev, UPDATE = not_prev z_below
+                g_update.add_(g_mix)
+                g_prev = torch.addcmul(g_mix, g_update, z_below, value=-1.0)  # type: ignore[arg-type]
+                if gs.z is not None:
+                    g_prev.addcmul_(gz, copy)
+                g_below = g_update.mul_(saved.not_prev)
+            _sigmoid_backward(gs.fio, gates.fio, grad_input=gs.fio)
+            _tanh_backward(gs.g, gates.g, grad_input=gs.g)
             # s = U h_prev + z_prev U_td h_above + z_below W h_below + b
+            g_s = g_slot.act
+            g_hprev = gh * copy if copy is not None else None  # type: ignore[operator]
             if w.ln is None:
-                H, Ha, _ = w.widths()
-                gx = w.product("fused^T")(g_s)  # dL/d[h_prev | z h_above | z_below h_below]
-                gx_h = gx[:, :H]
-                gh_acc[l] = gx_h if sg.gh_copy is None else sg.gh_copy + gx_h
-                if w.U_td is not None:
-                    g_above = gx[:, H : H + Ha]
-                    g_prev = g_prev + _vecdot(g_above, views[l + 1]["h"][t])
-                    gh_acc[l + 1] = torch.addcmul(gh_acc[l + 1], g_above, z_prev)
-                if below is not None:
-                    g_bu = gx[:, H + Ha :]
-                    g_below = g_below + _vecdot(g_bu, below["h"][t + 1])  # type: ignore[operator]
-                    gh_acc[l - 1] = torch.addcmul(gh_acc[l - 1], g_bu, z_below)  # type: ignore[arg-type]
+                gx, gx_h, g_above, g_bu = g_x[l][t % 2]  # type: ignore[index, misc]
+                w.product("fused^T")(g_s, out=gx)
+                gh_acc[l] = gx_h if g_hprev is None else g_hprev.add_(gx_h)  # type: ignore[assignment, arg-type]
+                if g_above is not None:
+                    g_prev.add_(_vecdot(g_above, views[l + 1]["h"][t]))
+                    gh_acc[l + 1].addcmul_(g_above, z_prev)
+                if g_bu is not None:
+                    g_below.add_(_vecdot(g_bu, below["h"][t + 1]))  # type: ignore[index, union-attr]
+                    gh_acc[l - 1].addcmul_(g_bu, z_below)  # type: ignore[arg-type]
             else:
                 g_rec = _ln_backward(g_s, w, "recurrent", slot.proj["U"], slot)
                 g_slot.proj["U"].copy_(g_rec)
                 g_rec_h = w.product("U^T")(g_rec)
-                gh_acc[l] = g_rec_h if sg.gh_copy is None else sg.gh_copy + g_rec_h
+                gh_acc[l] = g_rec_h if g_hprev is None else g_hprev.add_(g_rec_h)
                 if w.U_td is not None:
-                    g_prev = g_prev + _vecdot(g_s, slot.normed["top_down"])
+                    g_prev.add_(_vecdot(g_s, slot.normed["top_down"]))
                     g_td = _ln_backward(g_s * z_prev, w, "top_down", slot.proj["U_td"], slot)
                     g_slot.proj["U_td"].copy_(g_td)
-                    gh_acc[l + 1] = gh_acc[l + 1] + w.product("U_td^T")(g_td)
+                    gh_acc[l + 1].add_(w.product("U_td^T")(g_td))
                 if below is not None:
-                    g_below = g_below + _vecdot(g_s, slot.normed["bottom_up"])  # type: ignore[operator]
+                    g_below.add_(_vecdot(g_s, slot.normed["bottom_up"]))  # type: ignore[union-attr]
                     g_bu = _ln_backward(g_s * z_below, w, "bottom_up", slot.proj["W"], slot)  # type: ignore[operator]
                     g_slot.proj["W"].copy_(g_bu)
-                    gh_acc[l - 1] = gh_acc[l - 1] + w.product("W^T")(g_bu)
+                    gh_acc[l - 1].add_(w.product("W^T")(g_bu))
             gz_acc[l] = g_prev
             if g_below is not None:
                 gz_acc[l - 1] = gz_acc[l - 1] + g_below
@@ -756,28 +708,21 @@ def run_backward(
                for l, g in enumerate(gh_acc)]
     grad_z0 = [g if gz_out[l] is None else g + gz_out[l][0]  # type: ignore[index]
                for l, g in enumerate(gz_acc)]
-    g_acts = [torch.stack(g) for g in g_act]  # (T, N, R) per layer
-    weight_grads = [
-        _weight_grads(weights, buf, l, g_acts[l], grads[l],
-                      torch.stack(g_norm[l]) if w.ln is not None else None)
-        for l, w in enumerate(weights)
-    ]
-    return g_acts[0], grad_h0, gc_acc, grad_z0, weight_grads
+    weight_grads = [_weight_grads(weights, buf, l, grads[l]) for l in range(L)]
+    return grads[0].act, grad_h0, gc_acc, grad_z0, weight_grads
 
 
 def _weight_grads(
-    weights: list[LayerWeights], buf: Buffers, l: int, g_act: Tensor, grads: Workspace,
-    g_norm: Tensor | None,
+    weights: list[LayerWeights], buf: Buffers, l: int, grads: Workspace
 ) -> dict[str, Tensor]:
     """Each weight's gradient as one product over all steps: ``sum_t g_t^T x_t``.
 
-    ``g_act (T, N, R)``: the gradients of ``s``; ``grads`` holds, step by step, those of
-    the products before normalisation (``proj``); ``g_norm (T, N, H)``: of ``LN(c)``'s
-    output (None without layer norm).
+    ``grads`` holds, step by step, the gradients of ``s`` (``act``), of the products
+    before normalisation (``proj``) and of ``tanh``'s input (``tanh_c``: ``LN(c)``'s output).
     """
     w, work = weights[l], buf.work[l]
     R, top = w.rows, len(weights) - 1
-    gs = g_act.reshape(-1, R)
+    gs = grads.act.reshape(-1, R)
     out = {"bias": gs.sum(0)}
     gates = {"U": None, "U_td": buf.z[:-1, :, l : l + 1],  # z_{t-1}, z^{below}_t
              "W": buf.z[1:, :, l - 1 : l] if l > 0 else None}
@@ -802,14 +747,14 @@ def _weight_grads(
         out[name] = _gated_outer(g_proj, h.reshape(-1, h.shape[2]),
                                  gate if w.skip_gated else None)
         key = _LN_OF[name]
-        upstream = g_act if gate is None else g_act * gate
+        upstream = grads.act if gate is None else grads.act * gate
         _, out[f"ln_{key}.weight"], out[f"ln_{key}.bias"] = _layer_norm_backward(
             upstream, work.proj[name], (R,), *_layer_norm_stats(work.proj[name], w.eps),
             *w.ln[key],  # type: ignore[index]
             [False, True, True],
         )
     _, out["ln_cell.weight"], out["ln_cell.bias"] = _layer_norm_backward(
-        g_norm, buf.c[l][1:], (w.hidden_size,), *_layer_norm_stats(buf.c[l][1:], w.eps),
+        grads.tanh_c, buf.c[l][1:], (w.hidden_size,), *_layer_norm_stats(buf.c[l][1:], w.eps),
         *w.ln["cell"],  # type: ignore[index]
         [False, True, True],
     )

@@ -105,14 +105,13 @@ def sparse_forward(
     if state is None:
         state = rnn.initial_state(N)
     weights = _weights(rnn, packing_rows(N, input.shape[0]))
-    boundary = rnn.boundary
+    slope, boundary = float(rnn.slope), rnn.boundary
     bottom = rnn.layers[0].bottom_up(input) + weights[0].bias  # (T, N, R_1)
-    half_slope = bottom.new_tensor(0.5 * float(rnn.slope))
     buf = Buffers(weights, state.h, state.c, state.z, input.shape[0], keep=False)
     views = buf.step_views()
     for t, bottom_t in enumerate(bottom.unbind(0)):
         for l in range(len(weights)):
-            _sparse_step(weights, views, l, t, bottom_t, half_slope, boundary, generator)
+            _sparse_step(weights, views, l, t, bottom_t, slope, boundary, generator)
     hidden = tuple(h[1:] for h in buf.h)
     boundaries = buf.z[1:]
     if rnn.batch_first:
@@ -127,7 +126,7 @@ def sparse_forward(
 
 def _sparse_step(
     weights: list[LayerWeights], views: list[dict[str, list[Tensor]]], l: int, t: int,
-    bottom: Tensor, half_slope: Tensor, boundary: str, generator: torch.Generator | None,
+    bottom: Tensor, slope: float, boundary: str, generator: torch.Generator | None,
 ) -> None:
     """Layer ``l``'s step ``t`` on the rows not in COPY (the others keep their state), its
     top-down and bottom-up products on the rows whose boundaries let them in."""
@@ -159,15 +158,18 @@ def _sparse_step(
     preactivation(w, slot, rows(bottom) if l == 0 else w.bias, h_prev, zp,
                   None if top else rows(views[l + 1]["h"][t]), zb,
                   rows(below["h"][t + 1]) if below is not None else None, gated_rows=True)
-    out = pointwise(w, slot.act, h_prev, c_prev, zp, zb, half_slope, boundary, generator,
-                    sample_rows=None if index is None else (index, N))
-    for name, new in (("h", out.h), ("c", out.c), ("z", out.z)):
-        if new is None:
-            continue
-        if index is None:
-            v[name][t + 1].copy_(new)
-        else:
-            v[name][t + 1].index_copy_(0, index, new)
+    if index is None:
+        h, c, z = v["h"][t + 1], v["c"][t + 1], None if top else v["z"][t + 1]
+    else:
+        h, c = torch.empty_like(h_prev), torch.empty_like(c_prev)
+        z = None if top else torch.empty_like(zp)
+    pointwise(w, slot, h_prev, c_prev, zp, zb, h, c, z, slope, boundary, generator,
+              sample_rows=None if index is None else (index, N))
+    if index is not None:
+        v["h"][t + 1].index_copy_(0, index, h)
+        v["c"][t + 1].index_copy_(0, index, c)
+        if z is not None:
+            v["z"][t + 1].index_copy_(0, index, z)
 
 
 class StreamingHMLSTM:
@@ -201,7 +203,7 @@ class StreamingHMLSTM:
     ) -> None:
         self.rnn = rnn
         self.generator = generator
-        self.half_slope = rnn.slope.new_tensor(0.5 * float(rnn.slope))
+        self.slope = float(rnn.slope)
         with torch.no_grad():
             self.weights = _weights(rnn, 1)  # packed: a stream runs many steps
         like = rnn.layers[0].W
@@ -248,11 +250,13 @@ class StreamingHMLSTM:
             h_below = None if l == 0 or fired_below == 0.0 else self.h[l - 1]
             preactivation(w, slot, bottom if l == 0 else w.bias, self.h[l], self.z[l],
                           None if top or not flush else self.h[l + 1], z_below, h_below)
-            out = pointwise(w, slot.act, self.h[l], self.c[l], self.z[l], z_below,
-                            self.half_slope, self.rnn.boundary, self.generator)
-            self.h[l], self.c[l] = out.h, out.c
-            if out.z is not None:
-                self.z[l] = out.z
-                self._z[l] = float(out.z)
+            h, c = torch.empty_like(self.h[l]), torch.empty_like(self.c[l])
+            z = None if top else torch.empty_like(self.z[l])
+            pointwise(w, slot, self.h[l], self.c[l], self.z[l], z_below, h, c, z, self.slope,
+                      self.rnn.boundary, self.generator)
+            self.h[l], self.c[l] = h, c
+            if z is not None:
+                self.z[l] = z
+                self._z[l] = float(z)
             self.computed[l] += 1
         return tuple(self.h), torch.cat(self.z, dim=1)

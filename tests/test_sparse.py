@@ -78,9 +78,9 @@ def test_sparse_forward_computes_only_rows_not_in_copy(monkeypatch: pytest.Monke
     rows = np.zeros(len(SIZES), dtype=int)
 
     def counting(original):  # noqa: ANN001, ANN202
-        def pointwise(w, act, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
-            rows[list(SIZES).index(w.hidden_size)] += act.shape[0]
-            return original(w, act, *args, **kwargs)
+        def pointwise(w, slot, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+            rows[list(SIZES).index(w.hidden_size)] += slot.act.shape[0]
+            return original(w, slot, *args, **kwargs)
         return pointwise
 
     monkeypatch.setattr(hmrnn.sparse, "pointwise", counting(hmrnn.sparse.pointwise))
