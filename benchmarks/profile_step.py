@@ -23,26 +23,13 @@ import time
 from collections.abc import Callable
 
 import torch
-from torch.nn import functional as F
 from torch.profiler import profile
 
-from hmrnn.bench import _charlm
+from hmrnn.bench import bench_model, training_step
 
 # matrix products; nn.LSTM's oneDNN layer kernels (products and gates fused) count here
 MATMUL = ("aten::mm", "aten::addmm", "aten::bmm", "mkldnn::_linear_pointwise",
           "aten::mkldnn_rnn_layer")
-
-
-def _step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
-    optimizer = torch.optim.Adam(model.parameters())
-
-    def step() -> None:
-        out = model(x)
-        loss = F.cross_entropy(out.logits.flatten(0, 1), y.flatten())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    return step
 
 
 def _shares(step: Callable[[], None]) -> tuple[dict[str, float], int]:
@@ -78,9 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [args.hidden] * args.layers
     cpu = torch.device("cpu")
     models = {
-        "nn.LSTM": _charlm("lstm", 50, 128, sizes, args.hidden, False, cpu),
-        "HM-LSTM": _charlm("hmlstm", 50, 128, sizes, args.hidden, False, cpu),
-        "LN-HM-LSTM": _charlm("hmlstm", 50, 128, sizes, args.hidden, True, cpu),
+        "nn.LSTM": bench_model("lstm", 50, 128, sizes, args.hidden, False, cpu),
+        "HM-LSTM": bench_model("hmlstm", 50, 128, sizes, args.hidden, False, cpu),
+        "LN-HM-LSTM": bench_model("hmlstm", 50, 128, sizes, args.hidden, True, cpu),
     }
     x = torch.randint(50, (args.seq_len, args.batch))
     y = torch.randint(50, (args.seq_len, args.batch))
@@ -89,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
              "| Python, dispatch, autograd |",
              "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for name, model in models.items():
-        step = _step(model, x, y)
+        step = training_step(model, torch.optim.Adam(model.parameters()), x, y)
         step()  # warm-up
         step()
         times = []

@@ -110,10 +110,25 @@ def _rows(
             for name, t in times.items()]
 
 
-def _charlm(kind: str, vocab: int, embedding: int, sizes: Sequence[int], output: int,
-            layer_norm: bool, device: torch.device) -> CharLM:
+def bench_model(kind: str, vocab: int, embedding: int, sizes: Sequence[int], output: int,
+                layer_norm: bool, device: torch.device) -> CharLM:
+    """A character LM of the benchmark: ``kind`` (:func:`hmrnn.models.build_rnn`) of
+    ``sizes`` between an embedding and the gated output module."""
     rnn = build_rnn(kind, embedding, list(sizes), len(sizes), layer_norm=layer_norm)
     return CharLM(vocab, rnn, output).to(device)
+
+
+def training_step(model: CharLM, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor
+                  ) -> Callable[[], None]:
+    """One step of truncated BPTT on the segment ``x (T, N)`` with targets ``y (T, N)``:
+    forward, cross-entropy, backward, ``optimizer`` step."""
+    def step() -> None:
+        out = model(x)
+        loss = F.cross_entropy(out.logits.flatten(0, 1), y.flatten())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return step
 
 
 def _sizes_label(sizes: Sequence[int]) -> str:
@@ -126,13 +141,13 @@ def bench_train(
     """Training steps and dense forward passes of nn.LSTM, HM-LSTM and LN-HM-LSTM."""
     sizes = [hidden] * args.layers
     models = {
-        "nn.LSTM": _charlm("lstm", args.vocab, args.embedding, sizes, hidden, False, device),
-        "HM-LSTM": _charlm("hmlstm", args.vocab, args.embedding, sizes, hidden, False, device),
-        "LN-HM-LSTM": _charlm("hmlstm", args.vocab, args.embedding, sizes, hidden, True,
+        "nn.LSTM": bench_model("lstm", args.vocab, args.embedding, sizes, hidden, False, device),
+        "HM-LSTM": bench_model("hmlstm", args.vocab, args.embedding, sizes, hidden, False, device),
+        "LN-HM-LSTM": bench_model("hmlstm", args.vocab, args.embedding, sizes, hidden, True,
                               device),
     }
     if args.cell_loop:  # the readable reference loop, one cell call per layer and step
-        models["HM-LSTM cell loop"] = _charlm("hmlstm", args.vocab, args.embedding, sizes,
+        models["HM-LSTM cell loop"] = bench_model("hmlstm", args.vocab, args.embedding, sizes,
                                               hidden, False, device)
         models["HM-LSTM cell loop"].rnn.fast = False
     gen = torch.Generator().manual_seed(0)
@@ -141,15 +156,7 @@ def bench_train(
     optimizers = {name: torch.optim.Adam(m.parameters()) for name, m in models.items()}
 
     def train(name: str) -> Callable[[], None]:
-        model, optimizer = models[name], optimizers[name]
-
-        def step() -> None:
-            out = model(x)
-            loss = F.cross_entropy(out.logits.flatten(0, 1), y.flatten())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        return step
+        return training_step(models[name], optimizers[name], x, y)
 
     def forward(name: str) -> Callable[[], None]:
         model = models[name]
@@ -193,7 +200,7 @@ def _inference_models(
     else:
         sizes = [args.eval_hidden] * args.layers
         torch.manual_seed(1)
-        model = _charlm("hmlstm", args.vocab, args.embedding, sizes, args.eval_hidden,
+        model = bench_model("hmlstm", args.vocab, args.embedding, sizes, args.eval_hidden,
                         args.layer_norm, device)
         with torch.no_grad():  # a what-if: fewer boundaries, more COPY, as training may give
             for cell in list(model.rnn.layers)[:-1]:
@@ -205,7 +212,7 @@ def _inference_models(
                      if args.boundary_bias else ""))
     model.eval()
     rnn = model.rnn
-    reference = _charlm("lstm", model.vocab_size, rnn.input_size, list(rnn.hidden_sizes),
+    reference = bench_model("lstm", model.vocab_size, rnn.input_size, list(rnn.hidden_sizes),
                         model.output.output_size, False, device).eval()
     return model, reference, ids, source
 
