@@ -46,7 +46,7 @@ class DataConfig:
 class ModelConfig:
     """The recurrent stack and the layers around it."""
 
-    rnn: str = "hmlstm"  # hmlstm | lstm | lnlstm | cwrnn
+    rnn: str = "hmlstm"  # hmlstm | lstm | cwrnn (layer_norm picks the LN LSTM / LN CW-RNN)
     num_layers: int = 3
     hidden_size: tuple[int, ...] = (128,)  # one size for all layers, or one per layer
     embedding_size: int = 64  # paper: 128

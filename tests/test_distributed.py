@@ -285,3 +285,22 @@ def test_mixed_precision_losses_follow_fp32_on_cuda(tmp_path: Path) -> None:
         assert all(np.isfinite(losses[precision]))
         assert losses[precision][0] == pytest.approx(losses["fp32"][0], rel=2e-2)
         assert losses[precision][-1] == pytest.approx(losses["fp32"][-1], rel=5e-2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_torchrun_with_nccl_one_process_per_gpu(tmp_path: Path) -> None:
+    corpus = _write_text(tmp_path, words=300)
+    out = tmp_path / "run"
+    gpus = torch.cuda.device_count()
+    settings = [a for a in CLI_TINY if not a.startswith("run.device=")]
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone",
+         f"--nproc_per_node={gpus}", "-m", "hmrnn", "train", f"data.corpus={corpus}",
+         f"run.out_dir={out}", *settings, "run.device=cuda", "run.backend=nccl",
+         "train.max_steps=4"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert f"{gpus} process(es)" in proc.stdout and "stopped after step 4" in proc.stdout
+    assert "device cuda:0" in proc.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "last.pt", "metrics.jsonl"]

@@ -27,13 +27,13 @@ def _model(sizes: tuple[int, ...], mode: str, layer_norm: bool, seed: int = 0) -
     return rnn
 
 
-def _state(sizes: tuple[int, ...], seed: int) -> HMLSTMState:
+def _state(sizes: tuple[int, ...], seed: int, device: torch.device) -> HMLSTMState:
     """A non-zero initial state with some boundaries on, every tensor requiring grad."""
     g = torch.Generator().manual_seed(seed)
 
     def leaf(*shape: int, binary: bool = False) -> torch.Tensor:
         x = torch.rand(*shape, generator=g, dtype=torch.float64)
-        return ((x > 0.5).double() if binary else x * 2 - 1).requires_grad_()
+        return ((x > 0.5).double() if binary else x * 2 - 1).to(device).requires_grad_()
 
     return HMLSTMState(tuple(leaf(N, h) for h in sizes), tuple(leaf(N, h) for h in sizes),
                        tuple(leaf(N, 1, binary=True) for _ in sizes))
@@ -43,7 +43,7 @@ def _run(rnn: HMLSTM, fast: bool, x: torch.Tensor, state: HMLSTMState,
          weights: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Outputs, and the gradients of a loss reading every output, for one loop."""
     rnn.fast = fast
-    out, last = rnn(x, state, generator=torch.Generator().manual_seed(3))
+    out, last = rnn(x, state, generator=torch.Generator(x.device).manual_seed(3))
     values = [*out.hidden, out.boundary, *last.h, *last.c, *last.z]
     loss = sum((v * w).sum() for v, w in zip(values, weights, strict=True))
     inputs = [x, *state.h, *state.c, *state.z, *rnn.parameters()]
@@ -57,18 +57,18 @@ def _run(rnn: HMLSTM, fast: bool, x: torch.Tensor, state: HMLSTMState,
 @pytest.mark.parametrize("sizes", [SIZES, (4, 3)])
 def test_fast_equals_reference_forward_and_gradients(
     mode: str, layer_norm: bool, sizes: tuple[int, ...], skip_gated: bool,
-    monkeypatch: pytest.MonkeyPatch,
+    device: torch.device, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """``skip_gated``: the gated terms' products only on the rows let in (large weights)."""
     if skip_gated:
         monkeypatch.setattr(hmrnn.fast, "_LARGE_WEIGHT", 0)
-    rnn = _model(sizes, mode, layer_norm)
-    x = torch.randn(T, N, D, dtype=torch.float64, requires_grad=True)
-    state = _state(sizes, 1)
+    rnn = _model(sizes, mode, layer_norm).to(device)
+    x = torch.randn(T, N, D, dtype=torch.float64).to(device).requires_grad_()
+    state = _state(sizes, 1, device)
     with torch.no_grad():
         shapes = [v.shape for v in _run_shapes(rnn, x, state)]
     g = torch.Generator().manual_seed(2)
-    weights = [torch.randn(s, generator=g, dtype=torch.float64) for s in shapes]
+    weights = [torch.randn(s, generator=g, dtype=torch.float64).to(device) for s in shapes]
     fast_values, fast_grads = _run(rnn, True, x, state, weights)
     ref_values, ref_grads = _run(rnn, False, x, state, weights)
     for a, b in zip(fast_values, ref_values, strict=True):
@@ -88,10 +88,10 @@ def _run_shapes(rnn: HMLSTM, x: torch.Tensor, state: HMLSTMState) -> list[torch.
 
 
 @pytest.mark.parametrize("layer_norm", [False, True])
-def test_inference_path_equals_training_path(layer_norm: bool) -> None:
+def test_inference_path_equals_training_path(layer_norm: bool, device: torch.device) -> None:
     """Without autograd the fast loop keeps one scratch slot instead of all steps."""
-    rnn = _model(SIZES, "step", layer_norm)
-    x = torch.randn(T, N, D, dtype=torch.float64)
+    rnn = _model(SIZES, "step", layer_norm).to(device)
+    x = torch.randn(T, N, D, dtype=torch.float64).to(device)
     trained, state = rnn(x)
     with torch.no_grad():
         inferred, state_ng = rnn(x)
@@ -107,13 +107,13 @@ def test_inference_path_equals_training_path(layer_norm: bool) -> None:
 
 @pytest.mark.parametrize("layer_norm", [False, True])
 def test_float32_training_step_matches_reference(
-    layer_norm: bool, monkeypatch: pytest.MonkeyPatch
+    layer_norm: bool, device: torch.device, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """In float32 the large-weight path (oneDNN products where available) is taken."""
     monkeypatch.setattr(hmrnn.fast, "_LARGE_WEIGHT", 0)
     torch.manual_seed(0)
-    rnn = HMLSTM(3, 8, 3, layer_norm=layer_norm)
-    x = torch.randn(5, 4, 3)
+    rnn = HMLSTM(3, 8, 3, layer_norm=layer_norm).to(device)
+    x = torch.randn(5, 4, 3).to(device)
     losses = {}
     for fast in (True, False):
         rnn.fast = fast

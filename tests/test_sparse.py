@@ -47,15 +47,15 @@ def _assert_same(dense: tuple, sparse: tuple, mode: str) -> None:
 
 @pytest.mark.parametrize("layer_norm", [False, True])
 @pytest.mark.parametrize("mode", ["step", "sample", "soft"])
-def test_sparse_forward_equals_dense(mode: str, layer_norm: bool) -> None:
-    rnn = _model(mode, layer_norm)
-    x = torch.randn(T, N, D, dtype=torch.float64)
+def test_sparse_forward_equals_dense(mode: str, layer_norm: bool, device: torch.device) -> None:
+    rnn = _model(mode, layer_norm).to(device)
+    x = torch.randn(T, N, D, dtype=torch.float64).to(device)
     with torch.no_grad():
-        dense = rnn(x, generator=torch.Generator().manual_seed(3))
-    sparse = sparse_forward(rnn, x, generator=torch.Generator().manual_seed(3))
+        dense = rnn(x, generator=torch.Generator(device).manual_seed(3))
+    sparse = sparse_forward(rnn, x, generator=torch.Generator(device).manual_seed(3))
     _assert_same(dense, sparse, mode)
     if mode != "soft":  # the comparison means something only if COPY is common, not total
-        share = copy_share(dense[0].boundary)
+        share = copy_share(dense[0].boundary).cpu()
         assert share[0] == 0 and share[1:].max() > 0.2 and share[1:].min() < 1
 
 
@@ -72,9 +72,11 @@ def test_sparse_forward_carries_state_and_batch_first() -> None:
     assert torch.equal(out.boundary, dense[0].boundary.transpose(0, 1))
 
 
-def test_sparse_forward_computes_only_rows_not_in_copy(monkeypatch: pytest.MonkeyPatch) -> None:
-    rnn = _model("step", False)
-    x = torch.randn(T, N, D, dtype=torch.float64)
+def test_sparse_forward_computes_only_rows_not_in_copy(
+    device: torch.device, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rnn = _model("step", False).to(device)
+    x = torch.randn(T, N, D, dtype=torch.float64).to(device)
     rows = np.zeros(len(SIZES), dtype=int)
 
     def counting(original):  # noqa: ANN001, ANN202
@@ -86,7 +88,7 @@ def test_sparse_forward_computes_only_rows_not_in_copy(monkeypatch: pytest.Monke
     monkeypatch.setattr(hmrnn.sparse, "pointwise", counting(hmrnn.sparse.pointwise))
     monkeypatch.setattr(hmrnn.fast, "pointwise", counting(hmrnn.fast.pointwise))
     out, _ = sparse_forward(rnn, x)
-    ops = np.stack([operations(out.boundary[:, n].numpy()) for n in range(N)], axis=1)
+    ops = np.stack([operations(out.boundary[:, n].cpu().numpy()) for n in range(N)], axis=1)
     not_copy = (ops != COPY).sum(axis=(0, 1))  # (L,)
     assert (ops == COPY).any()
     np.testing.assert_array_equal(rows, not_copy)
@@ -94,12 +96,13 @@ def test_sparse_forward_computes_only_rows_not_in_copy(monkeypatch: pytest.Monke
 
 @pytest.mark.parametrize("layer_norm", [False, True])
 @pytest.mark.parametrize("mode", ["step", "sample"])
-def test_streaming_equals_dense(mode: str, layer_norm: bool) -> None:
-    rnn = _model(mode, layer_norm)
+def test_streaming_equals_dense(mode: str, layer_norm: bool, device: torch.device) -> None:
+    rnn = _model(mode, layer_norm).to(device)
     x = torch.randn(T, 1, D, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    x = x.to(device)
     with torch.no_grad():
-        out, state = rnn(x, generator=torch.Generator().manual_seed(5))
-    stream = StreamingHMLSTM(rnn, generator=torch.Generator().manual_seed(5))
+        out, state = rnn(x, generator=torch.Generator(device).manual_seed(5))
+    stream = StreamingHMLSTM(rnn, generator=torch.Generator(device).manual_seed(5))
     for t in range(T):
         hidden, z = stream.step(x[t])
         assert torch.equal(z, out.boundary[t])
@@ -108,7 +111,7 @@ def test_streaming_equals_dense(mode: str, layer_norm: bool) -> None:
     for a, b in zip(stream.state, state, strict=True):
         for u, v in zip(a, b, strict=True):
             torch.testing.assert_close(u, v, rtol=1e-10, atol=1e-12)
-    copies = (1.0 - copy_share(out.boundary)) * T  # steps each layer was not in COPY
+    copies = (1.0 - copy_share(out.boundary).cpu()) * T  # steps each layer was not in COPY
     assert stream.computed == [round(float(c)) for c in copies]
     assert stream.computed[0] == T and min(stream.computed[1:]) < T  # COPY skipped
 

@@ -1,0 +1,144 @@
+"""The CUDA path against the CPU: every model kind computes the same function on a GPU,
+training on a GPU resumes like an uninterrupted run, and a GPU run's checkpoint serves the
+CPU commands. Skipped where no CUDA GPU is present (CI has none); docs/benchmarks.md names
+the GPU these ran on."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from hmrnn.charlm import build_charlm
+from hmrnn.checkpoint import load_checkpoint
+from hmrnn.cli import main
+from hmrnn.config import ModelConfig, load_config
+from hmrnn.data import read_text_file
+from hmrnn.distributed import DistContext
+from hmrnn.handwriting.model import HandwritingModel, sample_strokes
+from hmrnn.hmlstm import HMLSTM
+from hmrnn.lm import CharLMTask
+from hmrnn.trainer import Trainer
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+CUDA = torch.device("cuda")
+KINDS = [("hmlstm", True), ("hmlstm", False), ("lstm", False), ("lstm", True),
+         ("cwrnn", True), ("cwrnn", False)]
+
+
+@pytest.mark.parametrize(("rnn", "layer_norm"), KINDS)
+def test_every_model_computes_the_same_on_cuda_in_float64(rnn: str, layer_norm: bool) -> None:
+    """Loss, logits, boundaries and every gradient of a char LM: CUDA float64 = CPU float64."""
+    config = ModelConfig(rnn=rnn, hidden_size=(6, 5, 4), embedding_size=4, output_size=7,
+                         layer_norm=layer_norm)
+    torch.manual_seed(0)
+    cpu = build_charlm(config, 9).double()
+    with torch.no_grad():  # wide enough that HM-LSTM boundaries both fire and not
+        for p in cpu.parameters():
+            p.uniform_(-1.0, 1.0)
+    gpu = build_charlm(config, 9).double().to(CUDA)
+    gpu.load_state_dict(cpu.state_dict())
+    x = torch.randint(0, 9, (12, 3), generator=torch.Generator().manual_seed(1))
+    results = []
+    for model, device in ((cpu, torch.device("cpu")), (gpu, CUDA)):
+        out = model(x.to(device))
+        loss = torch.nn.functional.cross_entropy(out.logits.flatten(0, 1), x.to(device).flatten())
+        loss.backward()
+        boundary = getattr(out.rnn, "boundary", None)
+        results.append((loss.detach().cpu(), out.logits.detach().cpu(),
+                        None if boundary is None else boundary.detach().cpu(),
+                        [p.grad.cpu() for p in model.parameters()]))
+    (loss_c, logits_c, z_c, grads_c), (loss_g, logits_g, z_g, grads_g) = results
+    torch.testing.assert_close(loss_g, loss_c, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(logits_g, logits_c, rtol=1e-10, atol=1e-12)
+    if z_c is not None:
+        assert torch.equal(z_g, z_c) and 0 < float(z_c[..., :-1].mean()) < 1
+    for (name, _), a, b in zip(cpu.named_parameters(), grads_g, grads_c, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11, msg=name)
+
+
+def test_float32_fast_loop_on_cuda_follows_the_cpu() -> None:
+    """The path training takes (float32, fused loop) on realistic sizes: GPU within rounding."""
+    torch.manual_seed(0)
+    cpu = HMLSTM(16, 64, 3, layer_norm=True)
+    gpu = HMLSTM(16, 64, 3, layer_norm=True).to(CUDA)
+    gpu.load_state_dict(cpu.state_dict())
+    x = torch.randn(20, 8, 16)
+    out_c, _ = cpu(x)
+    out_g, _ = gpu(x.to(CUDA))
+    agree = (out_g.boundary.cpu() == out_c.boundary).float().mean()
+    assert agree > 0.99  # a boundary right at its threshold may round the other way
+    torch.testing.assert_close(out_g.hidden[0].cpu(), out_c.hidden[0], rtol=1e-4, atol=1e-5)
+
+
+def _text(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1)
+    words = ["ab", "cab", "bad", "dab", "abc"]
+    path = folder / "text.txt"
+    path.write_text(" ".join(words[i] for i in rng.integers(0, 5, size=400)))
+    return path
+
+
+def _trainer(folder: Path, **overrides: str) -> Trainer:
+    values = {
+        "model.hidden_size": "6,5,4", "model.embedding_size": "4", "model.output_size": "7",
+        "model.boundary": "sample", "train.batch_size": "3", "train.seq_len": "8",
+        "train.eval_every": "4", "train.eval_batch_size": "5", "train.patience": "1",
+        "train.lr": "0.01", "train.slope_rate": "0.5", "run.device": "cuda",
+        "run.out_dir": str(folder / "run"), "run.progress": "false",
+        "run.tensorboard": "false", "train.max_minutes": "0",
+    } | overrides
+    config = load_config(None, values)
+    corpus = read_text_file(_text(folder), fractions=(0.9, 0.05, 0.05))
+    torch.manual_seed(0)
+    context = DistContext(device=CUDA)
+    model = build_charlm(config.model, len(corpus.vocab)).to(CUDA)
+    return Trainer(CharLMTask(model, corpus, config, context), config, context,
+                   echo=lambda _m: None)
+
+
+def test_cuda_training_resumes_like_uninterrupted(tmp_path: Path) -> None:
+    """Sampled boundaries draw from the CUDA generator, whose state the checkpoint keeps."""
+    straight = _trainer(tmp_path / "a", **{"train.max_steps": "14"})
+    straight.fit()
+    first = _trainer(tmp_path / "b", **{"train.max_steps": "6"})
+    first.fit()
+    resumed = _trainer(tmp_path / "b", **{"train.max_steps": "14"})
+    resumed.restore(load_checkpoint(first.last_path))
+    resumed.fit()
+    for (name, a), (_, b) in zip(straight.model.state_dict().items(),
+                                 resumed.model.state_dict().items(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=name)
+    assert replace(straight.state, elapsed=0, best_saved=0) == replace(
+        resumed.state, elapsed=0, best_saved=0)
+
+
+def test_cli_trains_on_cuda_and_the_cpu_commands_read_its_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    common = [f"data.corpus={_text(tmp_path)}", f"run.out_dir={out}", "run.device=cuda",
+              "model.hidden_size=8", "model.embedding_size=4", "model.output_size=8",
+              "train.batch_size=4", "train.seq_len=10", "train.eval_every=5",
+              "train.max_minutes=0", "run.progress=false", "run.tensorboard=false"]
+    assert main(["train", *common, "train.max_steps=5"]) == 0
+    assert "cuda" in capsys.readouterr().out
+    assert main(["eval", str(out), "--split", "valid", "--json"]) == 0
+    assert '"bpc"' in capsys.readouterr().out
+    assert main(["sample", str(out), "--length", "20"]) == 0
+    assert capsys.readouterr().out.strip()
+
+
+def test_handwriting_sampling_on_cuda() -> None:
+    torch.manual_seed(0)
+    model = HandwritingModel(HMLSTM(3, [6, 5], 2), embedding_size=7,
+                             num_components=4).to(CUDA)
+    draws = [sample_strokes(model, 8, bias=0.5, num_samples=2,
+                            generator=torch.Generator(CUDA).manual_seed(0)) for _ in range(2)]
+    assert draws[0].device.type == "cuda" and draws[0].shape == (8, 2, 3)
+    assert torch.equal(draws[0], draws[1])
+    assert set(draws[0][..., 2].unique().tolist()) <= {0.0, 1.0}
