@@ -70,7 +70,9 @@ class HMLSTM(nn.Module):
     Shape legend: T time, N batch, L layers, H_l hidden size of layer l.
 
     State: ``slope`` (a buffer, saved in the state dict) is the hard sigmoid's slope ``a``;
-    set it between steps with :meth:`set_slope` or :meth:`anneal_slope`.
+    set it between steps with :meth:`set_slope` or :meth:`anneal_slope` (they also keep
+    ``slope_value``, its value as a Python float, which the fast loop reads without waiting
+    for a GPU), or load it with ``load_state_dict``.
 
     Parameters: ``layers.{k}.W``, ``layers.{k}.U``, ``layers.{k}.U_td`` (not in the top
     layer), ``layers.{k}.bias``, rows ordered f, i, o, g, z (DESIGN.md's layout; torch's
@@ -122,6 +124,8 @@ class HMLSTM(nn.Module):
         )
         self.register_buffer("slope", torch.tensor(1.0, dtype=self.layers[0].W.dtype,
                                                     device=self.layers[0].W.device))
+        self.slope_value = 1.0  # the buffer's value on the host: reading a GPU's waits for it
+        self.register_load_state_dict_post_hook(HMLSTM._slope_loaded)
 
     @property
     def boundary(self) -> str:
@@ -138,6 +142,11 @@ class HMLSTM(nn.Module):
         if not slope > 0:
             raise ValueError(f"slope must be positive, got {slope}")
         self.slope.fill_(float(slope))
+        self.slope_value = float(torch.tensor(float(slope), dtype=self.slope.dtype))
+
+    @staticmethod
+    def _slope_loaded(module: nn.Module, _incompatible: Any) -> None:
+        module.slope_value = float(module.slope)  # type: ignore[arg-type]
 
     def anneal_slope(self, epoch: float, rate: float = 0.04, max_slope: float = 5.0) -> float:
         """Set the slope from the paper's schedule (:func:`hmrnn.functional.slope_schedule`)."""
@@ -168,7 +177,7 @@ class HMLSTM(nn.Module):
         if self.fast and not torch.is_autocast_enabled(input.device.type):
             hidden, boundary, *last = hmlstm_loop(
                 list(self.layers), input, state.h, state.c, state.z,  # type: ignore[arg-type]
-                float(self.slope), self._boundary, generator,
+                self.slope_value, self._boundary, generator,
             )
             state = HMLSTMState(*last)
         else:

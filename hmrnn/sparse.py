@@ -105,7 +105,7 @@ def sparse_forward(
     if state is None:
         state = rnn.initial_state(N)
     weights = _weights(rnn, packing_rows(N, input.shape[0]))
-    slope, boundary = float(rnn.slope), rnn.boundary
+    slope, boundary = rnn.slope_value, rnn.boundary
     bottom = rnn.layers[0].bottom_up(input) + weights[0].bias  # (T, N, R_1)
     buf = Buffers(weights, state.h, state.c, state.z, input.shape[0], keep=False)
     views = buf.step_views()
@@ -203,7 +203,7 @@ class StreamingHMLSTM:
     ) -> None:
         self.rnn = rnn
         self.generator = generator
-        self.slope = float(rnn.slope)
+        self.slope = rnn.slope_value
         with torch.no_grad():
             self.weights = _weights(rnn, 1)  # packed: a stream runs many steps
         like = rnn.layers[0].W

@@ -34,6 +34,18 @@ from .metrics_log import MetricsWriter
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
+@contextmanager
+def seeded_rng(seed: int, device: torch.device) -> Iterator[None]:
+    """Run a block on torch's RNG seeded with ``seed``, then give the caller's RNG back.
+
+    ``torch.manual_seed`` seeds the CPU and every GPU, so the RNG of ``device`` is put back
+    too when it is a GPU: a CUDA run's sampled boundaries draw from it.
+    """
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
+
+
 class TrainingError(RuntimeError):
     """Training cannot go on (one line, for the CLI)."""
 
@@ -197,7 +209,7 @@ class Trainer:
         if self.train_cfg.slope_rate > 0:
             epoch = self.state.step / self.task.steps_per_epoch
             return rnn.anneal_slope(epoch, self.train_cfg.slope_rate, self.train_cfg.slope_max)
-        return float(rnn.slope)
+        return float(rnn.slope_value)
 
     def _autocast(self) -> Any:
         precision = self.config.run.precision  # not fp32 only on CUDA (checked at init)
@@ -237,8 +249,7 @@ class Trainer:
         return finite, float(loss.detach()), stats
 
     def _evaluate(self, split: str) -> dict[str, Any]:
-        with torch.random.fork_rng(devices=[]):  # evaluation never moves the training RNG
-            torch.manual_seed(self.train_cfg.seed)
+        with seeded_rng(self.train_cfg.seed, self.context.device):  # never moves training's
             return self.task.evaluate(split)
 
     def _after_eval(self, valid: dict[str, Any]) -> str | None:

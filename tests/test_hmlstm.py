@@ -413,3 +413,15 @@ def test_wrong_input_width() -> None:
         rnn(torch.randn(T, D))
     with pytest.raises(ValueError, match="slope must be positive"):
         rnn.set_slope(0.0)
+
+
+def test_slope_value_follows_the_buffer_through_set_and_load() -> None:
+    """The fast loop reads ``slope_value`` (no wait on a GPU); it must equal the buffer."""
+    rnn = HMLSTM(2, 3, 2)
+    rnn.set_slope(1.3)
+    assert rnn.slope_value == float(rnn.slope) != 1.3  # the buffer's float32 rounding
+    other = HMLSTM(2, 3, 2)
+    other.load_state_dict(rnn.state_dict())
+    assert other.slope_value == float(other.slope) == rnn.slope_value
+    x = torch.randn(4, 2, 2)
+    torch.testing.assert_close(other(x)[0].hidden[1], rnn(x)[0].hidden[1])

@@ -72,11 +72,11 @@ def format_evaluation(summary: dict[str, Any], where: str) -> list[str]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train a handwriting model with the generic trainer, then report on the test split."""
-    import torch
 
     from ..checkpoint import load_checkpoint
     from ..config import apply_overrides
     from ..session import run_training
+    from ..trainer import seeded_rng
     from .model import build_handwriting_model
     from .task import KIND, HandwritingTask, load_handwriting_data
 
@@ -101,8 +101,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     def report(trainer: Any, task: Any, say: Any) -> None:
         if trainer.best_path.exists():
             task.model.load_state_dict(load_checkpoint(trainer.best_path)["model"])
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(trainer.config.train.seed)
+        with seeded_rng(trainer.config.train.seed, trainer.context.device):
             summary = task.summarize("test")
         for line in format_evaluation(summary, "test (best checkpoint)"):
             say(line)
