@@ -131,6 +131,26 @@ def training_step(model: CharLM, optimizer: torch.optim.Optimizer, x: Tensor, y:
     return step
 
 
+def cuda_graphed(fn: Callable[[], None], device: torch.device) -> Callable[[], None]:
+    """``fn`` captured once into a CUDA graph; the result replays it: the same kernels on the
+    same buffers, without Python and the dispatcher launching each one.
+
+    ``fn`` runs three times first on a side stream (so that lazily made state, such as
+    Adam's, exists before capture), then once under capture. It must not read a GPU value
+    on the host, and an optimizer it steps needs ``capturable=True``.
+    """
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
+
+
 def _sizes_label(sizes: Sequence[int]) -> str:
     return f"{len(sizes)}x{sizes[0]}" if len(set(sizes)) == 1 else "x".join(map(str, sizes))
 
@@ -153,10 +173,13 @@ def bench_train(
     gen = torch.Generator().manual_seed(0)
     x = torch.randint(args.vocab, (args.seq_len, batch), generator=gen).to(device)
     y = torch.randint(args.vocab, (args.seq_len, batch), generator=gen).to(device)
-    optimizers = {name: torch.optim.Adam(m.parameters()) for name, m in models.items()}
+    graphs = args.cuda_graph
+    optimizers = {name: torch.optim.Adam(m.parameters(), capturable=graphs)
+                  for name, m in models.items()}
 
     def train(name: str) -> Callable[[], None]:
-        return training_step(models[name], optimizers[name], x, y)
+        step = training_step(models[name], optimizers[name], x, y)
+        return cuda_graphed(step, device) if graphs else step
 
     def forward(name: str) -> Callable[[], None]:
         model = models[name]
@@ -164,7 +187,7 @@ def bench_train(
         @torch.no_grad()
         def run() -> None:
             model(x)
-        return run
+        return cuda_graphed(run, device) if graphs else run
 
     label, chars = _sizes_label(sizes), args.seq_len * batch
     group = f"train {label} b{batch}"
@@ -396,6 +419,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gen-chars", type=int, default=300, help="characters generated")
     parser.add_argument("--cell-loop", action="store_true",
                         help="also train the cell-by-cell reference loop (HMLSTM fast=False)")
+    parser.add_argument("--cuda-graph", action="store_true",
+                        help="CUDA only: capture each model's training step and forward pass "
+                             "in a CUDA graph and time its replays (every model alike)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -410,6 +436,8 @@ def run(args: argparse.Namespace) -> int:
     args.train = args.train or [(128, 32), (512, 64)]
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else "cpu" if args.device == "auto" else args.device)
+    if args.cuda_graph and device.type != "cuda":
+        raise ValueError(f"--cuda-graph needs a CUDA device; this run is on {device}")
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:
@@ -430,8 +458,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"\ninference model: {source}")
     print("\ntargets:")
     print("\n".join(targets(rows, args)))
+    graphs = ", train and forward rows replay CUDA graphs" if args.cuda_graph else ""
     print(f"\nmachine: {machine}; T={args.seq_len}, median of "
-          f"{args.repeats} interleaved repeats after {args.warmup} warm-up")
+          f"{args.repeats} interleaved repeats after {args.warmup} warm-up{graphs}")
     return 0
 
 

@@ -85,6 +85,7 @@ def test_boundary_bias_makes_the_random_model_copy(capsys: pytest.CaptureFixture
         (["--repeats", "0"], "--repeats must be at least 1"),
         (["--suite", "inference", "--checkpoint", "missing.pt"], "does not exist"),
         (["--checkpoint", "m.pt", "--boundary-bias", "-1"], "random model only"),
+        (["--device", "cpu", "--cuda-graph"], "--cuda-graph needs a CUDA device"),
     ],
 )
 def test_argument_errors(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 import torch
 
+from hmrnn.bench import bench_model, cuda_graphed, training_step
+from hmrnn.bench import main as bench_main
 from hmrnn.charlm import build_charlm
 from hmrnn.checkpoint import load_checkpoint
 from hmrnn.cli import main
@@ -148,3 +150,35 @@ def test_handwriting_sampling_on_cuda() -> None:
     assert draws[0].device.type == "cuda" and draws[0].shape == (8, 2, 3)
     assert torch.equal(draws[0], draws[1])
     assert set(draws[0][..., 2].unique().tolist()) <= {0.0, 1.0}
+
+
+@pytest.mark.parametrize("layer_norm", [False, True])
+def test_a_cuda_graph_of_the_training_step_trains_like_eager_steps(layer_norm: bool) -> None:
+    """The fast loop launches no host-synchronising work, so a whole training step can be
+    captured; 3 warm-up steps and 2 replays land where 5 eager steps do."""
+    models = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        models.append(bench_model("hmlstm", 11, 8, [16, 12, 10], 16, layer_norm, CUDA))
+    g = torch.Generator().manual_seed(1)
+    x, y = (torch.randint(11, (20, 4), generator=g).to(CUDA) for _ in range(2))
+    eager = training_step(models[0], torch.optim.Adam(models[0].parameters()), x, y)
+    for _ in range(5):
+        eager()
+    replay = cuda_graphed(training_step(
+        models[1], torch.optim.Adam(models[1].parameters(), capturable=True), x, y), CUDA)
+    replay()
+    replay()
+    for (name, a), b in zip(models[0].named_parameters(), models[1].parameters(), strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6,
+                                   msg=lambda m, name=name: f"{name}: {m}")
+
+
+def test_bench_cuda_graph_rows(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--device", "cuda", "--cuda-graph", "--suite", "train", "--train", "8:2",
+            "--layers", "2", "--embedding", "4", "--vocab", "7", "--seq-len", "5",
+            "--repeats", "1", "--warmup", "0"]
+    assert bench_main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.count("| train |") == 3 and out.count("| forward |") == 3
+    assert "replay CUDA graphs" in out
