@@ -834,9 +834,10 @@ class _HMLSTMFunction(torch.autograd.Function):
         L = len(spec.names)
         saved = [t.detach() for t in ctx.saved_tensors]  # views of these are made cheaply
         buf.h, buf.z = saved[:L], saved[L]
-        g_bottom, g_h0, g_c0, g_z0, g_weights = run_backward(
-            weights, buf, spec.slope, list(grads[:L]), grads[L], list(grads[L + 1 :])
-        )
+        with torch.autocast(saved[L].device.type, enabled=False):  # as its forward ran
+            g_bottom, g_h0, g_c0, g_z0, g_weights = run_backward(
+                weights, buf, spec.slope, list(grads[:L]), grads[L], list(grads[L + 1 :])
+            )
         g_params = [g[name] for names, g in zip(spec.names, g_weights, strict=True)
                     for name in names]
         return (None, g_bottom, *g_h0, *g_c0, *g_z0, *g_params)

@@ -53,9 +53,11 @@ class HMLSTM(nn.Module):
         batch_first: input and output sequences are ``(N, T, *)``; the state never is.
         fast: run the fused loop of :mod:`hmrnn.fast` (one autograd node for the whole
             sequence, hand-written backward; differentiable once) rather than the
-            cell-by-cell loop, which is the readable reference and the one that runs under
-            autocast. Both compute the same, within float rounding; may be changed after
-            construction. For inference that skips COPY's work see :mod:`hmrnn.sparse`.
+            cell-by-cell loop, which is the readable reference. Both compute the same,
+            within float rounding; may be changed after construction. Under autocast the
+            fused loop runs in the parameters' dtype (autocast is off inside it, and its
+            outputs are in that dtype), while the cell loop follows autocast. For inference
+            that skips COPY's work see :mod:`hmrnn.sparse`.
 
     Inputs: ``input, state=None, *, generator=None``
         - input: ``(T, N, input_size)`` (``(N, T, input_size)`` if ``batch_first``).
@@ -174,11 +176,14 @@ class HMLSTM(nn.Module):
         check_input(input, self.input_size, "HMLSTM")
         if state is None:
             state = self.initial_state(input.shape[1])
-        if self.fast and not torch.is_autocast_enabled(input.device.type):
-            hidden, boundary, *last = hmlstm_loop(
-                list(self.layers), input, state.h, state.c, state.z,  # type: ignore[arg-type]
-                self.slope_value, self._boundary, generator,
-            )
+        if self.fast:  # under autocast too: the recurrence stays in the parameters' dtype
+            dtype = self.slope.dtype
+            with torch.autocast(input.device.type, enabled=False):
+                hidden, boundary, *last = hmlstm_loop(
+                    list(self.layers), input.to(dtype),  # type: ignore[arg-type]
+                    *(tuple(t.to(dtype) for t in part) for part in state),
+                    self.slope_value, self._boundary, generator,
+                )
             state = HMLSTMState(*last)
         else:
             hidden, boundary, state = self._step_by_step(input, state, generator)

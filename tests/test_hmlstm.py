@@ -372,13 +372,31 @@ def test_parameter_layout() -> None:
     assert "layers.2.U_td" not in shapes
 
 
-def test_cpu_autocast_bfloat16_runs() -> None:
+def test_under_autocast_the_fused_loop_stays_in_float32() -> None:
+    """The fused loop turns autocast off inside: a bfloat16 input is read as float32, and
+    values and gradients are those of the same input without autocast. The cell loop
+    follows autocast (its products in bfloat16)."""
     torch.manual_seed(0)
     rnn = HMLSTM(D, SIZES, 3, layer_norm=True)
+    x = torch.randn(T, N, D).bfloat16()
+    runs = []
+    for mixed in (True, False):
+        rnn.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mixed):
+            out, state = rnn(x if mixed else x.float())
+        out.hidden[2].sum().backward()  # outside autocast, as torch.amp recommends
+        runs.append((out, state, [p.grad.clone() for p in rnn.parameters()]))
+    (out, state, grads), (expected, _, expected_grads) = runs
+    assert out.hidden[0].dtype == torch.float32 and state.c[1].dtype == torch.float32
+    for a, b in zip([*out.hidden, out.boundary, *grads],
+                    [*expected.hidden, expected.boundary, *expected_grads], strict=True):
+        assert torch.equal(a, b)
+    rnn.fast = False
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out, state = rnn(torch.randn(T, N, D))
-    assert all(torch.isfinite(h.float()).all() for h in out.hidden)
-    assert set(out.boundary.float().unique().tolist()) <= {0.0, 1.0}
+        cell, _ = rnn(x)
+    assert all(torch.isfinite(h.float()).all() for h in cell.hidden)
+    assert set(cell.boundary.float().unique().tolist()) <= {0.0, 1.0}
+    assert not torch.equal(cell.hidden[0], out.hidden[0])  # bfloat16 products round
 
 
 def test_float64_forward() -> None:
