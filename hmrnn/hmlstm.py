@@ -176,12 +176,15 @@ class HMLSTM(nn.Module):
         check_input(input, self.input_size, "HMLSTM")
         if state is None:
             state = self.initial_state(input.shape[1])
-        if self.fast:  # under autocast too: the recurrence stays in the parameters' dtype
-            dtype = self.slope.dtype
-            with torch.autocast(input.device.type, enabled=False):
+        if self.fast:
+            device = input.device.type
+            if torch.is_autocast_enabled(device):  # the recurrence stays in the parameters'
+                dtype = self.slope.dtype           # dtype, whatever autocast made its input
+                input = input.to(dtype)
+                state = HMLSTMState(*(tuple(t.to(dtype) for t in part) for part in state))
+            with torch.autocast(device, enabled=False):
                 hidden, boundary, *last = hmlstm_loop(
-                    list(self.layers), input.to(dtype),  # type: ignore[arg-type]
-                    *(tuple(t.to(dtype) for t in part) for part in state),
+                    list(self.layers), input, state.h, state.c, state.z,  # type: ignore[arg-type]
                     self.slope_value, self._boundary, generator,
                 )
             state = HMLSTMState(*last)
