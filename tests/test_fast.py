@@ -5,26 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import wide_hmlstm
 
 import hmrnn.fast
 from hmrnn.hmlstm import HMLSTM, HMLSTMState
 
 T, N, D = 7, 3, 2
 SIZES = (5, 6, 4)
-
-
-def _model(sizes: tuple[int, ...], mode: str, layer_norm: bool, seed: int = 0) -> HMLSTM:
-    torch.manual_seed(seed)
-    rnn = HMLSTM(D, sizes, len(sizes), boundary=mode, layer_norm=layer_norm,
-                 dtype=torch.float64)
-    with torch.no_grad():  # wide enough that boundaries vary; LN gains and biases too
-        for name, p in rnn.named_parameters():
-            if ".ln_" in name:
-                p.uniform_(0.5, 1.5) if name.endswith("weight") else p.uniform_(-0.5, 0.5)
-            else:
-                p.uniform_(-1.0, 1.0)
-    rnn.set_slope(1.7)
-    return rnn
 
 
 def _state(sizes: tuple[int, ...], seed: int, device: torch.device) -> HMLSTMState:
@@ -62,7 +49,7 @@ def test_fast_equals_reference_forward_and_gradients(
     """``skip_gated``: the gated terms' products only on the rows let in (large weights)."""
     if skip_gated:
         monkeypatch.setattr(hmrnn.fast, "_LARGE_WEIGHT", 0)
-    rnn = _model(sizes, mode, layer_norm).to(device)
+    rnn = wide_hmlstm(D, sizes, mode, layer_norm).to(device)
     x = torch.randn(T, N, D, dtype=torch.float64).to(device).requires_grad_()
     state = _state(sizes, 1, device)
     with torch.no_grad():
@@ -90,7 +77,7 @@ def _run_shapes(rnn: HMLSTM, x: torch.Tensor, state: HMLSTMState) -> list[torch.
 @pytest.mark.parametrize("layer_norm", [False, True])
 def test_inference_path_equals_training_path(layer_norm: bool, device: torch.device) -> None:
     """Without autograd the fast loop keeps one scratch slot instead of all steps."""
-    rnn = _model(SIZES, "step", layer_norm).to(device)
+    rnn = wide_hmlstm(D, SIZES, "step", layer_norm).to(device)
     x = torch.randn(T, N, D, dtype=torch.float64).to(device)
     trained, state = rnn(x)
     with torch.no_grad():
@@ -128,7 +115,7 @@ def test_float32_training_step_matches_reference(
 
 
 def test_second_derivatives_are_refused() -> None:
-    rnn = _model(SIZES, "soft", False)
+    rnn = wide_hmlstm(D, SIZES, "soft")
     x = torch.randn(T, N, D, dtype=torch.float64, requires_grad=True)
     out, _ = rnn(x)
     with pytest.raises(RuntimeError, match="differentiable once only.*fast = False"):

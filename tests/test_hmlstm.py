@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import SLOPE, wide_hmlstm
 
 from hmrnn.cell import HMLSTMCell, LayerState
 from hmrnn.functional import binarize, hard_sigmoid, slope_schedule
@@ -120,18 +121,10 @@ def _params(rnn: torch.nn.Module) -> dict[str, np.ndarray]:
 @pytest.mark.parametrize("layer_norm", [False, True])
 @pytest.mark.parametrize("mode", ["step", "sample", "soft"])
 def test_matches_float64_reference(mode: str, layer_norm: bool) -> None:
-    torch.manual_seed(0)
-    rnn = HMLSTM(D, SIZES, 3, boundary=mode, layer_norm=layer_norm, dtype=torch.float64)
-    with torch.no_grad():  # wide enough that boundaries vary; LN gains and biases too
-        for name, p in rnn.named_parameters():
-            if ".ln_" in name:
-                p.uniform_(0.5, 1.5) if name.endswith("weight") else p.uniform_(-0.5, 0.5)
-            else:
-                p.uniform_(-1.0, 1.0)
-    rnn.set_slope(1.7)
+    rnn = wide_hmlstm(D, SIZES, mode, layer_norm)
     x = torch.randn(T, N, D, dtype=torch.float64)
     out, _ = rnn(x, generator=torch.Generator().manual_seed(3))
-    hs, zs = reference(_params(rnn), x.numpy(), SIZES, mode, 1.7, layer_norm,
+    hs, zs = reference(_params(rnn), x.numpy(), SIZES, mode, SLOPE, layer_norm,
                        torch.Generator().manual_seed(3))
     for l in range(3):
         np.testing.assert_allclose(out.hidden[l].detach().numpy(), hs[l], rtol=1e-10, atol=1e-12)

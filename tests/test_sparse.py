@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import wide_hmlstm
 
 import hmrnn.fast
 import hmrnn.sparse
@@ -18,18 +19,8 @@ T, N, D = 9, 4, 2
 SIZES = (5, 6, 4)
 
 
-def _model(mode: str, layer_norm: bool, seed: int = 0, sizes: tuple[int, ...] = SIZES) -> HMLSTM:
-    torch.manual_seed(seed)
-    rnn = HMLSTM(D, sizes, len(sizes), boundary=mode, layer_norm=layer_norm,
-                 dtype=torch.float64)
-    with torch.no_grad():  # wide enough that every layer does UPDATE, COPY and FLUSH
-        for name, p in rnn.named_parameters():
-            if ".ln_" in name:
-                p.uniform_(0.5, 1.5) if name.endswith("weight") else p.uniform_(-0.5, 0.5)
-            else:
-                p.uniform_(-1.0, 1.0)
-    rnn.set_slope(1.7)
-    return rnn.eval()
+def _model(mode: str, layer_norm: bool, seed: int = 0) -> HMLSTM:
+    return wide_hmlstm(D, SIZES, mode, layer_norm, seed).eval()
 
 
 def _assert_same(dense: tuple, sparse: tuple, mode: str) -> None:
