@@ -8,21 +8,19 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+from helpers import tiny_trainer, write_words
 
 from hmrnn.bench import bench_model, cuda_graphed, training_step
 from hmrnn.bench import main as bench_main
 from hmrnn.charlm import build_charlm
 from hmrnn.checkpoint import load_checkpoint
 from hmrnn.cli import main
-from hmrnn.config import ModelConfig, load_config
-from hmrnn.data import read_text_file
+from hmrnn.config import ModelConfig
 from hmrnn.distributed import DistContext
 from hmrnn.handwriting.model import HandwritingModel, sample_strokes
 from hmrnn.hmlstm import HMLSTM
-from hmrnn.lm import CharLMTask
 from hmrnn.trainer import Trainer
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -81,17 +79,8 @@ def test_float32_fast_loop_on_cuda_follows_the_cpu() -> None:
         assert float((a - b).norm() / b.norm()) < 1e-5
 
 
-def _text(folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(1)
-    words = ["ab", "cab", "bad", "dab", "abc"]
-    path = folder / "text.txt"
-    path.write_text(" ".join(words[i] for i in rng.integers(0, 5, size=400)))
-    return path
-
-
 def _trainer(folder: Path, **overrides: str) -> Trainer:
-    values = {
+    settings = {
         "model.hidden_size": "6,5,4", "model.embedding_size": "4", "model.output_size": "7",
         "model.boundary": "sample", "train.batch_size": "3", "train.seq_len": "8",
         "train.eval_every": "4", "train.eval_batch_size": "5", "train.patience": "1",
@@ -99,13 +88,8 @@ def _trainer(folder: Path, **overrides: str) -> Trainer:
         "run.out_dir": str(folder / "run"), "run.progress": "false",
         "run.tensorboard": "false", "train.max_minutes": "0",
     } | overrides
-    config = load_config(None, values)
-    corpus = read_text_file(_text(folder), fractions=(0.9, 0.05, 0.05))
-    torch.manual_seed(0)
-    context = DistContext(device=CUDA)
-    model = build_charlm(config.model, len(corpus.vocab)).to(CUDA)
-    return Trainer(CharLMTask(model, corpus, config, context), config, context,
-                   echo=lambda _m: None)
+    write_words(folder, 400)
+    return tiny_trainer(folder, settings, (0.9, 0.05, 0.05), DistContext(device=CUDA))
 
 
 def test_cuda_training_resumes_like_uninterrupted(tmp_path: Path) -> None:
@@ -129,7 +113,7 @@ def test_cli_trains_on_cuda_and_the_cpu_commands_read_its_checkpoint(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "run"
-    common = [f"data.corpus={_text(tmp_path)}", f"run.out_dir={out}", "run.device=cuda",
+    common = [f"data.corpus={write_words(tmp_path, 400)}", f"run.out_dir={out}", "run.device=cuda",
               "model.hidden_size=8", "model.embedding_size=4", "model.output_size=8",
               "train.batch_size=4", "train.seq_len=10", "train.eval_every=5",
               "train.max_minutes=0", "run.progress=false", "run.tensorboard=false"]

@@ -21,14 +21,12 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
+from helpers import tiny_trainer, write_words
 
-from hmrnn.charlm import build_charlm
 from hmrnn.checkpoint import load_checkpoint
 from hmrnn.cli import main
-from hmrnn.config import load_config
-from hmrnn.data import read_text_file
 from hmrnn.distributed import DistContext, setup, teardown
-from hmrnn.lm import CharLMTask, evaluate_lm
+from hmrnn.lm import evaluate_lm
 from hmrnn.trainer import Trainer
 
 WORLD = 2
@@ -49,23 +47,12 @@ ONE_PROCESS = {"train.eval_batch_size": str(3 * WORLD)}  # the same evaluation s
 CLI_TINY = [f"{k}={v}" for k, v in TINY.items() if k != "train.clip"]
 
 
-def _write_text(folder: Path, words: int = 120) -> Path:
-    rng = np.random.default_rng(1)
-    vocab = ["ab", "cab", "bad", "dab", "abc"]
-    path = folder / "text.txt"
-    path.write_text(" ".join(vocab[i] for i in rng.integers(0, 5, size=words)))
-    return path
-
-
 def _trainer(
     folder: Path, out: str, context: DistContext | None = None,
     echo: Any = lambda _m: None, **overrides: str,
 ) -> Trainer:
-    config = load_config(None, TINY | {"run.out_dir": str(folder / out)} | overrides)
-    corpus = read_text_file(folder / "text.txt", fractions=FRACTIONS)
-    torch.manual_seed(0)
-    model = build_charlm(config.model, len(corpus.vocab)).to((context or DistContext()).device)
-    return Trainer(CharLMTask(model, corpus, config, context), config, context, echo=echo)
+    return tiny_trainer(folder, TINY | {"run.out_dir": str(folder / out)} | overrides,
+                        FRACTIONS, context, echo)
 
 
 def _worker(rank: int, port: int, folder: str) -> None:
@@ -106,7 +93,7 @@ def _free_port() -> int:
 def two(tmp_path_factory) -> tuple[Path, list[dict[str, Any]]]:
     """The folder of a 2-process run (text, ``two/`` outputs) and each rank's results."""
     folder = tmp_path_factory.mktemp("ddp")
-    _write_text(folder)
+    write_words(folder)
     procs = mp.start_processes(_worker, args=(_free_port(), str(folder)), nprocs=WORLD,
                                join=False, start_method="spawn")
     deadline = time.monotonic() + 120
@@ -198,7 +185,7 @@ def test_each_process_samples_with_its_own_random_stream(two) -> None:
 
 
 def test_torchrun_command_line_then_resume_on_one_process(tmp_path: Path, capsys) -> None:
-    corpus = _write_text(tmp_path, words=300)
+    corpus = write_words(tmp_path, words=300)
     out = tmp_path / "run"
     args = ["train", f"data.corpus={corpus}", f"run.out_dir={out}", *CLI_TINY]
     proc = subprocess.run(
@@ -231,7 +218,7 @@ def test_torchrun_command_line_then_resume_on_one_process(tmp_path: Path, capsys
 def test_mixed_precision_on_the_cpu_is_refused(
     tmp_path: Path, capsys, setting: str, message: str
 ) -> None:
-    corpus = _write_text(tmp_path)
+    corpus = write_words(tmp_path)
     code = main(["train", f"data.corpus={corpus}", f"run.out_dir={tmp_path / 'r'}", *CLI_TINY,
                  setting])
     assert code == 2
@@ -250,7 +237,7 @@ def test_setup_without_torchrun_and_bad_backend(monkeypatch) -> None:
 def test_fp16_scaler_survives_skipped_steps_and_resumes(tmp_path: Path, monkeypatch) -> None:
     """The gradient scaler of fp16 runs, driven on the CPU: a skipped (non-finite) step
     must still end with ``update()``, and the scale is part of the checkpoint."""
-    _write_text(tmp_path)
+    write_words(tmp_path)
     trainer = _trainer(tmp_path, "run", **{"train.max_steps": "5"})
     trainer.scaler = torch.amp.GradScaler("cpu")
     real = trainer.task.train_loss
@@ -271,7 +258,7 @@ def test_fp16_scaler_survives_skipped_steps_and_resumes(tmp_path: Path, monkeypa
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_mixed_precision_losses_follow_fp32_on_cuda(tmp_path: Path) -> None:
-    _write_text(tmp_path, words=600)
+    write_words(tmp_path, words=600)
     losses = {}
     for precision in ("fp32", "bf16", "fp16"):
         trainer = _trainer(tmp_path, precision, DistContext(device=torch.device("cuda")),
@@ -295,7 +282,7 @@ def test_mixed_precision_losses_follow_fp32_on_cuda(tmp_path: Path) -> None:
 def test_torchrun_on_cuda_one_process_per_gpu(tmp_path: Path) -> None:
     """NCCL among the processes where there are 2+ GPUs; on one GPU, one plain CUDA process
     (NCCL refuses two processes on one GPU)."""
-    corpus = _write_text(tmp_path, words=300)
+    corpus = write_words(tmp_path, words=300)
     out = tmp_path / "run"
     gpus = torch.cuda.device_count()
     settings = [a for a in CLI_TINY if not a.startswith("run.device=")]
