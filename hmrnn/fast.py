@@ -43,6 +43,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from . import kernels
 from .cell import HMLSTMCell
 
 _sigmoid_backward = torch.ops.aten.sigmoid_backward.grad_input
@@ -222,6 +223,9 @@ class Slot(NamedTuple):
     1)``. For the backward pass
     of a layer that can copy: ``diff = [o tanh(c) - h_{t-1} | i g - c_{t-1}]`` ``(M, 2H)``
     with its two halves, and ``zdiff = z_bin - z_{t-1}`` ``(M, 1)`` (else None).
+    ``kernel``: the step runs in :mod:`hmrnn.kernels`' fused C functions, which keep each
+    normalisation's ``(mean, rstd)`` in ``lnstats[key]`` ``(M, 2)`` (the ATen path fills
+    ``normed`` and ``stats`` instead).
     """
 
     act: Tensor
@@ -235,6 +239,14 @@ class Slot(NamedTuple):
     stats: dict[str, tuple[Tensor, Tensor]]
     diff: tuple[Tensor, Tensor, Tensor] | None
     zdiff: Tensor | None
+    kernel: bool
+    lnstats: dict[str, Tensor]
+
+
+def use_kernel(like: Tensor, boundary: str) -> bool:
+    """Whether steps on tensors like ``like`` run in :mod:`hmrnn.kernels` (float32 on the
+    CPU, where it compiled; ``"sample"`` boundaries draw from torch's generator, in ATen)."""
+    return boundary != "sample" and kernels.enabled(like)
 
 
 def _split(buffer: Tensor, widths: tuple[int, ...]) -> list[tuple[Tensor | None, ...]]:
@@ -255,11 +267,12 @@ class Workspace:
     ``grads=True`` makes only what the backward pass writes (the gradients of ``act``,
     ``tanh_c`` and ``proj``); ``keep=True`` also what it reads beyond the states;
     ``fused=False`` no input for the fused product (:func:`preactivation` then multiplies
-    term by term).
+    term by term); ``kernel=True``: the steps run in :mod:`hmrnn.kernels`.
     """
 
     def __init__(self, w: LayerWeights, steps: int, rows: int, like: Tensor,
-                 grads: bool = False, keep: bool = False, fused: bool = True) -> None:
+                 grads: bool = False, keep: bool = False, fused: bool = True,
+                 kernel: bool = False) -> None:
         H, R = w.hidden_size, w.rows
         boundary = w.U_td is not None and not grads
         copies = w.W is not None and keep  # a layer above the bottom one can copy
@@ -277,6 +290,10 @@ class Workspace:
         self.diff = new(2 * H) if copies else None
         self.zdiff = new(1) if copies and boundary else None
         self.proj = {name: new(R) for name in _TERMS if w.ln and w.term(name) is not None}
+        norms = ("recurrent", "top_down", "bottom_up", "cell")
+        self.lnstats = new(2 * len(norms)) if kernel and w.ln and not grads else None
+        stats = ({key: each(self.lnstats[:, :, 2 * j : 2 * j + 2]) for j, key in enumerate(norms)}
+                 if self.lnstats is not None else {})
         gates = Gates.of(self.act, H).unbind()
         xs = _split(self.x, w.widths()) if self.x is not None else [None] * steps
         diffs = _split(self.diff, (H, H)) if self.diff is not None else [None] * steps
@@ -285,7 +302,8 @@ class Workspace:
         proj = {name: each(t) for name, t in self.proj.items()}
         self.slots = [
             Slot(act[k], gates[k], tanh_c[k], u[k], zbin[k], xs[k],  # type: ignore[arg-type]
-                 {n: v[k] for n, v in proj.items()}, {}, {}, diffs[k], zdiff[k])  # type: ignore[arg-type]
+                 {n: v[k] for n, v in proj.items()}, {}, {}, diffs[k], zdiff[k],  # type: ignore[arg-type]
+                 kernel, {key: v[k] for key, v in stats.items()})
             for k in range(steps)
         ]
 
@@ -346,6 +364,9 @@ def preactivation(
     term, every row) unless ``gated_rows``; one without multiplies term by term.
     """
     out = slot.act
+    if slot.kernel and w.ln is not None and not gated_rows:
+        _terms_kernel(w, slot, base, z_prev, h_prev, h_above, z_below, h_below)
+        return
     gated_input = w.ln is None and slot.x is not None
     if gated_input:  # [U | U_td | W] @ [h | z h^above | z^below h^below]
         whole, x_h, x_a, x_b = slot.x  # type: ignore[misc]
@@ -380,6 +401,23 @@ def preactivation(
             out.addcmul_(_term(w, name, h, slot), z)  # type: ignore[arg-type]
 
 
+def _terms_kernel(
+    w: LayerWeights, slot: Slot, base: Tensor, z_prev: Tensor, h_prev: Tensor,
+    h_above: Tensor | None, z_below: Tensor | None, h_below: Tensor | None,
+) -> None:
+    """:func:`preactivation` with layer norm in :mod:`hmrnn.kernels`: each present term's
+    product into ``slot.proj``, then ``s`` in one pass."""
+    args: list[Tensor | None] = []
+    for name, h in (("U", h_prev), ("U_td", h_above), ("W", h_below)):
+        if h is None or w.term(name) is None:
+            args += (None, None, None, None)
+            continue
+        key = _LN_OF[name]
+        args += (w.product(name)(h, out=slot.proj[name]), slot.lnstats[key], *w.ln[key])  # type: ignore[index]
+    kernels.library()["hm_terms_forward"](  # type: ignore[index]
+        len(h_prev), w.rows, slot.act, base, z_prev, z_below, *args, w.eps)
+
+
 def _term(w: LayerWeights, name: str, h: Tensor, slot: Slot | None = None) -> Tensor:
     """One term of ``s`` before its boundary gate: ``M h``, layer-normalised with layer
     norm; with a ``slot`` the product goes into its buffer and the normalisation's
@@ -407,7 +445,7 @@ def pointwise(
     boundary: str,
     generator: torch.Generator | None,
     sample_rows: tuple[Tensor, int] | None = None,
-) -> Saved:
+) -> Saved | None:
     """Gates, Eq. 2-3 and Eq. 8-10 of one step, given ``s`` in ``slot.act``.
 
     The gates are overwritten with ``f, i, o`` (sigmoid), ``g`` (tanh) and, for the
@@ -415,8 +453,17 @@ def pointwise(
     H)`` and ``z_out (M, 1)`` (None in the top layer, whose ``z`` stays 0) receive the new
     state. ``z_below`` is None in the bottom layer (``z^0 = 1``). ``sample_rows = (index,
     N)`` draws ``"sample"`` boundaries for a subset of a batch of N rows exactly as for the
-    whole batch (one uniform draw per row of the batch).
+    whole batch (one uniform draw per row of the batch). With ``slot.kernel`` the step
+    runs in :mod:`hmrnn.kernels` and returns None: its backward pass recomputes ``Saved``.
     """
+    if slot.kernel:
+        cell = w.ln["cell"] if w.ln is not None else (None, None)
+        kernels.library()["hm_forward"](  # type: ignore[index]
+            len(h_prev), w.hidden_size, z_out is not None, boundary == "soft", slot.act,
+            h_prev, c_prev, z_prev, z_below, h_out, c_out, z_out, slot.tanh_c, slot.u,
+            slot.zbin, slot.diff[0] if slot.diff is not None else None, slot.zdiff,
+            slot.lnstats.get("cell"), *cell, slope, w.eps)
+        return None
     gates = slot.gates
     gates.fio.sigmoid_()
     gates.g.tanh_()
@@ -484,16 +531,17 @@ class Buffers:
 
     Per layer: ``h``, ``c`` ``(T+1, N, H)`` (index 0 is the initial state) and a
     :class:`Workspace` of ``T'`` steps; shared: ``z`` ``(T+1, N, L)``. ``T' = T`` when the
-    backward pass will run, else 1 (one slot, reused).
+    backward pass will run, else 1 (one slot, reused). ``kernel``: the steps run in
+    :mod:`hmrnn.kernels`.
     """
 
     def __init__(
         self, weights: list[LayerWeights], h0: tuple[Tensor, ...], c0: tuple[Tensor, ...],
-        z0: tuple[Tensor, ...], steps: int, keep: bool,
+        z0: tuple[Tensor, ...], steps: int, keep: bool, kernel: bool,
     ) -> None:
         N = h0[0].shape[0]
         like = h0[0]
-        self.keep = keep
+        self.keep, self.kernel = keep, kernel
         self.h = [like.new_empty(steps + 1, N, w.hidden_size) for w in weights]
         self.c = [like.new_empty(steps + 1, N, w.hidden_size) for w in weights]
         self.z = like.new_zeros(steps + 1, N, len(weights))
@@ -501,8 +549,9 @@ class Buffers:
             self.h[l][0] = h0[l]
             self.c[l][0] = c0[l]
             self.z[0, :, l : l + 1] = z0[l]
-        self.work = [Workspace(w, steps if keep else 1, N, like, keep=keep) for w in weights]
-        self.saved: list[list[Saved]] = [[] for _ in weights]
+        self.work = [Workspace(w, steps if keep else 1, N, like, keep=keep, kernel=kernel)
+                     for w in weights]
+        self.saved: list[list[Saved | None]] = [[] for _ in weights]
 
     def step_views(self) -> list[dict[str, list[Tensor]]]:
         """Per layer, per-step views of ``h``, ``c`` (``T+1``) and ``z`` (``T+1``, ``(N, 1)``)."""
@@ -529,7 +578,7 @@ def run_forward(
         keep: keep what the backward pass needs.
     """
     steps = bottom.shape[0]
-    buf = Buffers(weights, h0, c0, z0, steps, keep)
+    buf = Buffers(weights, h0, c0, z0, steps, keep, use_kernel(bottom, boundary))
     views = buf.step_views()
     bottom_steps = bottom.unbind(0)
     for t in range(steps):
@@ -551,7 +600,7 @@ def dense_step(
     slope: float,
     boundary: str,
     generator: torch.Generator | None,
-) -> Saved:
+) -> Saved | None:
     """Layer ``l``'s step ``t`` on every row, reading and writing ``buf`` through ``views``
     (:meth:`Buffers.step_views`); ``bottom (N, R_1)`` is the bottom layer's ``W x_t + b``."""
     w, v = weights[l], views[l]
@@ -606,13 +655,39 @@ def run_backward(
     steps = buf.z.shape[0] - 1
     like = buf.h[0]
     N = like.shape[1]
-    half_slope = 0.5 * slope
-    views = buf.step_views()
     gh_acc: list[Tensor] = [like.new_zeros(N, w.hidden_size) for w in weights]
-    gc_acc = [g if g is not None else like.new_zeros(N, w.hidden_size)
+    # the fused steps add into dL/dc in place: not into the caller's tensor
+    gc_acc = [(g.clone() if buf.kernel else g) if g is not None
+              else like.new_zeros(N, w.hidden_size)
               for g, w in zip(grad_c_last, weights, strict=True)]
-    gz_acc = [like.new_zeros(N, 1) for _ in weights]
     grads = [Workspace(w, steps, N, like, grads=True) for w in weights]  # dL/d(what it wrote)
+    gh_out = [g.unbind(0) if g is not None else None for g in grad_h]
+    gz_out = [grad_z[:, :, l : l + 1].unbind(0) if grad_z is not None else None
+              for l in range(L)]
+    steps_of = _fused_steps if buf.kernel else _aten_steps
+    gz_acc = steps_of(weights, buf, 0.5 * slope, gh_out, gz_out, gh_acc, gc_acc, grads)
+    grad_h0 = [g if gh_out[l] is None else g + gh_out[l][0]  # type: ignore[index]
+               for l, g in enumerate(gh_acc)]
+    grad_z0 = [g if gz_out[l] is None else g + gz_out[l][0]  # type: ignore[index]
+               for l, g in enumerate(gz_acc)]
+    weight_grads = [_weight_grads(weights, buf, l, grads[l]) for l in range(L)]
+    return grads[0].act, grad_h0, gc_acc, grad_z0, weight_grads
+
+
+def _aten_steps(
+    weights: list[LayerWeights], buf: Buffers, half_slope: float,
+    gh_out: list[tuple[Tensor, ...] | None], gz_out: list[tuple[Tensor, ...] | None],
+    gh_acc: list[Tensor], gc_acc: list[Tensor], grads: list[Workspace],
+) -> list[Tensor]:
+    """:func:`run_backward`'s steps in ATen operations: they update the running gradients
+    ``gh_acc`` and ``gc_acc`` (per layer ``(N, H)``, replaced as they go), fill ``grads``
+    and return the gradient of each layer's initial ``z`` ``(N, 1)`` so far."""
+    L = len(weights)
+    steps = buf.z.shape[0] - 1
+    like = buf.h[0]
+    N = like.shape[1]
+    views = buf.step_views()
+    gz_acc = [like.new_zeros(N, 1) for _ in weights]
     # [dL/dh | dL/dc] of the step, beside each other as diff is: one dot product for both
     g_hc = [_split(like.new_empty(1, N, 2 * w.hidden_size), (w.hidden_size,) * 2)[0]
             for w in weights]
@@ -620,9 +695,6 @@ def run_backward(
     # while the step before writes the other
     g_x = [_split(like.new_empty(2, N, sum(w.widths())), w.widths()) if w.ln is None else None
            for w in weights]
-    gh_out = [g.unbind(0) if g is not None else None for g in grad_h]
-    gz_out = [grad_z[:, :, l : l + 1].unbind(0) if grad_z is not None else None
-              for l in range(L)]
     for t in range(steps - 1, -1, -1):
         for l in range(L - 1, -1, -1):
             w, v, saved = weights[l], views[l], buf.saved[l][t]
@@ -704,12 +776,68 @@ def run_backward(
             gz_acc[l] = g_prev
             if g_below is not None:
                 gz_acc[l - 1] = gz_acc[l - 1] + g_below
-    grad_h0 = [g if gh_out[l] is None else g + gh_out[l][0]  # type: ignore[index]
-               for l, g in enumerate(gh_acc)]
-    grad_z0 = [g if gz_out[l] is None else g + gz_out[l][0]  # type: ignore[index]
-               for l, g in enumerate(gz_acc)]
-    weight_grads = [_weight_grads(weights, buf, l, grads[l]) for l in range(L)]
-    return grads[0].act, grad_h0, gc_acc, grad_z0, weight_grads
+    return gz_acc
+
+
+def _fused_steps(
+    weights: list[LayerWeights], buf: Buffers, half_slope: float,
+    gh_out: list[tuple[Tensor, ...] | None], gz_out: list[tuple[Tensor, ...] | None],
+    gh_acc: list[Tensor], gc_acc: list[Tensor], grads: list[Workspace],
+) -> list[Tensor]:
+    """:func:`_aten_steps` in :mod:`hmrnn.kernels`: per layer and step, one call from the
+    gradients of ``h``, ``c``, ``z`` to that of ``s``, the products with the weights, and
+    one call that adds their results into the running gradients (in place)."""
+    lib = kernels.library()
+    L = len(weights)
+    steps = buf.z.shape[0] - 1
+    N = gh_acc[0].shape[0]
+    views = buf.step_views()
+    gz = gh_acc[0].new_zeros(N, L)
+    gz_acc = [gz[:, l : l + 1] for l in range(L)]
+    g_x = [gh_acc[0].new_empty(N, sum(w.widths())) if w.ln is None else None for w in weights]
+    scratch = [gh_acc[0].new_empty(w.hidden_size) for w in weights]  # a row's dL/dc
+    for t in range(steps - 1, -1, -1):
+        for l in range(L - 1, -1, -1):
+            w, v = weights[l], views[l]
+            slot, g_slot = buf.work[l].slots[t], grads[l].slots[t]
+            top, bottom = l == L - 1, l == 0
+            z_prev = v["z"][t]
+            z_below = None if bottom else views[l - 1]["z"][t + 1]
+            h_below = None if bottom else views[l - 1]["h"][t + 1]
+            h_above = None if top else views[l + 1]["h"][t]
+            lib["hm_backward"](  # type: ignore[index]
+                N, w.hidden_size, not top, slot.act, slot.tanh_c, v["c"][t + 1], v["c"][t],
+                slot.u, slot.diff[0] if slot.diff is not None else None, slot.zdiff, z_prev,
+                z_below, slot.lnstats.get("cell"), w.ln["cell"][0] if w.ln is not None else None,
+                gh_acc[l], gh_out[l][t + 1] if gh_out[l] is not None else None, gc_acc[l],
+                gz_acc[l], gz_out[l][t + 1] if gz_out[l] is not None else None,
+                None if bottom else gz_acc[l - 1], g_slot.act, g_slot.tanh_c, scratch[l],
+                half_slope)
+            if w.ln is None:  # dL/d[h_prev | z h_above | z_below h_below]
+                w.product("fused^T")(g_slot.act, out=g_x[l])
+                _, Ha, Hb = w.widths()
+                lib["hm_spread"](  # type: ignore[index]
+                    N, w.hidden_size, Ha, Hb, g_x[l], gh_acc[l], h_above, z_prev,
+                    None if top else gh_acc[l + 1], gz_acc[l], h_below, z_below,
+                    None if bottom else gh_acc[l - 1], None if bottom else gz_acc[l - 1])
+                continue
+            terms: list[Tensor | None] = []
+            for name in _TERMS:
+                if w.term(name) is None:
+                    terms += (None, None, None, None, None)
+                    continue
+                key = _LN_OF[name]
+                terms += (slot.proj[name], slot.lnstats[key], g_slot.proj[name], *w.ln[key])
+            lib["hm_terms_backward"](  # type: ignore[index]
+                N, w.rows, g_slot.act, z_prev, z_below, gz_acc[l],
+                None if bottom else gz_acc[l - 1], *terms)
+            # gh_acc of a layer that can copy holds dL/dh_prev through COPY already
+            w.product("U^T")(g_slot.proj["U"], None if bottom else gh_acc[l], out=gh_acc[l])
+            if not top:
+                w.product("U_td^T")(g_slot.proj["U_td"], gh_acc[l + 1], out=gh_acc[l + 1])
+            if not bottom:
+                w.product("W^T")(g_slot.proj["W"], gh_acc[l - 1], out=gh_acc[l - 1])
+    return gz_acc
 
 
 def _weight_grads(

@@ -46,6 +46,7 @@ from .fast import (
     packing_rows,
     pointwise,
     preactivation,
+    use_kernel,
     weights_of,
 )
 from .hmlstm import HMLSTM, HMLSTMState
@@ -107,7 +108,8 @@ def sparse_forward(
     weights = _weights(rnn, packing_rows(N, input.shape[0]))
     slope, boundary = rnn.slope_value, rnn.boundary
     bottom = rnn.layers[0].bottom_up(input) + weights[0].bias  # (T, N, R_1)
-    buf = Buffers(weights, state.h, state.c, state.z, input.shape[0], keep=False)
+    buf = Buffers(weights, state.h, state.c, state.z, input.shape[0], keep=False,
+                  kernel=use_kernel(bottom, boundary))
     views = buf.step_views()
     for t, bottom_t in enumerate(bottom.unbind(0)):
         for l in range(len(weights)):
@@ -154,7 +156,8 @@ def _sparse_step(
 
     h_prev, c_prev, zp = rows(v["h"][t]), rows(v["c"][t]), rows(z_prev)
     zb = rows(z_below) if z_below is not None else None
-    slot = Workspace(w, 1, len(h_prev), h_prev, fused=False).slots[0]
+    slot = Workspace(w, 1, len(h_prev), h_prev, fused=False,
+                     kernel=use_kernel(h_prev, boundary)).slots[0]
     preactivation(w, slot, rows(bottom) if l == 0 else w.bias, h_prev, zp,
                   None if top else rows(views[l + 1]["h"][t]), zb,
                   rows(below["h"][t + 1]) if below is not None else None, gated_rows=True)
@@ -208,7 +211,9 @@ class StreamingHMLSTM:
             self.weights = _weights(rnn, 1)  # packed: a stream runs many steps
         like = rnn.layers[0].W
         # term by term (no fused input), so that absent terms are left out
-        self._slots = [Workspace(w, 1, 1, like, fused=False).slots[0] for w in self.weights]
+        kernel = use_kernel(like, rnn.boundary)
+        self._slots = [Workspace(w, 1, 1, like, fused=False, kernel=kernel).slots[0]
+                       for w in self.weights]
         state = state if state is not None else rnn.initial_state(1)
         if state.h[0].shape[0] != 1:
             raise ValueError(

@@ -12,7 +12,7 @@ from hmrnn.charlm import build_charlm
 from hmrnn.config import load_config
 from hmrnn.data import read_text_file
 from hmrnn.distributed import DistContext
-from hmrnn.hmlstm import HMLSTM
+from hmrnn.hmlstm import HMLSTM, HMLSTMState
 from hmrnn.lm import CharLMTask
 from hmrnn.trainer import Trainer
 
@@ -37,6 +37,43 @@ def wide_hmlstm(
                 p.uniform_(-1.0, 1.0)
     rnn.set_slope(SLOPE)
     return rnn
+
+
+def random_state(
+    sizes: tuple[int, ...], batch: int, seed: int, device: torch.device,
+    dtype: torch.dtype = torch.float64,
+) -> HMLSTMState:
+    """A non-zero initial state with some boundaries on, every tensor requiring grad."""
+    g = torch.Generator().manual_seed(seed)
+
+    def leaf(*shape: int, binary: bool = False) -> torch.Tensor:
+        x = torch.rand(*shape, generator=g, dtype=torch.float64)
+        x = (x > 0.5).double() if binary else x * 2 - 1
+        return x.to(device, dtype).requires_grad_()
+
+    return HMLSTMState(tuple(leaf(batch, h) for h in sizes),
+                       tuple(leaf(batch, h) for h in sizes),
+                       tuple(leaf(batch, 1, binary=True) for _ in sizes))
+
+
+def loop_outputs(rnn: HMLSTM, x: torch.Tensor, state: HMLSTMState) -> list[torch.Tensor]:
+    """Everything the stack returns, flat: hidden states, boundaries, the last h, c, z."""
+    out, last = rnn(x, state, generator=torch.Generator(x.device).manual_seed(3))
+    return [*out.hidden, out.boundary, *last.h, *last.c, *last.z]
+
+
+def outputs_and_grads(
+    rnn: HMLSTM, fast: bool, x: torch.Tensor, state: HMLSTMState, weights: list[torch.Tensor]
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """:func:`loop_outputs` through the fast loop or the cell loop, and the gradients of a
+    loss reading every output (weighted by ``weights``) in the input, the initial state and
+    every parameter."""
+    rnn.fast = fast
+    values = loop_outputs(rnn, x, state)
+    loss = sum((v * w).sum() for v, w in zip(values, weights, strict=True))
+    inputs = [x, *state.h, *state.c, *state.z, *rnn.parameters()]
+    grads = torch.autograd.grad(loss, inputs)  # type: ignore[arg-type]
+    return [v.detach() for v in values], list(grads)
 
 
 def write_words(folder: Path, words: int = 120) -> Path:

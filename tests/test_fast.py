@@ -5,37 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import wide_hmlstm
+from helpers import loop_outputs, outputs_and_grads, random_state, wide_hmlstm
 
 import hmrnn.fast
-from hmrnn.hmlstm import HMLSTM, HMLSTMState
+from hmrnn.hmlstm import HMLSTM
 
 T, N, D = 7, 3, 2
 SIZES = (5, 6, 4)
-
-
-def _state(sizes: tuple[int, ...], seed: int, device: torch.device) -> HMLSTMState:
-    """A non-zero initial state with some boundaries on, every tensor requiring grad."""
-    g = torch.Generator().manual_seed(seed)
-
-    def leaf(*shape: int, binary: bool = False) -> torch.Tensor:
-        x = torch.rand(*shape, generator=g, dtype=torch.float64)
-        return ((x > 0.5).double() if binary else x * 2 - 1).to(device).requires_grad_()
-
-    return HMLSTMState(tuple(leaf(N, h) for h in sizes), tuple(leaf(N, h) for h in sizes),
-                       tuple(leaf(N, 1, binary=True) for _ in sizes))
-
-
-def _run(rnn: HMLSTM, fast: bool, x: torch.Tensor, state: HMLSTMState,
-         weights: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Outputs, and the gradients of a loss reading every output, for one loop."""
-    rnn.fast = fast
-    out, last = rnn(x, state, generator=torch.Generator(x.device).manual_seed(3))
-    values = [*out.hidden, out.boundary, *last.h, *last.c, *last.z]
-    loss = sum((v * w).sum() for v, w in zip(values, weights, strict=True))
-    inputs = [x, *state.h, *state.c, *state.z, *rnn.parameters()]
-    grads = torch.autograd.grad(loss, inputs)  # type: ignore[arg-type]
-    return [v.detach() for v in values], list(grads)
 
 
 @pytest.mark.parametrize("skip_gated", [False, True])
@@ -51,13 +27,13 @@ def test_fast_equals_reference_forward_and_gradients(
         monkeypatch.setattr(hmrnn.fast, "_LARGE_WEIGHT", 0)
     rnn = wide_hmlstm(D, sizes, mode, layer_norm).to(device)
     x = torch.randn(T, N, D, dtype=torch.float64).to(device).requires_grad_()
-    state = _state(sizes, 1, device)
+    state = random_state(sizes, N, 1, device)
     with torch.no_grad():
-        shapes = [v.shape for v in _run_shapes(rnn, x, state)]
+        shapes = [v.shape for v in loop_outputs(rnn, x, state)]
     g = torch.Generator().manual_seed(2)
     weights = [torch.randn(s, generator=g, dtype=torch.float64).to(device) for s in shapes]
-    fast_values, fast_grads = _run(rnn, True, x, state, weights)
-    ref_values, ref_grads = _run(rnn, False, x, state, weights)
+    fast_values, fast_grads = outputs_and_grads(rnn, True, x, state, weights)
+    ref_values, ref_grads = outputs_and_grads(rnn, False, x, state, weights)
     for a, b in zip(fast_values, ref_values, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     names = ["input"] + [f"state.{k}[{l}]" for k in "hcz" for l in range(len(sizes))]
@@ -67,11 +43,6 @@ def test_fast_equals_reference_forward_and_gradients(
     boundary = ref_values[len(sizes)][..., :-1]
     if mode != "soft":  # the test means something only if boundaries both fire and not
         assert 0 < boundary.mean() < 1
-
-
-def _run_shapes(rnn: HMLSTM, x: torch.Tensor, state: HMLSTMState) -> list[torch.Tensor]:
-    out, last = rnn(x, state)
-    return [*out.hidden, out.boundary, *last.h, *last.c, *last.z]
 
 
 @pytest.mark.parametrize("layer_norm", [False, True])

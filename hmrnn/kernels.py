@@ -1,0 +1,143 @@
+"""The HM-LSTM step's element-wise work fused in C, for float32 on the CPU.
+
+:mod:`hmrnn.fast` runs a layer's step as a few matrix products and, between them, some
+twenty element-wise ATen operations forward and forty backward, each of which costs more
+in dispatch than in arithmetic at the sizes of the paper. ``csrc/hmlstm_step.c`` does that
+element-wise work in one pass per step and row: the gates, Eq. 2-3 and 8-10, the layer
+norms, and both halves of the backward step. It is compiled with the system's C compiler
+on first use (about a second, cached under ``$HMRNN_CACHE``, else
+``$XDG_CACHE_HOME/hmrnn``, else ``~/.cache/hmrnn``) and called through :mod:`ctypes`;
+every function takes one struct of pointers, which :class:`Kernel` packs.
+
+Without a C compiler, or with ``HMRNN_KERNELS=0``, :func:`enabled` is False and
+:mod:`hmrnn.fast` runs the same step in ATen operations: the two paths compute the same
+functions (tested to float rounding in ``tests/test_kernels.py``); the C path's exp and
+tanh are Cephes' polynomials, within about 2 ulp of ATen's.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import struct
+import subprocess
+import tempfile
+import warnings
+from functools import cache
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+SOURCE = Path(__file__).with_name("csrc") / "hmlstm_step.c"
+_FLAGS = ("-O3", "-march=native", "-shared", "-fPIC", "-fno-math-errno", "-fno-trapping-math",
+          "-fno-signed-zeros", "-fassociative-math")
+
+# The structs of hmlstm_step.c, field by field: "n" an int64, "m" a matrix (pointer, row
+# stride), "p" a pointer, "d" a double. Every field is 8 bytes, so the C layout has no
+# padding and "=" packs it exactly.
+_LAYOUTS = {
+    "hm_forward": "nnnn" + "m" * 14 + "pp" + "dd",
+    "hm_terms_forward": "nn" + "mmmm" + "mmpp" * 3 + "d",
+    "hm_backward": "nnn" + "m" * 10 + "p" + "m" * 8 + "pd",
+    "hm_spread": "nnnn" + "m" * 10,
+    "hm_terms_backward": "nn" + "m" * 5 + "mmmpp" * 3,
+}
+
+
+def _cache_dir() -> Path:
+    if "HMRNN_CACHE" in os.environ:
+        return Path(os.environ["HMRNN_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "hmrnn"
+
+
+def _cpu_model() -> str:
+    """The CPU's model line, so that a cache shared between machines keeps one build per
+    kind of CPU (``-march=native``)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _compile() -> ctypes.CDLL | None:
+    """Build (once per source, flags and CPU) and load the shared library; None if that
+    is not possible here."""
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if compiler is None or not SOURCE.exists():
+        return None
+    source = SOURCE.read_bytes()
+    key = hashlib.sha256(
+        b"\0".join([source, " ".join(_FLAGS).encode(), platform.machine().encode(),
+                    _cpu_model().encode()])
+    ).hexdigest()[:16]
+    target = _cache_dir() / f"hmlstm_step-{key}.so"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+        os.close(fd)
+        try:  # built beside the target, then renamed: a reader never sees half a library
+            subprocess.run([compiler, *_FLAGS, str(SOURCE), "-o", tmp, "-lm"], check=True,
+                           capture_output=True, timeout=120)
+            os.replace(tmp, target)
+        except (OSError, subprocess.SubprocessError) as err:
+            Path(tmp).unlink(missing_ok=True)
+            detail = getattr(err, "stderr", b"") or str(err).encode()
+            warnings.warn(f"hmrnn: the fused C step did not compile, using ATen operations "
+                          f"instead: {detail.decode(errors='replace').strip()[:300]}",
+                          RuntimeWarning, stacklevel=3)
+            return None
+    return ctypes.CDLL(str(target))
+
+
+class Kernel:
+    """One function of the library: ``kernel(*fields)`` packs the fields into its struct
+    (a tensor for an ``m`` or ``p`` field, None for an absent one; an ``m`` tensor's rows
+    must be contiguous) and calls it."""
+
+    def __init__(self, lib: ctypes.CDLL, name: str) -> None:
+        layout = _LAYOUTS[name]
+        fmt = "=" + "".join({"n": "q", "m": "qq", "p": "q", "d": "d"}[k] for k in layout)
+        self._struct = struct.Struct(fmt)
+        self._layout = layout
+        self._buffer = ctypes.create_string_buffer(self._struct.size)
+        self._address = ctypes.addressof(self._buffer)
+        self._fn = getattr(lib, name)
+        self._fn.argtypes = [ctypes.c_void_p]
+        self._fn.restype = None
+
+    def __call__(self, *fields: int | float | Tensor | None) -> None:
+        values: list[int | float] = []
+        for kind, v in zip(self._layout, fields, strict=True):
+            if kind == "m":
+                if v is None:
+                    values += (0, 0)
+                else:  # a (R,) vector is one row repeated: stride 0
+                    values += (v.data_ptr(), v.stride(0) if v.dim() > 1 else 0)  # type: ignore[union-attr]
+            elif kind == "p":
+                values.append(0 if v is None else v.data_ptr())  # type: ignore[union-attr]
+            else:
+                values.append(v)  # type: ignore[arg-type]
+        self._struct.pack_into(self._buffer, 0, *values)
+        self._fn(self._address)
+
+
+@cache
+def library() -> dict[str, Kernel] | None:
+    """Every kernel by name, or None where the library cannot be built or is switched off."""
+    if os.environ.get("HMRNN_KERNELS", "1") == "0":
+        return None
+    lib = _compile()
+    return None if lib is None else {name: Kernel(lib, name) for name in _LAYOUTS}
+
+
+def enabled(like: Tensor) -> bool:
+    """Whether the fused step serves tensors like ``like`` (float32 on the CPU)."""
+    return like.device.type == "cpu" and like.dtype == torch.float32 and library() is not None

@@ -1,0 +1,178 @@
+"""The fused C step (hmrnn.kernels) against the ATen step it replaces and the float64 cell
+loop: forward values and every gradient, the sparse paths on it, saturated gates, and the
+fall-back to ATen where no C compiler is found."""
+
+from __future__ import annotations
+
+import copy
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import loop_outputs, outputs_and_grads, random_state, wide_hmlstm
+
+import hmrnn.fast
+from hmrnn import kernels
+from hmrnn.hmlstm import HMLSTM, HMLSTMState
+from hmrnn.sparse import StreamingHMLSTM, sparse_forward
+
+T, N, D = 7, 3, 2
+CPU = torch.device("cpu")
+
+pytestmark = pytest.mark.skipif(kernels.library() is None, reason="no C compiler here")
+
+
+@pytest.fixture
+def calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[Counter[str]]:
+    """Count the calls of each C function."""
+    count: Counter[str] = Counter()
+    lib = kernels.library()
+    assert lib is not None
+
+    def counting(name: str, fn: kernels.Kernel) -> kernels.Kernel:
+        def call(*args: object) -> None:
+            count[name] += 1
+            fn(*args)  # type: ignore[arg-type]
+        return call  # type: ignore[return-value]
+
+    wrapped = {name: counting(name, fn) for name, fn in lib.items()}
+    monkeypatch.setattr(kernels, "library", lambda: wrapped)
+    yield count
+
+
+def _float32(rnn: HMLSTM, x: torch.Tensor, state: HMLSTMState) -> tuple:
+    leaf = lambda t: t.detach().float().requires_grad_()  # noqa: E731
+    return (copy.deepcopy(rnn).float(), leaf(x),
+            HMLSTMState(*(tuple(leaf(t) for t in part) for part in state)))
+
+
+def _errors(values: list, grads: list, ref: tuple[list, list]) -> tuple[float, float]:
+    """Largest absolute error of the values, largest relative norm error of the gradients."""
+    value_err = max(float((a.double() - b).abs().max())
+                    for a, b in zip(values, ref[0], strict=True))
+    grad_err = max(float((a.double() - b).norm() / b.norm().clamp_min(1e-30))
+                   for a, b in zip(grads, ref[1], strict=True))
+    return value_err, grad_err
+
+
+@pytest.mark.parametrize("skip_gated", [False, True])
+@pytest.mark.parametrize("layer_norm", [False, True])
+@pytest.mark.parametrize("mode", ["step", "soft"])
+@pytest.mark.parametrize("sizes", [(5, 6, 4), (4, 3)])
+def test_fused_step_is_as_close_to_float64_as_the_aten_step(
+    mode: str, layer_norm: bool, sizes: tuple[int, ...], skip_gated: bool,
+    calls: Counter[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """In float32 both steps round; the fused one must round no worse (its exp and tanh
+    are polynomials, its sums run in another order) and give the same boundaries."""
+    if skip_gated:
+        monkeypatch.setattr(hmrnn.fast, "_LARGE_WEIGHT", 0)
+    rnn = wide_hmlstm(D, sizes, mode, layer_norm)
+    x = torch.randn(T, N, D, dtype=torch.float64).requires_grad_()
+    state = random_state(sizes, N, 1, CPU)
+    with torch.no_grad():
+        weights = [torch.randn_like(v) for v in loop_outputs(rnn, x, state)]
+    reference = outputs_and_grads(rnn, False, x, state, weights)
+    rnn32, x32, state32 = _float32(rnn, x, state)
+    weights32 = [w.float() for w in weights]
+    fused = outputs_and_grads(rnn32, True, x32, state32, weights32)
+    assert calls["hm_forward"] == T * len(sizes) and calls["hm_backward"] == T * len(sizes)
+    assert calls["hm_terms_backward" if layer_norm else "hm_spread"] == T * len(sizes)
+    with monkeypatch.context() as m:
+        m.setattr(kernels, "library", lambda: None)
+        aten = outputs_and_grads(rnn32, True, x32, state32, weights32)
+    fused_err, aten_err = _errors(*fused, reference), _errors(*aten, reference)
+    assert fused_err[0] <= 4 * aten_err[0] + 1e-6
+    assert fused_err[1] <= 4 * aten_err[1] + 1e-6
+    boundary = len(sizes)
+    if mode == "soft":  # continuous boundaries: within the values' error above
+        assert (fused[0][boundary] == 0).equal(aten[0][boundary] == 0)
+    else:
+        assert torch.equal(fused[0][boundary], aten[0][boundary])
+
+
+@pytest.mark.parametrize("layer_norm", [False, True])
+def test_saturated_gates_stay_finite_and_match_aten(
+    layer_norm: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Weights x 50 push every gate far into saturation (exp's clamped range)."""
+    rnn = wide_hmlstm(D, (6, 5, 4), "step", layer_norm).float()
+    with torch.no_grad():
+        for p in rnn.parameters():
+            p.mul_(50.0)
+    x = torch.randn(T, N, D) * 10
+    fused = loop_outputs(rnn, x, random_state((6, 5, 4), N, 2, CPU, torch.float32))
+    monkeypatch.setattr(kernels, "library", lambda: None)
+    aten = loop_outputs(rnn, x, random_state((6, 5, 4), N, 2, CPU, torch.float32))
+    for a, b in zip(fused, aten, strict=True):
+        assert torch.isfinite(a).all()
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("layer_norm", [False, True])
+def test_sparse_paths_on_the_fused_step_equal_the_dense_loop(
+    layer_norm: bool, calls: Counter[str]
+) -> None:
+    rnn = wide_hmlstm(D, (5, 6, 4), "step", layer_norm).float().eval()
+    x = torch.randn(11, 4, D)
+    with torch.no_grad():
+        dense, _ = rnn(x)
+        sparse, _ = sparse_forward(rnn, x)
+        stream = StreamingHMLSTM(rnn)
+        steps = [stream.step(x[t, :1]) for t in range(len(x))]
+    assert calls["hm_forward"] > 0 and (calls["hm_terms_forward"] > 0) == layer_norm
+    assert torch.equal(sparse.boundary, dense.boundary)
+    assert torch.equal(torch.cat([z for _, z in steps]), dense.boundary[:, 0])
+    for l, h in enumerate(dense.hidden):
+        # the sparse paths gather rows, so their products round apart; per-term layer
+        # norm amplifies that to about 2e-5 here, on the ATen step as on this one
+        torch.testing.assert_close(sparse.hidden[l], h, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(torch.cat([s[0][l] for s in steps]), h[:, 0],
+                                   rtol=1e-4, atol=1e-4)
+
+
+def test_without_a_compiler_the_aten_step_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HMRNN_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    kernels.library.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="did not compile"):
+            assert kernels.library() is None
+        assert not kernels.enabled(torch.zeros(1))
+        rnn = HMLSTM(D, 4, 2)
+        out, _ = rnn(torch.randn(T, N, D))
+        assert torch.isfinite(out.hidden[1]).all()
+        assert list(tmp_path.iterdir()) == []  # no half-built library left behind
+    finally:
+        kernels.library.cache_clear()
+
+
+def test_the_library_is_built_once_into_the_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HMRNN_CACHE", str(tmp_path))
+    kernels.library.cache_clear()
+    try:
+        assert kernels.library() is not None
+        built = list(tmp_path.glob("hmlstm_step-*.so"))
+        assert len(built) == 1
+        stamp = built[0].stat().st_mtime_ns
+        kernels.library.cache_clear()
+        monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))  # not needed again
+        assert kernels.library() is not None
+        assert built[0].stat().st_mtime_ns == stamp
+    finally:
+        kernels.library.cache_clear()
+
+
+def test_switched_off_by_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HMRNN_KERNELS", "0")
+    kernels.library.cache_clear()
+    try:
+        assert kernels.library() is None and not kernels.enabled(torch.zeros(1))
+    finally:
+        kernels.library.cache_clear()
