@@ -65,6 +65,7 @@ _PARAMETER_NAMES = (
 )
 _TERMS = ("U", "U_td", "W")  # recurrent, top-down, bottom-up
 _LN_OF = {"U": "recurrent", "U_td": "top_down", "W": "bottom_up"}
+_NORMS = ("recurrent", "top_down", "bottom_up", "cell")
 
 
 # From this many elements (3 x 512: yes; 3 x 128: no) a layer's weights are packed for
@@ -290,9 +291,8 @@ class Workspace:
         self.diff = new(2 * H) if copies else None
         self.zdiff = new(1) if copies and boundary else None
         self.proj = {name: new(R) for name in _TERMS if w.ln and w.term(name) is not None}
-        norms = ("recurrent", "top_down", "bottom_up", "cell")
-        self.lnstats = new(2 * len(norms)) if kernel and w.ln and not grads else None
-        stats = ({key: each(self.lnstats[:, :, 2 * j : 2 * j + 2]) for j, key in enumerate(norms)}
+        self.lnstats = new(2 * len(_NORMS)) if kernel and w.ln and not grads else None
+        stats = ({key: each(self.lnstats[:, :, 2 * j : 2 * j + 2]) for j, key in enumerate(_NORMS)}
                  if self.lnstats is not None else {})
         gates = Gates.of(self.act, H).unbind()
         xs = _split(self.x, w.widths()) if self.x is not None else [None] * steps
@@ -581,6 +581,9 @@ def run_forward(
     buf = Buffers(weights, h0, c0, z0, steps, keep, use_kernel(bottom, boundary))
     views = buf.step_views()
     bottom_steps = bottom.unbind(0)
+    if buf.kernel:
+        _fused_forward(weights, buf, views, bottom, slope, boundary)
+        return buf
     for t in range(steps):
         for l in range(len(weights)):
             saved = dense_step(weights, buf, views, l, t, bottom_steps[t], slope, boundary,
@@ -588,6 +591,86 @@ def run_forward(
             if keep:
                 buf.saved[l].append(saved)
     return buf
+
+
+def _layer_tensors(buf: Buffers, l: int) -> dict[str, Tensor | None]:
+    """Layer ``l``'s states as ``(T, N, *)`` tensors whose index ``t`` is step ``t``'s
+    (what :meth:`Kernel.bind` steps through): ``h_prev``, ``c_prev``, ``z_prev``, ``h``,
+    ``c``, ``z`` (None in the top layer); ``h_above`` (``t-1``, None in the top layer),
+    ``h_below`` and ``z_below`` (``t``, None in the bottom layer)."""
+    L = len(buf.h)
+    z = buf.z[:, :, l : l + 1]
+    top, bottom = l == L - 1, l == 0
+    return {
+        "h_prev": buf.h[l][:-1], "c_prev": buf.c[l][:-1], "z_prev": z[:-1],
+        "h": buf.h[l][1:], "c": buf.c[l][1:], "z": None if top else z[1:],
+        "h_above": None if top else buf.h[l + 1][:-1],
+        "h_below": None if bottom else buf.h[l - 1][1:],
+        "z_below": None if bottom else buf.z[1:, :, l - 1 : l],
+    }
+
+
+def _fused_forward(
+    weights: list[LayerWeights], buf: Buffers, views: list[dict[str, list[Tensor]]],
+    bottom: Tensor, slope: float, boundary: str,
+) -> None:
+    """:func:`run_forward`'s loop on :mod:`hmrnn.kernels`: per layer and step the fused
+    product's input (one call), the products (torch), the layer norms of the terms (one
+    call) and the rest of the step (one call), each call's struct packed once."""
+    lib = kernels.library()
+    L, N = len(weights), bottom.shape[1]
+    fwd, gather, terms = [], [], []
+    for l, w in enumerate(weights):
+        work, s = buf.work[l], _layer_tensors(buf, l)
+        cell = w.ln["cell"] if w.ln is not None else (None, None)
+        fwd.append(lib["hm_forward"].bind(  # type: ignore[index]
+            N, w.hidden_size, s["z"] is not None, boundary == "soft", work.act, s["h_prev"],
+            s["c_prev"], s["z_prev"], s["z_below"], s["h"], s["c"], s["z"], work.tanh_c,
+            work.u, work.zbin, work.diff, work.zdiff, _stats(work, "cell"), *cell, slope,
+            w.eps))
+        if w.ln is None:
+            _, Ha, Hb = w.widths()
+            gather.append(lib["hm_gather"].bind(  # type: ignore[index]
+                N, w.hidden_size, Ha, Hb, work.x, s["h_prev"], s["h_above"], s["z_prev"],
+                s["h_below"], s["z_below"]))
+            continue
+        args: list[Tensor | None] = []
+        for name in _TERMS:
+            key = _LN_OF[name]
+            args += ((work.proj[name], _stats(work, key), *w.ln[key])  # type: ignore[index]
+                     if w.term(name) is not None else (None,) * 4)
+        terms.append(lib["hm_terms_forward"].bind(  # type: ignore[index]
+            N, w.rows, work.act, bottom if l == 0 else w.bias, s["z_prev"], s["z_below"],
+            *args, w.eps))
+    for t in range(bottom.shape[0]):
+        for l, w in enumerate(weights):
+            v, slot = views[l], buf.work[l].slots[t if buf.keep else 0]
+            top = l == L - 1
+            below = views[l - 1] if l > 0 else None
+            base = bottom[t] if l == 0 else w.bias
+            if w.ln is not None:
+                for name, h in (("U", v["h"][t]), ("U_td", None if top else views[l + 1]["h"][t]),
+                                ("W", below["h"][t + 1] if below is not None else None)):
+                    if h is not None:
+                        w.product(name)(h, out=slot.proj[name])
+                terms[l](t)
+            elif w.skip_gated and buf.keep:  # the gated terms' products on their rows only
+                preactivation(w, slot, base, v["h"][t], v["z"][t],
+                              None if top else views[l + 1]["h"][t],
+                              below["z"][t + 1] if below is not None else None,
+                              below["h"][t + 1] if below is not None else None, gated_rows=True)
+            else:
+                gather[l](t)
+                w.product("fused")(slot.x[0], base, out=slot.act)  # type: ignore[index]
+            fwd[l](t)
+
+
+def _stats(work: Workspace, key: str) -> Tensor | None:
+    """The ``(S, M, 2)`` mean and rstd of normalisation ``key`` in a fused workspace."""
+    if work.lnstats is None:
+        return None
+    j = _NORMS.index(key)
+    return work.lnstats[:, :, 2 * j : 2 * j + 2]
 
 
 def dense_step(
@@ -664,8 +747,10 @@ def run_backward(
     gh_out = [g.unbind(0) if g is not None else None for g in grad_h]
     gz_out = [grad_z[:, :, l : l + 1].unbind(0) if grad_z is not None else None
               for l in range(L)]
-    steps_of = _fused_steps if buf.kernel else _aten_steps
-    gz_acc = steps_of(weights, buf, 0.5 * slope, gh_out, gz_out, gh_acc, gc_acc, grads)
+    if buf.kernel:
+        gz_acc = _fused_steps(weights, buf, 0.5 * slope, grad_h, grad_z, gh_acc, gc_acc, grads)
+    else:
+        gz_acc = _aten_steps(weights, buf, 0.5 * slope, gh_out, gz_out, gh_acc, gc_acc, grads)
     grad_h0 = [g if gh_out[l] is None else g + gh_out[l][0]  # type: ignore[index]
                for l, g in enumerate(gh_acc)]
     grad_z0 = [g if gz_out[l] is None else g + gz_out[l][0]  # type: ignore[index]
@@ -781,61 +866,60 @@ def _aten_steps(
 
 def _fused_steps(
     weights: list[LayerWeights], buf: Buffers, half_slope: float,
-    gh_out: list[tuple[Tensor, ...] | None], gz_out: list[tuple[Tensor, ...] | None],
+    grad_h: list[Tensor | None], grad_z: Tensor | None,
     gh_acc: list[Tensor], gc_acc: list[Tensor], grads: list[Workspace],
 ) -> list[Tensor]:
-    """:func:`_aten_steps` in :mod:`hmrnn.kernels`: per layer and step, one call from the
-    gradients of ``h``, ``c``, ``z`` to that of ``s``, the products with the weights, and
-    one call that adds their results into the running gradients (in place)."""
+    """:func:`_aten_steps` on :mod:`hmrnn.kernels`: per layer and step, one call from the
+    gradients of ``h``, ``c``, ``z`` to that of ``s``, the products with the weights
+    (torch), and one call that adds their results into the running gradients (in place);
+    each call's struct is packed once."""
     lib = kernels.library()
     L = len(weights)
-    steps = buf.z.shape[0] - 1
     N = gh_acc[0].shape[0]
-    views = buf.step_views()
     gz = gh_acc[0].new_zeros(N, L)
     gz_acc = [gz[:, l : l + 1] for l in range(L)]
     g_x = [gh_acc[0].new_empty(N, sum(w.widths())) if w.ln is None else None for w in weights]
-    scratch = [gh_acc[0].new_empty(w.hidden_size) for w in weights]  # a row's dL/dc
-    for t in range(steps - 1, -1, -1):
+    first, second = [], []
+    for l, w in enumerate(weights):
+        work, g_work, s = buf.work[l], grads[l], _layer_tensors(buf, l)
+        top, bottom = l == L - 1, l == 0
+        below_acc = (None, None) if bottom else (gh_acc[l - 1], gz_acc[l - 1])
+        g_h, g_z = grad_h[l], grad_z[:, :, l : l + 1] if grad_z is not None else None
+        first.append(lib["hm_backward"].bind(  # type: ignore[index]
+            N, w.hidden_size, not top, work.act, work.tanh_c, s["c"], s["c_prev"], work.u,
+            work.diff, work.zdiff, s["z_prev"], s["z_below"], _stats(work, "cell"),
+            w.ln["cell"][0] if w.ln is not None else None, gh_acc[l],
+            g_h[1:] if g_h is not None else None, gc_acc[l], gz_acc[l],
+            g_z[1:] if g_z is not None else None, below_acc[1], g_work.act, g_work.tanh_c,
+            gh_acc[l].new_empty(w.hidden_size), half_slope))
+        if w.ln is None:
+            _, Ha, Hb = w.widths()
+            second.append(lib["hm_spread"].bind(  # type: ignore[index]
+                N, w.hidden_size, Ha, Hb, g_x[l], gh_acc[l], s["h_above"], s["z_prev"],
+                None if top else gh_acc[l + 1], gz_acc[l], s["h_below"], s["z_below"],
+                *below_acc))
+            continue
+        terms: list[Tensor | None] = []
+        for name in _TERMS:
+            key = _LN_OF[name]
+            terms += ((work.proj[name], _stats(work, key), g_work.proj[name], *w.ln[key])  # type: ignore[index]
+                      if w.term(name) is not None else (None,) * 5)
+        second.append(lib["hm_terms_backward"].bind(  # type: ignore[index]
+            N, w.rows, g_work.act, s["z_prev"], s["z_below"], gz_acc[l], below_acc[1], *terms))
+    for t in range(buf.z.shape[0] - 2, -1, -1):
         for l in range(L - 1, -1, -1):
-            w, v = weights[l], views[l]
-            slot, g_slot = buf.work[l].slots[t], grads[l].slots[t]
-            top, bottom = l == L - 1, l == 0
-            z_prev = v["z"][t]
-            z_below = None if bottom else views[l - 1]["z"][t + 1]
-            h_below = None if bottom else views[l - 1]["h"][t + 1]
-            h_above = None if top else views[l + 1]["h"][t]
-            lib["hm_backward"](  # type: ignore[index]
-                N, w.hidden_size, not top, slot.act, slot.tanh_c, v["c"][t + 1], v["c"][t],
-                slot.u, slot.diff[0] if slot.diff is not None else None, slot.zdiff, z_prev,
-                z_below, slot.lnstats.get("cell"), w.ln["cell"][0] if w.ln is not None else None,
-                gh_acc[l], gh_out[l][t + 1] if gh_out[l] is not None else None, gc_acc[l],
-                gz_acc[l], gz_out[l][t + 1] if gz_out[l] is not None else None,
-                None if bottom else gz_acc[l - 1], g_slot.act, g_slot.tanh_c, scratch[l],
-                half_slope)
+            w, g_slot = weights[l], grads[l].slots[t]
+            first[l](t)
             if w.ln is None:  # dL/d[h_prev | z h_above | z_below h_below]
                 w.product("fused^T")(g_slot.act, out=g_x[l])
-                _, Ha, Hb = w.widths()
-                lib["hm_spread"](  # type: ignore[index]
-                    N, w.hidden_size, Ha, Hb, g_x[l], gh_acc[l], h_above, z_prev,
-                    None if top else gh_acc[l + 1], gz_acc[l], h_below, z_below,
-                    None if bottom else gh_acc[l - 1], None if bottom else gz_acc[l - 1])
+                second[l](t)
                 continue
-            terms: list[Tensor | None] = []
-            for name in _TERMS:
-                if w.term(name) is None:
-                    terms += (None, None, None, None, None)
-                    continue
-                key = _LN_OF[name]
-                terms += (slot.proj[name], slot.lnstats[key], g_slot.proj[name], *w.ln[key])
-            lib["hm_terms_backward"](  # type: ignore[index]
-                N, w.rows, g_slot.act, z_prev, z_below, gz_acc[l],
-                None if bottom else gz_acc[l - 1], *terms)
+            second[l](t)
             # gh_acc of a layer that can copy holds dL/dh_prev through COPY already
-            w.product("U^T")(g_slot.proj["U"], None if bottom else gh_acc[l], out=gh_acc[l])
-            if not top:
+            w.product("U^T")(g_slot.proj["U"], None if l == 0 else gh_acc[l], out=gh_acc[l])
+            if l < L - 1:
                 w.product("U_td^T")(g_slot.proj["U_td"], gh_acc[l + 1], out=gh_acc[l + 1])
-            if not bottom:
+            if l > 0:
                 w.product("W^T")(g_slot.proj["W"], gh_acc[l - 1], out=gh_acc[l - 1])
     return gz_acc
 

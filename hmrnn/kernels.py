@@ -26,6 +26,7 @@ import struct
 import subprocess
 import tempfile
 import warnings
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
@@ -37,14 +38,15 @@ _FLAGS = ("-O3", "-march=native", "-shared", "-fPIC", "-fno-math-errno", "-fno-t
           "-fno-signed-zeros", "-fassociative-math")
 
 # The structs of hmlstm_step.c, field by field: "n" an int64, "m" a matrix (pointer, row
-# stride), "p" a pointer, "d" a double. Every field is 8 bytes, so the C layout has no
-# padding and "=" packs it exactly.
+# stride), "d" a double; then one int64 step stride per "m". Every field is 8 bytes, so the
+# C layout has no padding and "=" packs it exactly.
 _LAYOUTS = {
-    "hm_forward": "nnnn" + "m" * 14 + "pp" + "dd",
-    "hm_terms_forward": "nn" + "mmmm" + "mmpp" * 3 + "d",
-    "hm_backward": "nnn" + "m" * 10 + "p" + "m" * 8 + "pd",
+    "hm_forward": "nnnn" + "m" * 16 + "dd",
+    "hm_terms_forward": "nn" + "m" * 16 + "d",
+    "hm_backward": "nnn" + "m" * 20 + "d",
     "hm_spread": "nnnn" + "m" * 10,
-    "hm_terms_backward": "nn" + "m" * 5 + "mmmpp" * 3,
+    "hm_terms_backward": "nn" + "m" * 20,
+    "hm_gather": "nnnn" + "m" * 6,
 }
 
 
@@ -97,36 +99,62 @@ def _compile() -> ctypes.CDLL | None:
     return ctypes.CDLL(str(target))
 
 
+def _matrix(v: Tensor | None) -> tuple[int, int, int]:
+    """``(pointer, row stride, step stride)`` of a field: a vector ``(D,)`` is every row's;
+    a matrix ``(M, D)`` is every step's; ``(S, M, D)`` holds step ``t`` at index ``t`` (at
+    index 0 for every step when ``S`` is 1). A row's elements must be adjacent."""
+    if v is None:
+        return 0, 0, 0
+    if v.dim() == 1:
+        return v.data_ptr(), 0, 0
+    if v.dim() == 2:
+        return v.data_ptr(), v.stride(0), 0
+    return v.data_ptr(), v.stride(1), v.stride(0) if v.shape[0] > 1 else 0
+
+
 class Kernel:
-    """One function of the library: ``kernel(*fields)`` packs the fields into its struct
-    (a tensor for an ``m`` or ``p`` field, None for an absent one; an ``m`` tensor's rows
-    must be contiguous) and calls it."""
+    """One function of the library. ``kernel.bind(*fields)`` packs its struct once (a
+    tensor, or None for an absent one, for an ``m`` field: see :func:`_matrix`) and
+    returns ``step(t)``, which runs it at step ``t``; ``kernel(*fields)`` runs it once."""
 
     def __init__(self, lib: ctypes.CDLL, name: str) -> None:
         layout = _LAYOUTS[name]
-        fmt = "=" + "".join({"n": "q", "m": "qq", "p": "q", "d": "d"}[k] for k in layout)
-        self._struct = struct.Struct(fmt)
+        matrices = layout.count("m")
+        fmt = "".join({"n": "q", "m": "qq", "d": "d"}[k] for k in layout) + "q" * matrices
+        self._struct = struct.Struct("=" + fmt)
         self._layout = layout
-        self._buffer = ctypes.create_string_buffer(self._struct.size)
-        self._address = ctypes.addressof(self._buffer)
         self._fn = getattr(lib, name)
-        self._fn.argtypes = [ctypes.c_void_p]
+        self._fn.argtypes = [ctypes.c_void_p, ctypes.c_int64]
         self._fn.restype = None
 
-    def __call__(self, *fields: int | float | Tensor | None) -> None:
+    def _pack(self, fields: tuple[int | float | Tensor | None, ...]) -> ctypes.Array:
         values: list[int | float] = []
+        steps: list[int] = []
         for kind, v in zip(self._layout, fields, strict=True):
             if kind == "m":
-                if v is None:
-                    values += (0, 0)
-                else:  # a (R,) vector is one row repeated: stride 0
-                    values += (v.data_ptr(), v.stride(0) if v.dim() > 1 else 0)  # type: ignore[union-attr]
-            elif kind == "p":
-                values.append(0 if v is None else v.data_ptr())  # type: ignore[union-attr]
+                pointer, rows, step = _matrix(v)  # type: ignore[arg-type]
+                values += (pointer, rows)
+                steps.append(step)
             else:
                 values.append(v)  # type: ignore[arg-type]
-        self._struct.pack_into(self._buffer, 0, *values)
-        self._fn(self._address)
+        buffer = ctypes.create_string_buffer(self._struct.size)
+        self._struct.pack_into(buffer, 0, *values, *steps)
+        return buffer
+
+    def bind(self, *fields: int | float | Tensor | None) -> Callable[[int], None]:
+        """The kernel on ``fields`` as ``step(t)``, which keeps them alive."""
+        buffer = self._pack(fields)
+        address, fn = ctypes.addressof(buffer), self._fn
+
+        def step(t: int) -> None:
+            fn(address, t)
+
+        step.keep = (buffer, fields)  # type: ignore[attr-defined]  (what the struct points at)
+        return step
+
+    def __call__(self, *fields: int | float | Tensor | None) -> None:
+        buffer = self._pack(fields)
+        self._fn(ctypes.addressof(buffer), 0)
 
 
 @cache

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import copy
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -26,18 +26,28 @@ pytestmark = pytest.mark.skipif(kernels.library() is None, reason="no C compiler
 
 @pytest.fixture
 def calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[Counter[str]]:
-    """Count the calls of each C function."""
+    """Count the runs of each C function (a bound one's by step)."""
     count: Counter[str] = Counter()
     lib = kernels.library()
     assert lib is not None
 
-    def counting(name: str, fn: kernels.Kernel) -> kernels.Kernel:
-        def call(*args: object) -> None:
-            count[name] += 1
-            fn(*args)  # type: ignore[arg-type]
-        return call  # type: ignore[return-value]
+    class Counting:
+        def __init__(self, name: str, kernel: kernels.Kernel) -> None:
+            self.name, self.kernel = name, kernel
 
-    wrapped = {name: counting(name, fn) for name, fn in lib.items()}
+        def __call__(self, *fields: object) -> None:
+            count[self.name] += 1
+            self.kernel(*fields)  # type: ignore[arg-type]
+
+        def bind(self, *fields: object) -> Callable[[int], None]:
+            step = self.kernel.bind(*fields)  # type: ignore[arg-type]
+
+            def counted(t: int) -> None:
+                count[self.name] += 1
+                step(t)
+            return counted
+
+    wrapped = {name: Counting(name, kernel) for name, kernel in lib.items()}
     monkeypatch.setattr(kernels, "library", lambda: wrapped)
     yield count
 

@@ -1,14 +1,18 @@
 /* One HM-LSTM layer's step, fused: the element-wise work of hmrnn/fast.py in one pass.
  *
  * hmrnn/kernels.py compiles this file on first use (float32, CPU) and calls it through
- * ctypes; every function takes one struct of pointers, laid out as kernels.py packs it.
- * The matrix products stay in torch. Each function reads and writes exactly what the
- * Python step it replaces does (hmrnn/fast.py: pointwise, the first half of one
- * run_backward step, and its second half), so the two paths share every buffer.
+ * ctypes; every function takes one struct of pointers, laid out as kernels.py packs it,
+ * and a step t. The matrix products stay in torch. Each function reads and writes exactly
+ * what the Python step it replaces does (hmrnn/fast.py: preactivation's input and layer
+ * norms, pointwise, the first half of one run_backward step, and its second half), so
+ * the two paths share every buffer.
  *
  * A matrix argument is an M2: the first row's address and the distance between rows,
- * in floats; a row's elements are adjacent. An (M, 1) column is an M2 too. A NULL
- * pointer marks an absent argument.
+ * in floats; a row's elements are adjacent. An (M, 1) column is an M2 too, and so is a
+ * vector (distance 0: every row the same). A NULL pointer marks an absent argument. The
+ * M2 fields of a struct come one after the other, and the struct ends with one step
+ * stride per M2 field: at step t each pointer moves on by t times its stride, so that a
+ * struct packed once serves every step of a sequence.
  */
 #include <math.h>
 #include <stdint.h>
@@ -18,6 +22,12 @@ typedef struct {
     float *p;
     int64_t s;
 } M2;
+
+/* A copy of *arg whose `count` M2 fields from `first` on have moved to step t. */
+#define AT_STEP(type, arg, first, count, t)                                   \
+    type a_ = *(arg);                                                          \
+    for (int k_ = 0; k_ < (count); k_++) (&a_.first)[k_].p += (t) * a_.ts[k_]; \
+    const type *a = &a_
 
 #define ROW(m, n) ((m).p + (n) * (m).s)
 #define AT(m, n) ((m).p[(n) * (m).s])
@@ -99,15 +109,17 @@ static inline Mix hm_mix(float z_prev, const M2 *z_below, int64_t n) {
 }
 
 /* ---- forward: gates, Eq. 2-3, Eq. 8-10 (fast.pointwise) ---- */
+#define FORWARD_M2 16
 typedef struct {
     int64_t N, H, has_z, soft;
     M2 act, h_prev, c_prev, z_prev, z_below, h_out, c_out, z_out, tanh_c, u, zbin, diff,
-        zdiff, cell_stats;
-    float *ln_w, *ln_b;
+        zdiff, cell_stats, ln_w, ln_b;
     double slope, eps;
+    int64_t ts[FORWARD_M2];
 } Forward;
 
-void hm_forward(const Forward *a) {
+void hm_forward(const Forward *arg, int64_t t) {
+    AT_STEP(Forward, arg, act, FORWARD_M2, t);
     const int64_t H = a->H;
     const float half = 0.5f * (float)a->slope;
     const int below = a->z_below.p != NULL;
@@ -122,11 +134,12 @@ void hm_forward(const Forward *a) {
         const float *f = g, *i = g + H, *o = g + 2 * H, *gg = g + 3 * H;
         for (int64_t j = 0; j < H; j++)
             c[j] = cp[j] * (m.copy + m.update * f[j]) + i[j] * gg[j] * m.not_copy;
-        if (a->ln_w != NULL) {
+        if (a->ln_w.p != NULL) {
+            const float *lw = a->ln_w.p, *lb = a->ln_b.p;
             float mean, rstd;
             hm_stats(c, H, a->eps, &mean, &rstd);
             for (int64_t j = 0; j < H; j++)
-                tc[j] = hm_tanh((c[j] - mean) * rstd * a->ln_w[j] + a->ln_b[j]);
+                tc[j] = hm_tanh((c[j] - mean) * rstd * lw[j] + lb[j]);
             ROW(a->cell_stats, n)[0] = mean;
             ROW(a->cell_stats, n)[1] = rstd;
         } else {
@@ -163,15 +176,16 @@ void hm_forward(const Forward *a) {
 /* ---- the layer-normalised terms of s (fast.preactivation with layer norm) ----
  * act = base + LN_rec(proj_U) + z_below LN_bu(proj_W) + z_prev LN_td(proj_td) */
 typedef struct {
-    M2 proj, stats;
-    float *w, *b;
+    M2 proj, stats, w, b;
 } Term;
 
+#define TERMS_FORWARD_M2 16
 typedef struct {
     int64_t N, R;
     M2 act, base, z_prev, z_below;
     Term rec, td, bu;
     double eps;
+    int64_t ts[TERMS_FORWARD_M2];
 } TermsForward;
 
 static inline void hm_add_normed(const Term *t, int64_t n, int64_t R, double eps, float gate,
@@ -181,10 +195,12 @@ static inline void hm_add_normed(const Term *t, int64_t n, int64_t R, double eps
     hm_stats(x, R, eps, &mean, &rstd);
     ROW(t->stats, n)[0] = mean;
     ROW(t->stats, n)[1] = rstd;
-    for (int64_t j = 0; j < R; j++) out[j] += gate * ((x[j] - mean) * rstd * t->w[j] + t->b[j]);
+    const float *w = t->w.p, *b = t->b.p;
+    for (int64_t j = 0; j < R; j++) out[j] += gate * ((x[j] - mean) * rstd * w[j] + b[j]);
 }
 
-void hm_terms_forward(const TermsForward *a) {
+void hm_terms_forward(const TermsForward *arg, int64_t t) {
+    AT_STEP(TermsForward, arg, act, TERMS_FORWARD_M2, t);
     const int64_t R = a->R;
     for (int64_t n = 0; n < a->N; n++) {
         float *s = ROW(a->act, n);
@@ -198,20 +214,22 @@ void hm_terms_forward(const TermsForward *a) {
 
 /* ---- backward, first half: from dL/dh, dL/dc, dL/dz of the step to dL/ds ----
  * (run_backward up to the products with the weights) */
+#define BACKWARD_M2 20
 typedef struct {
     int64_t N, H, has_z;
-    M2 act, tanh_c, c, c_prev, u, diff, zdiff, z_prev, z_below, cell_stats;
-    float *ln_w;
+    M2 act, tanh_c, c, c_prev, u, diff, zdiff, z_prev, z_below, cell_stats, ln_w;
     M2 gh_acc, gh_out, gc_acc, gz_acc, gz_out, gz_acc_below, gs, g_tanh;
-    float *scratch; /* H floats */
+    M2 scratch; /* H floats */
     double half_slope;
+    int64_t ts[BACKWARD_M2];
 } Backward;
 
-void hm_backward(const Backward *a) {
+void hm_backward(const Backward *arg, int64_t t) {
+    AT_STEP(Backward, arg, act, BACKWARD_M2, t);
     const int64_t H = a->H;
     const int below = a->z_below.p != NULL;
     const float half_slope = (float)a->half_slope;
-    float *restrict gc = a->scratch; /* dL/dc of a row */
+    float *restrict gc = a->scratch.p; /* dL/dc of a row */
     for (int64_t n = 0; n < a->N; n++) {
         const float *restrict g = ROW(a->act, n), *restrict tc = ROW(a->tanh_c, n);
         const float *restrict cp = ROW(a->c_prev, n);
@@ -239,9 +257,9 @@ void hm_backward(const Backward *a) {
                 gha[j] = gc[j] * m.copy; /* dL/dh_prev through COPY; the products add theirs */
             }
         }
-        if (a->ln_w != NULL) {
+        if (a->ln_w.p != NULL) {
             const float *st = ROW(a->cell_stats, n);
-            hm_ln_backward(gt, ROW(a->c, n), st[0], st[1], a->ln_w, H, gc);
+            hm_ln_backward(gt, ROW(a->c, n), st[0], st[1], a->ln_w.p, H, gc);
         } else {
             for (int64_t j = 0; j < H; j++) gc[j] = gt[j];
         }
@@ -281,10 +299,12 @@ void hm_backward(const Backward *a) {
 
 /* ---- backward, second half without layer norm: spread dL/dx = dL/ds [U | U_td | W] ----
  * onto h_prev, h_above (and z_prev), h_below (and z_below) */
+#define SPREAD_M2 10
 typedef struct {
     int64_t N, H, Ha, Hb;
     M2 gx, gh_acc, h_above, z_prev, gh_acc_above, gz_acc, h_below, z_below, gh_acc_below,
         gz_acc_below;
+    int64_t ts[SPREAD_M2];
 } Spread;
 
 static inline void hm_spread_gated(const float *g, const float *h, float gate, int64_t D,
@@ -297,7 +317,8 @@ static inline void hm_spread_gated(const float *g, const float *h, float gate, i
     *gz_acc += dot;
 }
 
-void hm_spread(const Spread *a) {
+void hm_spread(const Spread *arg, int64_t t) {
+    AT_STEP(Spread, arg, gx, SPREAD_M2, t);
     const int64_t H = a->H;
     const int copies = a->Hb > 0; /* a layer above the bottom one: gh_acc holds dL/dh via COPY */
     for (int64_t n = 0; n < a->N; n++) {
@@ -317,33 +338,34 @@ void hm_spread(const Spread *a) {
  * g_proj = LN_bwd(gate dL/ds); a gated term also adds <dL/ds, LN(proj)> to its gate's
  * gradient */
 typedef struct {
-    M2 proj, stats, g_proj;
-    float *w, *b;
+    M2 proj, stats, g_proj, w, b;
 } TermGrad;
 
+#define TERMS_BACKWARD_M2 20
 typedef struct {
     int64_t N, R;
     M2 gs, z_prev, z_below, gz_acc, gz_acc_below;
     TermGrad rec, td, bu;
+    int64_t ts[TERMS_BACKWARD_M2];
 } TermsBackward;
 
 static inline void hm_term_backward(const TermGrad *t, const float *gs, int64_t n, int64_t R,
                                     float gate, float *gz_acc) {
-    const float *x = ROW(t->proj, n), *st = ROW(t->stats, n);
+    const float *x = ROW(t->proj, n), *st = ROW(t->stats, n), *w = t->w.p, *b = t->b.p;
     float *out = ROW(t->g_proj, n);
     if (gz_acc != NULL) {
         float dot = 0.0f;
-        for (int64_t j = 0; j < R; j++)
-            dot += gs[j] * ((x[j] - st[0]) * st[1] * t->w[j] + t->b[j]);
+        for (int64_t j = 0; j < R; j++) dot += gs[j] * ((x[j] - st[0]) * st[1] * w[j] + b[j]);
         *gz_acc += dot;
         for (int64_t j = 0; j < R; j++) out[j] = gs[j] * gate;
-        hm_ln_backward(out, x, st[0], st[1], t->w, R, out);
+        hm_ln_backward(out, x, st[0], st[1], w, R, out);
     } else {
-        hm_ln_backward(gs, x, st[0], st[1], t->w, R, out);
+        hm_ln_backward(gs, x, st[0], st[1], w, R, out);
     }
 }
 
-void hm_terms_backward(const TermsBackward *a) {
+void hm_terms_backward(const TermsBackward *arg, int64_t t) {
+    AT_STEP(TermsBackward, arg, gs, TERMS_BACKWARD_M2, t);
     for (int64_t n = 0; n < a->N; n++) {
         const float *gs = ROW(a->gs, n);
         hm_term_backward(&a->rec, gs, n, a->R, 1.0f, NULL);
@@ -352,5 +374,34 @@ void hm_terms_backward(const TermsBackward *a) {
         if (a->bu.proj.p != NULL)
             hm_term_backward(&a->bu, gs, n, a->R, AT(a->z_below, n),
                              &AT(a->gz_acc_below, n));
+    }
+}
+
+/* ---- the fused product's input (fast.preactivation without layer norm) ----
+ * x = [h_prev | z_prev h_above | z_below h_below] */
+#define GATHER_M2 6
+typedef struct {
+    int64_t N, H, Ha, Hb;
+    M2 x, h_prev, h_above, z_prev, h_below, z_below;
+    int64_t ts[GATHER_M2];
+} Gather;
+
+void hm_gather(const Gather *arg, int64_t t) {
+    AT_STEP(Gather, arg, x, GATHER_M2, t);
+    const int64_t H = a->H, Ha = a->Ha, Hb = a->Hb;
+    for (int64_t n = 0; n < a->N; n++) {
+        float *restrict x = ROW(a->x, n);
+        const float *restrict h = ROW(a->h_prev, n);
+        for (int64_t j = 0; j < H; j++) x[j] = h[j];
+        if (Ha > 0) {
+            const float *restrict ha = ROW(a->h_above, n);
+            const float z = AT(a->z_prev, n);
+            for (int64_t j = 0; j < Ha; j++) x[H + j] = ha[j] * z;
+        }
+        if (Hb > 0) {
+            const float *restrict hb = ROW(a->h_below, n);
+            const float z = AT(a->z_below, n);
+            for (int64_t j = 0; j < Hb; j++) x[H + Ha + j] = hb[j] * z;
+        }
     }
 }
