@@ -330,8 +330,12 @@ def _layer_norm(w: LayerWeights, key: str, x: Tensor, slot: Slot) -> Tensor:
     return normed
 
 
-def _layer_norm_stats(x: Tensor, eps: float) -> tuple[Tensor, Tensor]:
-    """Mean and rstd over the last axis, for all steps at once: ``(*, D) -> (*, 1)`` each."""
+def _layer_norm_stats(work: Workspace, key: str, x: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """Mean and rstd over the last axis of normalisation ``key``'s input ``x`` for all
+    steps at once, ``(*, D) -> (*, 1)`` each: those the fused steps kept, else computed."""
+    kept = _stats(work, key)
+    if kept is not None:
+        return kept[..., :1].contiguous(), kept[..., 1:].contiguous()
     _, mean, rstd = torch.native_layer_norm(x, (x.shape[-1],), None, None, eps)
     return mean, rstd
 
@@ -961,12 +965,13 @@ def _weight_grads(
         key = _LN_OF[name]
         upstream = grads.act if gate is None else grads.act * gate
         _, out[f"ln_{key}.weight"], out[f"ln_{key}.bias"] = _layer_norm_backward(
-            upstream, work.proj[name], (R,), *_layer_norm_stats(work.proj[name], w.eps),
+            upstream, work.proj[name], (R,), *_layer_norm_stats(work, key, work.proj[name], w.eps),
             *w.ln[key],  # type: ignore[index]
             [False, True, True],
         )
     _, out["ln_cell.weight"], out["ln_cell.bias"] = _layer_norm_backward(
-        grads.tanh_c, buf.c[l][1:], (w.hidden_size,), *_layer_norm_stats(buf.c[l][1:], w.eps),
+        grads.tanh_c, buf.c[l][1:], (w.hidden_size,),
+        *_layer_norm_stats(work, "cell", buf.c[l][1:], w.eps),
         *w.ln["cell"],  # type: ignore[index]
         [False, True, True],
     )
