@@ -15,6 +15,11 @@ layer, arranged for speed:
   COPY) i g`` and ``h = COPY h_{t-1} + (1 - COPY) o tanh(c)``: the same functions of
   ``z`` (bit for bit when ``z`` is 0 or 1) in fewer operations;
 - every step writes into buffers made once per call, through views made once per call;
+- in float32 on the CPU the element-wise work of a step (the gates, Eq. 2-3 and 8-10, the
+  layer norms, and both halves of a backward step) runs in C (:mod:`hmrnn.kernels`), one
+  call per layer and step, on the same buffers (``Slot.kernel``); elsewhere in ATen
+  operations. The backward pass then recomputes the mixing coefficients that
+  :class:`Saved` keeps for the ATen path;
 - on the CPU in float32, a large layer's weights are packed once per call for oneDNN
   (:class:`Linear`), whose products of a few rows are faster than ``torch.addmm``'s;
 - under autograd the whole sequence is one node, :class:`_HMLSTMFunction`, whose backward
