@@ -5,8 +5,9 @@ character LMs that ``hmrnn bench`` times, with :mod:`torch.profiler`, and prints
 the step's wall time without the profiler, the number of ATen operations it runs, and
 the profiler's self CPU time split three ways: matrix products (``mm``, ``addmm``,
 oneDNN's ``linear``; for nn.LSTM its fused oneDNN layer kernels), the other ATen
-operations (element-wise, layer norm, copies, reductions), and what is left: Python,
-dispatch and the autograd engine. On CUDA (``--device cuda``) it also counts the GPU
+operations (element-wise, layer norm, copies, reductions), and what is left: the fused C
+step of :mod:`hmrnn.kernels` (float32 on the CPU), Python, dispatch and the autograd
+engine. On CUDA (``--device cuda``) it also counts the GPU
 kernels a step launches and the time the GPU spends running them: a step whose wall time
 is far above its GPU time is bound by launching kernels, not by the GPU.
 
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     y = torch.randint(50, (args.seq_len, args.batch)).to(device)
     lines = [f"| model ({args.layers}x{args.hidden}, batch {args.batch}, T={args.seq_len}) "
              "| step ms | ATen calls | matmul (LSTM kernel) | other ATen ops "
-             "| Python, dispatch, autograd |" + (" GPU kernels | GPU busy ms |" if cuda else ""),
+             "| C step, Python, dispatch, autograd |" + (" GPU kernels | GPU busy ms |" if cuda else ""),
              "| --- | ---: | ---: | ---: | ---: | ---: |" + (" ---: | ---: |" if cuda else "")]
     for name, model in models.items():
         step = training_step(model, torch.optim.Adam(model.parameters()), x, y)
