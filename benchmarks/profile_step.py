@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     y = torch.randint(50, (args.seq_len, args.batch)).to(device)
     lines = [f"| model ({args.layers}x{args.hidden}, batch {args.batch}, T={args.seq_len}) "
              "| step ms | ATen calls | matmul (LSTM kernel) | other ATen ops "
-             "| C step, Python, dispatch, autograd |" + (" GPU kernels | GPU busy ms |" if cuda else ""),
+             "| C step, Python, dispatch, autograd |"
+             + (" GPU kernels | GPU busy ms |" if cuda else ""),
              "| --- | ---: | ---: | ---: | ---: | ---: |" + (" ---: | ---: |" if cuda else "")]
     for name, model in models.items():
         step = training_step(model, torch.optim.Adam(model.parameters()), x, y)

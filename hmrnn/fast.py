@@ -749,7 +749,8 @@ def run_backward(
     N = like.shape[1]
     gh_acc: list[Tensor] = [like.new_zeros(N, w.hidden_size) for w in weights]
     # the fused steps add into dL/dc in place: not into the caller's tensor
-    gc_acc = [(g.clone() if buf.kernel else g) if g is not None
+    gc_acc = [(g.clone(memory_format=torch.contiguous_format) if buf.kernel else g)
+              if g is not None
               else like.new_zeros(N, w.hidden_size)
               for g, w in zip(grad_c_last, weights, strict=True)]
     grads = [Workspace(w, steps, N, like, grads=True) for w in weights]  # dL/d(what it wrote)
@@ -889,11 +890,13 @@ def _fused_steps(
     gz_acc = [gz[:, l : l + 1] for l in range(L)]
     g_x = [gh_acc[0].new_empty(N, sum(w.widths())) if w.ln is None else None for w in weights]
     first, second = [], []
+    grad_z = grad_z.contiguous() if grad_z is not None else None
     for l, w in enumerate(weights):
         work, g_work, s = buf.work[l], grads[l], _layer_tensors(buf, l)
         top, bottom = l == L - 1, l == 0
         below_acc = (None, None) if bottom else (gh_acc[l - 1], gz_acc[l - 1])
-        g_h, g_z = grad_h[l], grad_z[:, :, l : l + 1] if grad_z is not None else None
+        g_h = grad_h[l].contiguous() if grad_h[l] is not None else None  # (rows adjacent)
+        g_z = grad_z[:, :, l : l + 1] if grad_z is not None else None
         first.append(lib["hm_backward"].bind(  # type: ignore[index]
             N, w.hidden_size, not top, work.act, work.tanh_c, s["c"], s["c_prev"], work.u,
             work.diff, work.zdiff, s["z_prev"], s["z_below"], _stats(work, "cell"),

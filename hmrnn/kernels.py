@@ -105,6 +105,8 @@ def _matrix(v: Tensor | None) -> tuple[int, int, int]:
     index 0 for every step when ``S`` is 1). A row's elements must be adjacent."""
     if v is None:
         return 0, 0, 0
+    if v.stride(-1) != 1 and v.shape[-1] > 1:
+        raise ValueError(f"the C step needs a row's elements adjacent, got strides {v.stride()}")
     if v.dim() == 1:
         return v.data_ptr(), 0, 0
     if v.dim() == 2:
