@@ -70,33 +70,39 @@ def _cpu_model() -> str:
 
 
 def _compile() -> ctypes.CDLL | None:
-    """Build (once per source, flags and CPU) and load the shared library; None if that
-    is not possible here."""
+    """Build (once per source, flags and CPU) and load the shared library; None, with a
+    warning, if that is not possible here."""
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if compiler is None or not SOURCE.exists():
-        return None
+    if compiler is None:
+        return _unavailable("no C compiler (cc, gcc or $CC) was found")
     source = SOURCE.read_bytes()
     key = hashlib.sha256(
         b"\0".join([source, " ".join(_FLAGS).encode(), platform.machine().encode(),
                     _cpu_model().encode()])
     ).hexdigest()[:16]
     target = _cache_dir() / f"hmlstm_step-{key}.so"
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-        os.close(fd)
-        try:  # built beside the target, then renamed: a reader never sees half a library
+    tmp = None
+    try:
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+            os.close(fd)
+            # built beside the target, then renamed: a reader never sees half a library
             subprocess.run([compiler, *_FLAGS, str(SOURCE), "-o", tmp, "-lm"], check=True,
                            capture_output=True, timeout=120)
             os.replace(tmp, target)
-        except (OSError, subprocess.SubprocessError) as err:
+        return ctypes.CDLL(str(target))
+    except (OSError, subprocess.SubprocessError) as err:
+        if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
-            detail = getattr(err, "stderr", b"") or str(err).encode()
-            warnings.warn(f"hmrnn: the fused C step did not compile, using ATen operations "
-                          f"instead: {detail.decode(errors='replace').strip()[:300]}",
-                          RuntimeWarning, stacklevel=3)
-            return None
-    return ctypes.CDLL(str(target))
+        detail = getattr(err, "stderr", b"") or str(err).encode()
+        return _unavailable(f"it did not compile: {detail.decode(errors='replace').strip()[:300]}")
+
+
+def _unavailable(why: str) -> None:
+    warnings.warn(f"hmrnn: the fused C step is off, so the HM-LSTM's CPU loop runs in ATen "
+                  f"operations, slower: {why}", RuntimeWarning, stacklevel=4)
+    return None
 
 
 def _matrix(v: Tensor | None) -> tuple[int, int, int]:
