@@ -416,15 +416,38 @@ def _terms_kernel(
 ) -> None:
     """:func:`preactivation` with layer norm in :mod:`hmrnn.kernels`: each present term's
     product into ``slot.proj``, then ``s`` in one pass."""
-    args: list[Tensor | None] = []
-    for name, h in (("U", h_prev), ("U_td", h_above), ("W", h_below)):
-        if h is None or w.term(name) is None:
-            args += (None, None, None, None)
-            continue
-        key = _LN_OF[name]
-        args += (w.product(name)(h, out=slot.proj[name]), slot.lnstats[key], *w.ln[key])  # type: ignore[index]
+    present = _term_products(w, slot, h_prev, h_above, h_below)
+    args = _ln_term_fields(
+        w, {n: (slot.proj[n], slot.lnstats[_LN_OF[n]]) for n in present})
     kernels.library()["hm_terms_forward"](  # type: ignore[index]
         len(h_prev), w.rows, slot.act, base, z_prev, z_below, *args, w.eps)
+
+
+def _term_products(
+    w: LayerWeights, slot: Slot, h_prev: Tensor, h_above: Tensor | None,
+    h_below: Tensor | None,
+) -> set[str]:
+    """Each layer-normalised term's product before normalisation into ``slot.proj``, for
+    the terms with an input (None: the term is left out); returns their names."""
+    present = set()
+    for name, h in (("U", h_prev), ("U_td", h_above), ("W", h_below)):
+        if h is not None and w.term(name) is not None:
+            w.product(name)(h, out=slot.proj[name])
+            present.add(name)
+    return present
+
+
+def _ln_term_fields(
+    w: LayerWeights, fields: dict[str, tuple[Tensor | None, ...]]
+) -> list[Tensor | None]:
+    """The per-term fields of the C layer-norm functions, terms in :data:`_TERMS` order:
+    ``fields[name]`` then its normalisation's weight and bias for a term in ``fields``, as
+    many Nones for the others."""
+    width = len(next(iter(fields.values()))) + 2
+    out: list[Tensor | None] = []
+    for name in _TERMS:
+        out += (*fields[name], *w.ln[_LN_OF[name]]) if name in fields else (None,) * width  # type: ignore[index]
+    return out
 
 
 def _term(w: LayerWeights, name: str, h: Tensor, slot: Slot | None = None) -> Tensor:
@@ -643,11 +666,7 @@ def _fused_forward(
                 N, w.hidden_size, Ha, Hb, work.x, s["h_prev"], s["h_above"], s["z_prev"],
                 s["h_below"], s["z_below"]))
             continue
-        args: list[Tensor | None] = []
-        for name in _TERMS:
-            key = _LN_OF[name]
-            args += ((work.proj[name], _stats(work, key), *w.ln[key])  # type: ignore[index]
-                     if w.term(name) is not None else (None,) * 4)
+        args = _ln_term_fields(w, {n: (p, _stats(work, _LN_OF[n])) for n, p in work.proj.items()})
         terms.append(lib["hm_terms_forward"].bind(  # type: ignore[index]
             N, w.rows, work.act, bottom if l == 0 else w.bias, s["z_prev"], s["z_below"],
             *args, w.eps))
@@ -658,10 +677,8 @@ def _fused_forward(
             below = views[l - 1] if l > 0 else None
             base = bottom[t] if l == 0 else w.bias
             if w.ln is not None:
-                for name, h in (("U", v["h"][t]), ("U_td", None if top else views[l + 1]["h"][t]),
-                                ("W", below["h"][t + 1] if below is not None else None)):
-                    if h is not None:
-                        w.product(name)(h, out=slot.proj[name])
+                _term_products(w, slot, v["h"][t], None if top else views[l + 1]["h"][t],
+                               below["h"][t + 1] if below is not None else None)
                 terms[l](t)
             elif w.skip_gated and buf.keep:  # the gated terms' products on their rows only
                 preactivation(w, slot, base, v["h"][t], v["z"][t],
@@ -754,16 +771,11 @@ def run_backward(
               else like.new_zeros(N, w.hidden_size)
               for g, w in zip(grad_c_last, weights, strict=True)]
     grads = [Workspace(w, steps, N, like, grads=True) for w in weights]  # dL/d(what it wrote)
-    gh_out = [g.unbind(0) if g is not None else None for g in grad_h]
-    gz_out = [grad_z[:, :, l : l + 1].unbind(0) if grad_z is not None else None
-              for l in range(L)]
-    if buf.kernel:
-        gz_acc = _fused_steps(weights, buf, 0.5 * slope, grad_h, grad_z, gh_acc, gc_acc, grads)
-    else:
-        gz_acc = _aten_steps(weights, buf, 0.5 * slope, gh_out, gz_out, gh_acc, gc_acc, grads)
-    grad_h0 = [g if gh_out[l] is None else g + gh_out[l][0]  # type: ignore[index]
+    steps_of = _fused_steps if buf.kernel else _aten_steps
+    gz_acc = steps_of(weights, buf, 0.5 * slope, grad_h, grad_z, gh_acc, gc_acc, grads)
+    grad_h0 = [g if grad_h[l] is None else g + grad_h[l][0]  # type: ignore[index]
                for l, g in enumerate(gh_acc)]
-    grad_z0 = [g if gz_out[l] is None else g + gz_out[l][0]  # type: ignore[index]
+    grad_z0 = [g if grad_z is None else g + grad_z[0, :, l : l + 1]
                for l, g in enumerate(gz_acc)]
     weight_grads = [_weight_grads(weights, buf, l, grads[l]) for l in range(L)]
     return grads[0].act, grad_h0, gc_acc, grad_z0, weight_grads
@@ -771,13 +783,16 @@ def run_backward(
 
 def _aten_steps(
     weights: list[LayerWeights], buf: Buffers, half_slope: float,
-    gh_out: list[tuple[Tensor, ...] | None], gz_out: list[tuple[Tensor, ...] | None],
+    grad_h: list[Tensor | None], grad_z: Tensor | None,
     gh_acc: list[Tensor], gc_acc: list[Tensor], grads: list[Workspace],
 ) -> list[Tensor]:
     """:func:`run_backward`'s steps in ATen operations: they update the running gradients
     ``gh_acc`` and ``gc_acc`` (per layer ``(N, H)``, replaced as they go), fill ``grads``
     and return the gradient of each layer's initial ``z`` ``(N, 1)`` so far."""
     L = len(weights)
+    gh_out = [g.unbind(0) if g is not None else None for g in grad_h]
+    gz_out = [grad_z[:, :, l : l + 1].unbind(0) if grad_z is not None else None
+              for l in range(L)]
     steps = buf.z.shape[0] - 1
     like = buf.h[0]
     N = like.shape[1]
@@ -911,11 +926,8 @@ def _fused_steps(
                 None if top else gh_acc[l + 1], gz_acc[l], s["h_below"], s["z_below"],
                 *below_acc))
             continue
-        terms: list[Tensor | None] = []
-        for name in _TERMS:
-            key = _LN_OF[name]
-            terms += ((work.proj[name], _stats(work, key), g_work.proj[name], *w.ln[key])  # type: ignore[index]
-                      if w.term(name) is not None else (None,) * 5)
+        terms = _ln_term_fields(w, {n: (p, _stats(work, _LN_OF[n]), g_work.proj[n])
+                                    for n, p in work.proj.items()})
         second.append(lib["hm_terms_backward"].bind(  # type: ignore[index]
             N, w.rows, g_work.act, s["z_prev"], s["z_below"], gz_acc[l], below_acc[1], *terms))
     for t in range(buf.z.shape[0] - 2, -1, -1):
