@@ -130,6 +130,10 @@ class Kernel:
         matrices = layout.count("m")
         fmt = "".join({"n": "q", "m": "qq", "d": "d"}[k] for k in layout) + "q" * matrices
         self._struct = struct.Struct("=" + fmt)
+        size = ctypes.c_int64.in_dll(lib, f"{name}_size").value
+        if size != self._struct.size:
+            raise RuntimeError(f"{SOURCE.name}'s {name} takes a struct of {size} bytes, but "
+                               f"kernels.py packs {self._struct.size}: the two disagree")
         self._layout = layout
         self._fn = getattr(lib, name)
         self._fn.argtypes = [ctypes.c_void_p, ctypes.c_int64]

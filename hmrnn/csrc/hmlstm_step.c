@@ -12,7 +12,8 @@
  * vector (distance 0: every row the same). A NULL pointer marks an absent argument. The
  * M2 fields of a struct come one after the other, and the struct ends with one step
  * stride per M2 field: at step t each pointer moves on by t times its stride, so that a
- * struct packed once serves every step of a sequence.
+ * struct packed once serves every step of a sequence. Each function's struct size is
+ * exported as <function>_size, which kernels.py checks against the layout it packs.
  */
 #include <math.h>
 #include <stdint.h>
@@ -117,6 +118,7 @@ typedef struct {
     double slope, eps;
     int64_t ts[FORWARD_M2];
 } Forward;
+const int64_t hm_forward_size = sizeof(Forward); /* checked by kernels.py */
 
 void hm_forward(const Forward *arg, int64_t t) {
     AT_STEP(Forward, arg, act, FORWARD_M2, t);
@@ -187,6 +189,7 @@ typedef struct {
     double eps;
     int64_t ts[TERMS_FORWARD_M2];
 } TermsForward;
+const int64_t hm_terms_forward_size = sizeof(TermsForward); /* checked by kernels.py */
 
 static inline void hm_add_normed(const Term *t, int64_t n, int64_t R, double eps, float gate,
                                  float *out) {
@@ -223,6 +226,7 @@ typedef struct {
     double half_slope;
     int64_t ts[BACKWARD_M2];
 } Backward;
+const int64_t hm_backward_size = sizeof(Backward); /* checked by kernels.py */
 
 void hm_backward(const Backward *arg, int64_t t) {
     AT_STEP(Backward, arg, act, BACKWARD_M2, t);
@@ -306,6 +310,7 @@ typedef struct {
         gz_acc_below;
     int64_t ts[SPREAD_M2];
 } Spread;
+const int64_t hm_spread_size = sizeof(Spread); /* checked by kernels.py */
 
 static inline void hm_spread_gated(const float *g, const float *h, float gate, int64_t D,
                                    float *gh_acc, float *gz_acc) {
@@ -348,6 +353,7 @@ typedef struct {
     TermGrad rec, td, bu;
     int64_t ts[TERMS_BACKWARD_M2];
 } TermsBackward;
+const int64_t hm_terms_backward_size = sizeof(TermsBackward); /* checked by kernels.py */
 
 static inline void hm_term_backward(const TermGrad *t, const float *gs, int64_t n, int64_t R,
                                     float gate, float *gz_acc) {
@@ -385,6 +391,7 @@ typedef struct {
     M2 x, h_prev, h_above, z_prev, h_below, z_below;
     int64_t ts[GATHER_M2];
 } Gather;
+const int64_t hm_gather_size = sizeof(Gather); /* checked by kernels.py */
 
 void hm_gather(const Gather *arg, int64_t t) {
     AT_STEP(Gather, arg, x, GATHER_M2, t);
