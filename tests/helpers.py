@@ -86,15 +86,26 @@ def write_words(folder: Path, words: int = 120) -> Path:
     return path
 
 
+# A tiny resumable run with sampled boundaries (test_lm on the CPU, test_cuda on a GPU);
+# add run.out_dir.
+RESUME_SETTINGS = {
+    "model.hidden_size": "6,5,4", "model.embedding_size": "4", "model.output_size": "7",
+    "model.boundary": "sample", "train.batch_size": "3", "train.seq_len": "8",
+    "train.eval_every": "4", "train.eval_batch_size": "5", "train.patience": "1",
+    "train.lr": "0.01", "train.slope_rate": "0.5", "run.progress": "false",
+    "run.tensorboard": "false", "train.max_minutes": "0",
+}
+
+
 def tiny_trainer(
-    folder: Path, settings: dict[str, str], fractions: tuple[float, float, float],
+    text: Path, settings: dict[str, str], fractions: tuple[float, float, float],
     context: DistContext | None = None, echo: Callable[[str], None] = lambda _m: None,
 ) -> Trainer:
-    """A trainer of a character LM configured by ``settings`` on ``folder/text.txt`` (split
+    """A trainer of a character LM configured by ``settings`` on the file ``text`` (split
     by ``fractions``), its model built after ``torch.manual_seed(0)`` on the context's
     device."""
     config = load_config(None, settings)
-    corpus = read_text_file(folder / "text.txt", fractions=fractions)
+    corpus = read_text_file(text, fractions=fractions)
     torch.manual_seed(0)
     model = build_charlm(config.model, len(corpus.vocab)).to((context or DistContext()).device)
     return Trainer(CharLMTask(model, corpus, config, context), config, context, echo=echo)

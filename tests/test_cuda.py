@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import tiny_trainer, write_words
+from helpers import RESUME_SETTINGS, tiny_trainer, write_words
 
 from hmrnn.bench import bench_model, cuda_graphed, training_step
 from hmrnn.bench import main as bench_main
@@ -80,16 +80,10 @@ def test_float32_fast_loop_on_cuda_follows_the_cpu() -> None:
 
 
 def _trainer(folder: Path, **overrides: str) -> Trainer:
-    settings = {
-        "model.hidden_size": "6,5,4", "model.embedding_size": "4", "model.output_size": "7",
-        "model.boundary": "sample", "train.batch_size": "3", "train.seq_len": "8",
-        "train.eval_every": "4", "train.eval_batch_size": "5", "train.patience": "1",
-        "train.lr": "0.01", "train.slope_rate": "0.5", "run.device": "cuda",
-        "run.out_dir": str(folder / "run"), "run.progress": "false",
-        "run.tensorboard": "false", "train.max_minutes": "0",
-    } | overrides
-    write_words(folder, 400)
-    return tiny_trainer(folder, settings, (0.9, 0.05, 0.05), DistContext(device=CUDA))
+    settings = RESUME_SETTINGS | {"run.device": "cuda",
+                                  "run.out_dir": str(folder / "run")} | overrides
+    return tiny_trainer(write_words(folder, 400), settings, (0.9, 0.05, 0.05),
+                        DistContext(device=CUDA))
 
 
 def test_cuda_training_resumes_like_uninterrupted(tmp_path: Path) -> None:

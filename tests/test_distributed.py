@@ -51,7 +51,7 @@ def _trainer(
     folder: Path, out: str, context: DistContext | None = None,
     echo: Any = lambda _m: None, **overrides: str,
 ) -> Trainer:
-    return tiny_trainer(folder, TINY | {"run.out_dir": str(folder / out)} | overrides,
+    return tiny_trainer(folder / "text.txt", TINY | {"run.out_dir": str(folder / out)} | overrides,
                         FRACTIONS, context, echo)
 
 

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 import pytest
 import torch
+from helpers import RESUME_SETTINGS, tiny_trainer
 from torch import nn
 
 from hmrnn.charlm import build_charlm
 from hmrnn.checkpoint import load_checkpoint
 from hmrnn.config import load_config
-from hmrnn.data import Vocab, read_text_file
-from hmrnn.lm import CharLMTask, evaluate_lm, sample_text
+from hmrnn.data import Vocab
+from hmrnn.lm import evaluate_lm, sample_text
 from hmrnn.trainer import Trainer, TrainingError
 from hmrnn.types import RNNOutput
 
@@ -62,19 +64,9 @@ def _text(tmp_path) -> str:
 
 
 def _trainer(tmp_path, path: str, **overrides: str) -> Trainer:
-    values = {
-        "model.hidden_size": "6,5,4", "model.embedding_size": "4", "model.output_size": "7",
-        "model.boundary": "sample", "train.batch_size": "3", "train.seq_len": "8",
-        "train.eval_every": "4", "train.eval_batch_size": "5", "train.patience": "1",
-        "train.max_lr_drops": "5", "train.lr": "0.01", "train.slope_rate": "0.5",
-        "run.out_dir": str(tmp_path / "run"), "run.progress": "false",
-        "run.tensorboard": "false", "train.max_minutes": "0",
-    } | overrides
-    config = load_config(None, values)
-    corpus = read_text_file(path, fractions=(0.9, 0.05, 0.05))
-    torch.manual_seed(0)
-    model = build_charlm(config.model, len(corpus.vocab))
-    return Trainer(CharLMTask(model, corpus, config), config, echo=lambda _m: None)
+    settings = RESUME_SETTINGS | {"train.max_lr_drops": "5",
+                                  "run.out_dir": str(tmp_path / "run")} | overrides
+    return tiny_trainer(Path(path), settings, (0.9, 0.05, 0.05))
 
 
 def test_resume_equals_uninterrupted(tmp_path) -> None:
