@@ -5,7 +5,7 @@ twenty element-wise ATen operations forward and forty backward, each of which co
 in dispatch than in arithmetic at the sizes of the paper. ``csrc/hmlstm_step.c`` does that
 element-wise work in one pass per step and row: the gates, Eq. 2-3 and 8-10, the layer
 norms, and both halves of the backward step. It is compiled with the system's C compiler
-on first use (about a second, cached under ``$HMRNN_CACHE``, else
+on first use (cached under ``$HMRNN_CACHE``, else
 ``$XDG_CACHE_HOME/hmrnn``, else ``~/.cache/hmrnn``) and called through :mod:`ctypes`;
 every function takes one struct of pointers, which :class:`Kernel` packs.
 
