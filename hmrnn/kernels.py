@@ -12,7 +12,7 @@ every function takes one struct of pointers, which :class:`Kernel` packs.
 Without a C compiler, or with ``HMRNN_KERNELS=0``, :func:`enabled` is False and
 :mod:`hmrnn.fast` runs the same step in ATen operations: the two paths compute the same
 functions (tested to float rounding in ``tests/test_kernels.py``); the C path's exp and
-tanh are Cephes' polynomials, within about 2 ulp of ATen's.
+tanh are Cephes' polynomials, not ATen's, so the two round apart in the last bits.
 """
 
 from __future__ import annotations

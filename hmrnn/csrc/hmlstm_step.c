@@ -33,7 +33,8 @@ typedef struct {
 #define ROW(m, n) ((m).p + (n) * (m).s)
 #define AT(m, n) ((m).p[(n) * (m).s])
 
-/* exp, sigmoid and tanh of float32 to about 2 ulp (Cephes' expf and tanhf), written so
+/* exp, sigmoid and tanh of float32 after Cephes' expf and tanhf (documented there to about
+ * 2 ulp), written so
  * that the compiler vectorises the loops that call them. */
 static inline float hm_exp(float x) {
     x = x < -87.3f ? -87.3f : (x > 88.3f ? 88.3f : x);
