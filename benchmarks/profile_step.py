@@ -6,7 +6,7 @@ the step's wall time without the profiler, the number of ATen operations it runs
 the profiler's self CPU time split three ways: matrix products (``mm``, ``addmm``,
 oneDNN's ``linear``; for nn.LSTM its fused oneDNN layer kernels), the other ATen
 operations (element-wise, layer norm, copies, reductions), and what is left: the fused C
-step of :mod:`hmrnn.kernels` (float32 on the CPU), Python, dispatch and the autograd
+step of :mod:`hmrnn.model.loop.kernels` (float32 on the CPU), Python, dispatch and the autograd
 engine. On CUDA (``--device cuda``) it also counts the GPU
 kernels a step launches and the time the GPU spends running them: a step whose wall time
 is far above its GPU time is bound by launching kernels, not by the GPU.
@@ -30,7 +30,7 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
-from hmrnn.bench import bench_model, training_step
+from hmrnn.cli.bench import bench_model, training_step
 
 # matrix products; nn.LSTM's oneDNN layer kernels (products and gates fused) count here
 MATMUL = ("aten::mm", "aten::addmm", "aten::bmm", "mkldnn::_linear_pointwise",

@@ -3,20 +3,21 @@
 The model library::
 
     HMLSTM          the HM-LSTM stack (UPDATE / COPY / FLUSH, boundary detectors)
-    HMLSTMCell      one step of one layer: the equations of DESIGN.md
+    HMLSTMCell      one step of one layer: the equations of docs/model.md
     GatedOutput     the gated output module (Eq. 11-12), on top of any stack
     LSTMStack, LayerNormLSTM, ClockworkRNN   the paper's baselines, same interface
     CharLM          embedding -> stack -> gated output -> softmax
 """
 
-from .baselines import ClockworkRNN, LayerNormLSTM, LSTMStack
-from .cell import HMLSTMCell, LayerState
-from .charlm import CharLM, build_charlm
-from .functional import binarize, hard_sigmoid, slope_schedule
-from .hmlstm import HMLSTM, HMLSTMState
-from .models import build_rnn
-from .output import GatedOutput
-from .types import RNNOutput, detach_state
+from hmrnn.model.baselines import ClockworkRNN, LayerNormLSTM, LSTMStack
+from hmrnn.model.cell import HMLSTMCell, LayerState
+from hmrnn.model.charlm import CharLM
+from hmrnn.model.functional import binarize, hard_sigmoid, slope_schedule
+from hmrnn.model.hmlstm import HMLSTM, HMLSTMState
+from hmrnn.model.output import GatedOutput
+from hmrnn.model.registry import build_rnn
+from hmrnn.model.types import RNNOutput, detach_state
+from hmrnn.tasks.charlm.build import build_charlm
 
 __version__ = "0.1.0"
 

@@ -11,9 +11,10 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-import hmrnn.cell
-from hmrnn.charlm import CharLM, build_charlm
-from hmrnn.config import ModelConfig
+import hmrnn.model.cell
+from hmrnn.model.charlm import CharLM
+from hmrnn.tasks.charlm.build import build_charlm
+from hmrnn.training.config import ModelConfig
 
 LENGTHS = (10, 25, 50, 100)
 
@@ -67,14 +68,14 @@ def main() -> None:
     for label, config, change in rows:
         print(f"| {label} | " + " | ".join(
             f"{grad_norm(config, t, change):.2g}" for t in LENGTHS) + " |")
-    binarize = hmrnn.cell.binarize
-    hmrnn.cell.binarize = lambda z, mode, gen=None: binarize(z, mode, gen).detach()
+    binarize = hmrnn.model.cell.binarize
+    hmrnn.model.cell.binarize = lambda z, mode, gen=None: binarize(z, mode, gen).detach()
     try:
         for label, config, change in cut:
             print(f"| {label} | " + " | ".join(
                 f"{grad_norm(config, t, change):.2g}" for t in LENGTHS) + " |")
     finally:
-        hmrnn.cell.binarize = binarize
+        hmrnn.model.cell.binarize = binarize
 
 
 if __name__ == "__main__":

@@ -12,8 +12,8 @@ import json
 import sys
 from pathlib import Path
 
-from hmrnn.checkpoint import load_checkpoint
-from hmrnn.config import Config
+from hmrnn.training.checkpoint import load_checkpoint
+from hmrnn.training.config import Config
 
 
 def summary(run: Path) -> str:

@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hmrnn.charlm import build_charlm
-from hmrnn.config import load_config
 from hmrnn.data import read_text_file
-from hmrnn.distributed import DistContext
-from hmrnn.hmlstm import HMLSTM, HMLSTMState
-from hmrnn.lm import CharLMTask
-from hmrnn.trainer import Trainer
+from hmrnn.model.hmlstm import HMLSTM, HMLSTMState
+from hmrnn.tasks.charlm.build import build_charlm
+from hmrnn.tasks.charlm.task import CharLMTask
+from hmrnn.training.config import load_config
+from hmrnn.training.distributed import DistContext
+from hmrnn.training.trainer import Trainer
 
 SLOPE = 1.7  # the slope of wide_hmlstm's models
 

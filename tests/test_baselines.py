@@ -11,8 +11,8 @@ from torch import Tensor, nn
 from torch.autograd import gradcheck
 from torch.func import functional_call
 
-from hmrnn import baselines
-from hmrnn.baselines import (
+from hmrnn.model import baselines
+from hmrnn.model.baselines import (
     ClockworkRNN,
     ClockworkState,
     LayerNormLSTM,
@@ -20,8 +20,8 @@ from hmrnn.baselines import (
     LSTMState,
     build_baseline,
 )
-from hmrnn.output import GatedOutput
-from hmrnn.types import RNNOutput, detach_state
+from hmrnn.model.output import GatedOutput
+from hmrnn.model.types import RNNOutput, detach_state
 
 # Pairwise-distinct sizes, so that a swapped axis fails.
 T, N, I = 7, 3, 2

@@ -1,4 +1,4 @@
-"""hmrnn.bench on tiny models: the table, the targets and the checkpoint path, never timed."""
+"""hmrnn.cli.bench on tiny models: the table, the targets and the checkpoint path, never timed."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from hmrnn.bench import main
-from hmrnn.charlm import build_charlm
-from hmrnn.checkpoint import save_checkpoint
-from hmrnn.config import Config, ModelConfig
+from hmrnn.cli.bench import main
 from hmrnn.data import Vocab
+from hmrnn.tasks.charlm.build import build_charlm
+from hmrnn.training.checkpoint import save_checkpoint
+from hmrnn.training.config import Config, ModelConfig
 
 TINY = ["--layers", "2", "--embedding", "4", "--vocab", "7", "--seq-len", "5", "--repeats",
         "1", "--warmup", "0", "--eval-hidden", "6", "--eval-chars", "120", "--eval-batch", "3",

@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from hmrnn.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from hmrnn.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 
 def test_round_trip(tmp_path) -> None:

@@ -172,7 +172,7 @@ def test_sigterm_checkpoints_and_exits(tmp_path: Path) -> None:
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
     assert "SIGTERM received" in stdout and "continue with --resume" in stdout
-    from hmrnn.checkpoint import load_checkpoint
+    from hmrnn.training.checkpoint import load_checkpoint
 
     assert load_checkpoint(out / "last.pt")["trainer"]["step"] >= 20
 

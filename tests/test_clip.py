@@ -1,4 +1,5 @@
-"""Gradient clipping (hmrnn.trainer.clip_gradients): torch's, with the norm summed in float64."""
+"""Gradient clipping (hmrnn.training.trainer.clip_gradients): torch's, with the norm summed
+in float64."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from hmrnn.trainer import clip_gradients
+from hmrnn.training.trainer import clip_gradients
 
 
 def _params(scale: float, seed: int = 0) -> list[nn.Parameter]:

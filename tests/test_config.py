@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import tomllib
 
-from hmrnn.config import (
+from hmrnn.training.config import (
     CONFIG_DIR,
     Config,
     ConfigError,

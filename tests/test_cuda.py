@@ -12,16 +12,16 @@ import pytest
 import torch
 from helpers import RESUME_SETTINGS, tiny_trainer, write_words
 
-from hmrnn.bench import bench_model, cuda_graphed, training_step
-from hmrnn.bench import main as bench_main
-from hmrnn.charlm import build_charlm
-from hmrnn.checkpoint import load_checkpoint
 from hmrnn.cli import main
-from hmrnn.config import ModelConfig
-from hmrnn.distributed import DistContext
-from hmrnn.handwriting.model import HandwritingModel, sample_strokes
-from hmrnn.hmlstm import HMLSTM
-from hmrnn.trainer import Trainer
+from hmrnn.cli.bench import bench_model, cuda_graphed, training_step
+from hmrnn.cli.bench import main as bench_main
+from hmrnn.model.hmlstm import HMLSTM
+from hmrnn.tasks.charlm.build import build_charlm
+from hmrnn.tasks.handwriting.model import HandwritingModel, sample_strokes
+from hmrnn.training.checkpoint import load_checkpoint
+from hmrnn.training.config import ModelConfig
+from hmrnn.training.distributed import DistContext
+from hmrnn.training.trainer import Trainer
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 CUDA = torch.device("cuda")

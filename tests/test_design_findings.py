@@ -1,4 +1,5 @@
-"""Findings about DESIGN.md that the code follows but users should know (see docs/design-notes.md).
+"""Findings about docs/model.md that the code follows but users should know (see
+docs/design-notes.md).
 
 Decision 7 normalises each of the three terms of ``s`` separately. At initialisation this
 makes the HM-LSTM's gradient grow exponentially with the sequence length, while the same
@@ -12,8 +13,8 @@ from __future__ import annotations
 
 import torch
 
-from hmrnn.charlm import build_charlm
-from hmrnn.config import ModelConfig
+from hmrnn.tasks.charlm.build import build_charlm
+from hmrnn.training.config import ModelConfig
 
 
 def _grad_norm(config: ModelConfig, steps: int) -> float:

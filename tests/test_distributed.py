@@ -23,11 +23,11 @@ import torch
 import torch.multiprocessing as mp
 from helpers import tiny_trainer, write_words
 
-from hmrnn.checkpoint import load_checkpoint
 from hmrnn.cli import main
-from hmrnn.distributed import DistContext, setup, teardown
-from hmrnn.lm import evaluate_lm
-from hmrnn.trainer import Trainer
+from hmrnn.tasks.charlm.task import evaluate_lm
+from hmrnn.training.checkpoint import load_checkpoint
+from hmrnn.training.distributed import DistContext, setup, teardown
+from hmrnn.training.trainer import Trainer
 
 WORLD = 2
 FRACTIONS = (0.8, 0.1, 0.1)

@@ -1,4 +1,4 @@
-"""The fast loop (hmrnn.fast) against the cell-by-cell reference loop: forward values and
+"""The fast loop (hmrnn.model.loop.fast) against the cell-by-cell reference loop: forward values and
 every gradient, in float64, for each boundary mode, with and without layer norm."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import pytest
 import torch
 from helpers import loop_outputs, outputs_and_grads, random_state, wide_hmlstm
 
-import hmrnn.fast
-from hmrnn.hmlstm import HMLSTM
+import hmrnn.model.loop.fast
+from hmrnn.model.hmlstm import HMLSTM
 
 T, N, D = 7, 3, 2
 SIZES = (5, 6, 4)
@@ -24,7 +24,7 @@ def test_fast_equals_reference_forward_and_gradients(
 ) -> None:
     """``skip_gated``: the gated terms' products only on the rows let in (large weights)."""
     if skip_gated:
-        monkeypatch.setattr(hmrnn.fast, "_LARGE_WEIGHT", 0)
+        monkeypatch.setattr(hmrnn.model.loop.fast, "_LARGE_WEIGHT", 0)
     rnn = wide_hmlstm(D, sizes, mode, layer_norm).to(device)
     x = torch.randn(T, N, D, dtype=torch.float64).to(device).requires_grad_()
     state = random_state(sizes, N, 1, device)
@@ -68,7 +68,7 @@ def test_float32_training_step_matches_reference(
     layer_norm: bool, device: torch.device, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """In float32 the large-weight path (oneDNN products where available) is taken."""
-    monkeypatch.setattr(hmrnn.fast, "_LARGE_WEIGHT", 0)
+    monkeypatch.setattr(hmrnn.model.loop.fast, "_LARGE_WEIGHT", 0)
     torch.manual_seed(0)
     rnn = HMLSTM(3, 8, 3, layer_norm=layer_norm).to(device)
     x = torch.randn(5, 4, 3).to(device)

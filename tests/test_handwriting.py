@@ -1,4 +1,4 @@
-"""Tests of hmrnn.handwriting: data, mixture density head, model, sampling and plots.
+"""Tests of hmrnn.tasks.handwriting: data, mixture density head, model, sampling and plots.
 
 Every test makes its own small stroke sets; only ``test_real_file_counts`` reads the
 licensed IAM-OnDB copy, and it skips when the file is absent.
@@ -17,19 +17,19 @@ import torch
 from scipy import stats
 from scipy.special import logsumexp
 
-from hmrnn.baselines import LSTMStack
 from hmrnn.data.errors import DataError
-from hmrnn.handwriting import data as hw
-from hmrnn.handwriting import mdn
-from hmrnn.handwriting.model import (
+from hmrnn.model.baselines import LSTMStack
+from hmrnn.model.hmlstm import HMLSTM
+from hmrnn.tasks.handwriting import data as hw
+from hmrnn.tasks.handwriting import mdn
+from hmrnn.tasks.handwriting.model import (
     HandwritingModel,
     evaluate,
     line_boundaries,
     sample_strokes,
     sequence_log_likelihood,
 )
-from hmrnn.handwriting.plots import boundary_agreement, draw_strokes, segment_figure
-from hmrnn.hmlstm import HMLSTM
+from hmrnn.tasks.handwriting.plots import boundary_agreement, draw_strokes, segment_figure
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "handwriting"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

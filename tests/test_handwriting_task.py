@@ -1,4 +1,4 @@
-"""Tests of the handwriting task and its command line (hmrnn.handwriting.task / .cli).
+"""Tests of the handwriting task and its command line (hmrnn.tasks.handwriting.task / .cli).
 
 Every test writes its own small stroke set in the npz format of the IAM-OnDB reader;
 none reads the licensed data.
@@ -16,24 +16,24 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from hmrnn.checkpoint import load_checkpoint, save_checkpoint
-from hmrnn.config import Config, apply_overrides
-from hmrnn.distributed import DistContext, setup, teardown
-from hmrnn.handwriting import data as hw
-from hmrnn.handwriting.cli import main
-from hmrnn.handwriting.model import (
+from hmrnn.cli.handwriting import main
+from hmrnn.tasks.handwriting import data as hw
+from hmrnn.tasks.handwriting.model import (
     EvalTotals,
     build_handwriting_model,
     evaluation_totals,
     offset_boundaries,
     sequence_log_likelihood,
 )
-from hmrnn.handwriting.plots import boundary_agreement
-from hmrnn.handwriting.task import (
+from hmrnn.tasks.handwriting.plots import boundary_agreement
+from hmrnn.tasks.handwriting.task import (
     HandwritingTask,
     load_handwriting_checkpoint,
     load_handwriting_data,
 )
+from hmrnn.training.checkpoint import load_checkpoint, save_checkpoint
+from hmrnn.training.config import Config, apply_overrides
+from hmrnn.training.distributed import DistContext, setup, teardown
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TINY = [

@@ -1,4 +1,4 @@
-"""Tests of hmrnn.hierarchy: operations, counts, reference boundaries and scores."""
+"""Tests of hmrnn.analysis.boundaries: operations, counts, reference boundaries and scores."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import pytest
 
-from hmrnn.hierarchy import (
+from hmrnn.analysis.boundaries import (
     COPY,
     FLUSH,
     PRF,

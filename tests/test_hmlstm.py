@@ -1,4 +1,4 @@
-"""The HM-LSTM stack against DESIGN.md: an independent float64 reference, each operation
+"""The HM-LSTM stack against docs/model.md: an independent float64 reference, each operation
 on hand-set weights, straight-through gradients, equivalences and argument errors."""
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ import pytest
 import torch
 from helpers import SLOPE, wide_hmlstm
 
-from hmrnn.cell import HMLSTMCell, LayerState
-from hmrnn.functional import binarize, hard_sigmoid, slope_schedule
-from hmrnn.hmlstm import HMLSTM, HMLSTMState
-from hmrnn.types import detach_state
+from hmrnn.model.cell import HMLSTMCell, LayerState
+from hmrnn.model.functional import binarize, hard_sigmoid, slope_schedule
+from hmrnn.model.hmlstm import HMLSTM, HMLSTMState
+from hmrnn.model.types import detach_state
 
 T, N, D = 7, 3, 2
 SIZES = (5, 6, 4)
@@ -36,7 +36,7 @@ def reference(
     layer_norm: bool,
     generator: torch.Generator | None = None,
 ) -> tuple[list[np.ndarray], np.ndarray]:
-    """DESIGN.md written out per batch element, in float64, from the parameter layout only.
+    """docs/model.md written out per batch element, in float64, from the parameter layout only.
 
     Binary modes take the operation as a branch (COPY / UPDATE / FLUSH); the soft mode,
     whose z is not binary, mixes the three with weights as Eq. 2-3 do.
@@ -234,7 +234,7 @@ def test_top_layer_has_no_boundary() -> None:
 def test_boundaries_off_bottom_layer_is_nn_lstm() -> None:
     """With z^1 forced to 0, layer 1 always UPDATEs: it is an LSTM.
 
-    This documents the gate order: DESIGN.md rows are f, i, o, g; torch's are i, f, g, o.
+    This documents the gate order: docs/model.md rows are f, i, o, g; torch's are i, f, g, o.
     """
     torch.manual_seed(0)
     rnn = HMLSTM(D, SIZES, 3, dtype=torch.float64)

@@ -1,6 +1,6 @@
-"""The fused C step (hmrnn.kernels) against the ATen step it replaces and the float64 cell
-loop: forward values and every gradient, the sparse paths on it, saturated gates, and the
-fall-back to ATen where no C compiler is found."""
+"""The fused C step (hmrnn.model.loop.kernels) against the ATen step it replaces and the
+float64 cell loop: forward values and every gradient, the sparse paths on it, saturated gates,
+and the fall-back to ATen where no C compiler is found."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ import pytest
 import torch
 from helpers import loop_outputs, outputs_and_grads, random_state, wide_hmlstm
 
-import hmrnn.fast
-from hmrnn import kernels
-from hmrnn.hmlstm import HMLSTM, HMLSTMState
-from hmrnn.sparse import StreamingHMLSTM, sparse_forward
+import hmrnn.model.loop.fast
+from hmrnn.model.hmlstm import HMLSTM, HMLSTMState
+from hmrnn.model.loop import kernels
+from hmrnn.model.sparse import StreamingHMLSTM, sparse_forward
 
 T, N, D = 7, 3, 2
 CPU = torch.device("cpu")
@@ -78,7 +78,7 @@ def test_fused_step_is_as_close_to_float64_as_the_aten_step(
     """In float32 both steps round; the fused one must round no worse (its exp and tanh
     are polynomials, its sums run in another order) and give the same boundaries."""
     if skip_gated:
-        monkeypatch.setattr(hmrnn.fast, "_LARGE_WEIGHT", 0)
+        monkeypatch.setattr(hmrnn.model.loop.fast, "_LARGE_WEIGHT", 0)
     rnn = wide_hmlstm(D, sizes, mode, layer_norm)
     x = torch.randn(T, N, D, dtype=torch.float64).requires_grad_()
     state = random_state(sizes, N, 1, CPU)

@@ -13,13 +13,13 @@ import torch
 from helpers import RESUME_SETTINGS, tiny_trainer
 from torch import nn
 
-from hmrnn.charlm import build_charlm
-from hmrnn.checkpoint import load_checkpoint
-from hmrnn.config import load_config
 from hmrnn.data import Vocab
-from hmrnn.lm import evaluate_lm, sample_text
-from hmrnn.trainer import Trainer, TrainingError
-from hmrnn.types import RNNOutput
+from hmrnn.model.types import RNNOutput
+from hmrnn.tasks.charlm.build import build_charlm
+from hmrnn.tasks.charlm.task import evaluate_lm, sample_text
+from hmrnn.training.checkpoint import load_checkpoint
+from hmrnn.training.config import load_config
+from hmrnn.training.trainer import Trainer, TrainingError
 
 
 class _Out(NamedTuple):

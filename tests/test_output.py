@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hmrnn.output import GatedOutput
+from hmrnn.model.output import GatedOutput
 
 
 def test_matches_equations() -> None:

@@ -1,4 +1,5 @@
-"""Tests of hmrnn.plots (Figures 3 and 4) and hmrnn.report (HTML page, inspect bundle)."""
+"""Tests of hmrnn.analysis.figures (Figures 3 and 4) and hmrnn.analysis.report (HTML page,
+inspect bundle)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hmrnn.hierarchy import Op, operation_counts, operations, text_boundaries
-from hmrnn.plots import boundary_map, display_char, hidden_norm_map
-from hmrnn.report import html_report, inspect_sequence
+from hmrnn.analysis.boundaries import Op, operation_counts, operations, text_boundaries
+from hmrnn.analysis.figures import boundary_map, display_char, hidden_norm_map
+from hmrnn.analysis.report import html_report, inspect_sequence
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TEXT = 'a<b & "c" d\'e_f\ng h>i'  # T = 21: markup characters, quotes, underscore, newline
@@ -102,10 +103,10 @@ def test_no_matplotlib_at_import_and_no_pyplot(tmp_path: Path) -> None:
     code = (
         "import sys\n"
         "import numpy as np\n"
-        "import hmrnn.hierarchy, hmrnn.plots, hmrnn.report\n"
+        "import hmrnn.analysis.boundaries, hmrnn.analysis.figures, hmrnn.analysis.report\n"
         "assert 'matplotlib' not in sys.modules, 'matplotlib imported at module import'\n"
         "b = np.zeros((3, 2)); b[1, 0] = 1\n"
-        f"hmrnn.plots.boundary_map('abc', b, {str(tmp_path / 'x.png')!r})\n"
+        f"hmrnn.analysis.figures.boundary_map('abc', b, {str(tmp_path / 'x.png')!r})\n"
         "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot was imported'\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -1,4 +1,4 @@
-"""The COPY-skipping inference paths (hmrnn.sparse) against the dense stack: the same
+"""The COPY-skipping inference paths (hmrnn.model.sparse) against the dense stack: the same
 boundaries, the same hidden states within rounding, and COPY's work really skipped."""
 
 from __future__ import annotations
@@ -8,12 +8,12 @@ import pytest
 import torch
 from helpers import wide_hmlstm
 
-import hmrnn.fast
-import hmrnn.sparse
-from hmrnn.hierarchy import COPY, operations
-from hmrnn.hmlstm import HMLSTM
-from hmrnn.sparse import StreamingHMLSTM, copy_share, sparse_forward
-from hmrnn.types import detach_state
+import hmrnn.model.loop.fast
+import hmrnn.model.sparse
+from hmrnn.analysis.boundaries import COPY, operations
+from hmrnn.model.hmlstm import HMLSTM
+from hmrnn.model.sparse import StreamingHMLSTM, copy_share, sparse_forward
+from hmrnn.model.types import detach_state
 
 T, N, D = 9, 4, 2
 SIZES = (5, 6, 4)
@@ -76,8 +76,9 @@ def test_sparse_forward_computes_only_rows_not_in_copy(
             return original(w, slot, *args, **kwargs)
         return pointwise
 
-    monkeypatch.setattr(hmrnn.sparse, "pointwise", counting(hmrnn.sparse.pointwise))
-    monkeypatch.setattr(hmrnn.fast, "pointwise", counting(hmrnn.fast.pointwise))
+    monkeypatch.setattr(hmrnn.model.sparse, "pointwise", counting(hmrnn.model.sparse.pointwise))
+    fast = hmrnn.model.loop.fast
+    monkeypatch.setattr(fast, "pointwise", counting(fast.pointwise))
     out, _ = sparse_forward(rnn, x)
     ops = np.stack([operations(out.boundary[:, n].cpu().numpy()) for n in range(N)], axis=1)
     not_copy = (ops != COPY).sum(axis=(0, 1))  # (L,)

@@ -12,9 +12,9 @@ The download functions are re-exported as :func:`download_corpus` and :func:`ver
 so that ``hmrnn.data.download`` stays the module.
 """
 
-from ._corpus import Corpus, describe
-from .batching import EvalBatches, StreamBatcher, eval_batches
-from .corpora import (
+from hmrnn.data._corpus import Corpus, describe
+from hmrnn.data.batching import EvalBatches, StreamBatcher, eval_batches
+from hmrnn.data.corpora import (
     CORPORA,
     SPLIT_FRACTIONS,
     load_corpus,
@@ -24,12 +24,12 @@ from .corpora import (
     read_text_file,
     split_sizes,
 )
-from .download import DEFAULT_CACHE_DIR, SOURCES
-from .download import download as download_corpus
-from .download import verify as verify_corpus
-from .errors import DataError, UnknownSymbolError
-from .synthetic import SyntheticText, generate, synthetic_corpus
-from .vocab import Vocab
+from hmrnn.data.download import DEFAULT_CACHE_DIR, SOURCES
+from hmrnn.data.download import download as download_corpus
+from hmrnn.data.download import verify as verify_corpus
+from hmrnn.data.errors import DataError, UnknownSymbolError
+from hmrnn.data.synthetic import SyntheticText, generate, synthetic_corpus
+from hmrnn.data.vocab import Vocab
 
 __all__ = [
     "CORPORA",

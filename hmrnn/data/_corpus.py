@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .vocab import Vocab
+from hmrnn.data.vocab import Vocab
 
 SPLITS: tuple[str, str, str] = ("train", "valid", "test")
 

@@ -1,7 +1,7 @@
 """Batches for training with truncated BPTT and for exact evaluation.
 
 Both split a corpus into N contiguous streams that are read in parallel, time-major, so that
-the recurrent state of stream j carries from one window to the next (DESIGN.md 8):
+the recurrent state of stream j carries from one window to the next (docs/model.md decision 8):
 
 - :class:`StreamBatcher` (training): N equal streams, the tail dropped; segment k is
   ``(x, y)`` with y the next symbol of every x.
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .errors import DataError
+from hmrnn.data.errors import DataError
 
 
 def _positive_int(value: object, name: str) -> int:

@@ -17,12 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from ._corpus import SPLITS, Corpus, describe
-from .download import DEFAULT_CACHE_DIR
-from .download import download as fetch
-from .errors import DataError
-from .synthetic import synthetic_corpus
-from .vocab import Vocab
+from hmrnn.data._corpus import SPLITS, Corpus, describe
+from hmrnn.data.download import DEFAULT_CACHE_DIR
+from hmrnn.data.download import download as fetch
+from hmrnn.data.errors import DataError
+from hmrnn.data.synthetic import synthetic_corpus
+from hmrnn.data.vocab import Vocab
 
 __all__ = [
     "CORPORA",

@@ -34,7 +34,7 @@ from typing import IO
 
 from tqdm import tqdm
 
-from .errors import DataError
+from hmrnn.data.errors import DataError
 
 DEFAULT_CACHE_DIR = Path("~/.cache/hmrnn")
 """Where downloaded corpora live unless a ``cache_dir`` is given (``~`` is expanded)."""

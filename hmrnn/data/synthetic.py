@@ -55,9 +55,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ._corpus import Corpus
-from .errors import DataError
-from .vocab import Vocab
+from hmrnn.data._corpus import Corpus
+from hmrnn.data.errors import DataError
+from hmrnn.data.vocab import Vocab
 
 LEXICON_SEED = 2017
 """Seed of the fixed lexicon shared by every split and every text seed."""

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import DataError, UnknownSymbolError
+from hmrnn.data.errors import DataError, UnknownSymbolError
 
 _DENSE_LIMIT = 1 << 16  # largest code-point table built for a look-up (512 KiB)
 

@@ -1,0 +1,500 @@
+"""``hmrnn bench``: the HM-LSTM's speed against PyTorch's fused LSTM, side by side.
+
+Every model is a character LM (:class:`hmrnn.model.charlm.CharLM`: embedding, recurrent stack,
+the paper's gated output module, softmax head) of the same sizes; the reference is the
+stack of fused ``nn.LSTM`` layers (:class:`hmrnn.model.baselines.LSTMStack`). After warm-up, the
+models take turns, repeat after repeat (so that a machine whose speed drifts slows them
+alike), and each row reports the median. Ratios are medians of the per-repeat ratios.
+
+Rows:
+
+- ``train``: one step of truncated BPTT on a segment (forward, cross-entropy, backward,
+  Adam), at each ``--train`` setting, for nn.LSTM, HM-LSTM and LN-HM-LSTM;
+- ``forward``: the same models' forward pass without gradients (dense);
+- ``eval``: batched evaluation of text at ``--eval-batch``: nn.LSTM, the dense HM-LSTM
+  and :func:`hmrnn.model.sparse.sparse_forward` (only rows not in COPY are computed);
+- ``generate``: sampling one character at a time at batch 1: nn.LSTM stepped (with
+  PyTorch's oneDNN LSTM kernel off, as it repacks the weights at every call and is 20x
+  slower for one step), the dense HM-LSTM stepped, and
+  :class:`hmrnn.model.sparse.StreamingHMLSTM`.
+
+The COPY column gives, per layer bottom first, the share of (step, row) pairs in COPY in
+that run. With ``--checkpoint`` the inference rows use a trained model (its sizes, its
+vocabulary, ``--text`` as input); otherwise random ones, whose COPY shares say little.
+
+Usage::
+
+    python -m hmrnn.cli.bench                        # the full table, a few minutes on 2 cores
+    python -m hmrnn.cli.bench --checkpoint runs/ptb/best.pt --text ../shared/data/ptb/ptb.valid.txt
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from hmrnn.model.charlm import CharLM
+from hmrnn.model.hmlstm import HMLSTM
+from hmrnn.model.registry import build_rnn
+from hmrnn.model.sparse import StreamingHMLSTM, copy_share, sparse_forward
+
+
+@dataclass
+class Row:
+    """One line of the table: ``chars_per_s`` is the median; ``ratio`` this model's speed
+    over nn.LSTM's and ``vs_dense`` over the dense HM-LSTM's in the same run (medians of
+    the per-repeat ratios; None for the model itself)."""
+
+    model: str
+    mode: str
+    sizes: str
+    batch: int
+    chars_per_s: float
+    ratio: float | None
+    vs_dense: float | None
+    copy: list[float] | None
+    group: str
+
+
+def interleaved(
+    tasks: dict[str, Callable[[], Any]], repeats: int, warmup: int, device: torch.device
+) -> dict[str, list[float]]:
+    """Seconds per call of each task: ``warmup`` untimed rounds, then ``repeats`` rounds in
+    which every task runs once, in turn."""
+    def timed(fn: Callable[[], Any]) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+
+    for _ in range(warmup):
+        for fn in tasks.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in tasks}
+    for _ in range(repeats):
+        for name, fn in tasks.items():
+            times[name].append(timed(fn))
+    return times
+
+
+def _paired(times: dict[str, list[float]], name: str, reference: str) -> float | None:
+    """The median over repeats of ``reference``'s time over ``name``'s: ``name``'s speedup."""
+    if name == reference or reference not in times:
+        return None
+    return statistics.median(r / t for r, t in zip(times[reference], times[name], strict=True))
+
+
+def _rows(
+    times: dict[str, list[float]], chars: int, mode: str, sizes: str, batch: int,
+    copy: dict[str, list[float]], group: str,
+) -> list[Row]:
+    return [Row(name, mode, sizes, batch, chars / statistics.median(t),
+                _paired(times, name, "nn.LSTM"),
+                _paired(times, name, "HM-LSTM") if name.startswith("HM-LSTM ") else None,
+                copy.get(name), group)
+            for name, t in times.items()]
+
+
+def bench_model(kind: str, vocab: int, embedding: int, sizes: Sequence[int], output: int,
+                layer_norm: bool, device: torch.device) -> CharLM:
+    """A character LM of the benchmark: ``kind`` (:func:`hmrnn.model.registry.build_rnn`) of
+    ``sizes`` between an embedding and the gated output module."""
+    rnn = build_rnn(kind, embedding, list(sizes), len(sizes), layer_norm=layer_norm)
+    return CharLM(vocab, rnn, output).to(device)
+
+
+def training_step(model: CharLM, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor
+                  ) -> Callable[[], None]:
+    """One step of truncated BPTT on the segment ``x (T, N)`` with targets ``y (T, N)``:
+    forward, cross-entropy, backward, ``optimizer`` step."""
+    def step() -> None:
+        out = model(x)
+        loss = F.cross_entropy(out.logits.flatten(0, 1), y.flatten())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return step
+
+
+def cuda_graphed(fn: Callable[[], None], device: torch.device) -> Callable[[], None]:
+    """``fn`` captured once into a CUDA graph; the result replays it: the same kernels on the
+    same buffers, without Python and the dispatcher launching each one.
+
+    ``fn`` runs three times first on a side stream (so that lazily made state, such as
+    Adam's, exists before capture), then once under capture. It must not read a GPU value
+    on the host, and an optimizer it steps needs ``capturable=True``.
+    """
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
+
+
+def _sizes_label(sizes: Sequence[int]) -> str:
+    return f"{len(sizes)}x{sizes[0]}" if len(set(sizes)) == 1 else "x".join(map(str, sizes))
+
+
+def bench_train(
+    hidden: int, batch: int, args: argparse.Namespace, device: torch.device
+) -> list[Row]:
+    """Training steps and dense forward passes of nn.LSTM, HM-LSTM and LN-HM-LSTM."""
+    sizes = [hidden] * args.layers
+    models = {
+        "nn.LSTM": bench_model("lstm", args.vocab, args.embedding, sizes, hidden, False, device),
+        "HM-LSTM": bench_model("hmlstm", args.vocab, args.embedding, sizes, hidden, False, device),
+        "LN-HM-LSTM": bench_model("hmlstm", args.vocab, args.embedding, sizes, hidden, True,
+                              device),
+    }
+    if args.cell_loop:  # the readable reference loop, one cell call per layer and step
+        models["HM-LSTM cell loop"] = bench_model("hmlstm", args.vocab, args.embedding, sizes,
+                                              hidden, False, device)
+        models["HM-LSTM cell loop"].rnn.fast = False
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(args.vocab, (args.seq_len, batch), generator=gen).to(device)
+    y = torch.randint(args.vocab, (args.seq_len, batch), generator=gen).to(device)
+    graphs = args.cuda_graph
+    optimizers = {name: torch.optim.Adam(m.parameters(), capturable=graphs)
+                  for name, m in models.items()}
+
+    def train(name: str) -> Callable[[], None]:
+        step = training_step(models[name], optimizers[name], x, y)
+        return cuda_graphed(step, device) if graphs else step
+
+    def forward(name: str) -> Callable[[], None]:
+        model = models[name]
+
+        @torch.no_grad()
+        def run() -> None:
+            model(x)
+        return cuda_graphed(run, device) if graphs else run
+
+    label, chars = _sizes_label(sizes), args.seq_len * batch
+    group = f"train {label} b{batch}"
+    with torch.no_grad():
+        copy = {name: copy_share(m(x).rnn.boundary).tolist()
+                for name, m in models.items() if isinstance(m.rnn, HMLSTM)}
+    rows = _rows(interleaved({n: train(n) for n in models}, args.repeats, args.warmup, device),
+                 chars, "train", label, batch, copy, group)
+    rows += _rows(interleaved({n: forward(n) for n in models}, args.repeats, args.warmup,
+                              device), chars, "forward", label, batch, copy, group)
+    return rows
+
+
+def _inference_models(
+    args: argparse.Namespace, device: torch.device
+) -> tuple[CharLM, CharLM, Tensor, str]:
+    """The HM-LSTM to run (trained, from ``--checkpoint``, or random), an nn.LSTM model of
+    the same sizes, the input ids ``(S,)`` and a description of where they come from."""
+    if args.checkpoint:
+        from hmrnn.tasks.charlm.task import load_charlm
+
+        model, vocab, config, _ = load_charlm(args.checkpoint, device)
+        if not isinstance(model.rnn, HMLSTM):
+            raise ValueError(f"{args.checkpoint} holds no HM-LSTM ({config.model.rnn})")
+        text = Path(args.text).read_text(encoding="utf-8") if args.text else ""
+        if " " not in vocab and "_" in vocab:  # PTB's character files write spaces as _
+            text = text.replace(" ", "_")
+        known = "".join(ch for ch in text if ch in vocab)
+        if len(known) < 2:
+            raise ValueError("give --text with a file of the model's characters to evaluate on")
+        ids = torch.as_tensor(vocab.encode(known), device=device)
+        source = f"trained {args.checkpoint} on {len(known):,} chars of {args.text}"
+    else:
+        sizes = [args.eval_hidden] * args.layers
+        torch.manual_seed(1)
+        model = bench_model("hmlstm", args.vocab, args.embedding, sizes, args.eval_hidden,
+                        args.layer_norm, device)
+        with torch.no_grad():  # a what-if: fewer boundaries, more COPY, as training may give
+            for cell in list(model.rnn.layers)[:-1]:
+                cell.bias[-1] += args.boundary_bias
+        ids = torch.randint(args.vocab, (args.eval_chars,),
+                            generator=torch.Generator().manual_seed(1)).to(device)
+        source = ("random weights, random ids (COPY shares of an untrained model say little)"
+                  + (f", boundary detectors' bias shifted by {args.boundary_bias:g}"
+                     if args.boundary_bias else ""))
+    model.eval()
+    rnn = model.rnn
+    reference = bench_model("lstm", model.vocab_size, rnn.input_size, list(rnn.hidden_sizes),
+                        model.output.output_size, False, device).eval()
+    return model, reference, ids, source
+
+
+def bench_inference(args: argparse.Namespace, device: torch.device) -> tuple[list[Row], str]:
+    """Batched evaluation and batch-1 generation, dense against COPY-skipping."""
+    model, reference, ids, source = _inference_models(args, device)
+    rnn: HMLSTM = model.rnn  # type: ignore[assignment]
+    label = ("LN " if rnn.layer_norm else "") + _sizes_label(rnn.hidden_sizes)
+    batch, steps = args.eval_batch, args.seq_len
+    usable = (ids.numel() // batch) * batch
+    if usable < batch * 2:
+        raise ValueError(f"the text is too short for --eval-batch {batch}")
+    streams = ids[:usable].view(batch, -1).t()  # (S, N): N contiguous streams of the text
+    windows = streams.split(steps)
+
+    def evaluate(run: Callable[[Tensor, Any], tuple[Any, Any]]) -> Callable[[], None]:
+        @torch.no_grad()
+        def go() -> None:
+            state = None
+            for x in windows:
+                state = run(x, state)[1]
+        return go
+
+    def dense(m: CharLM) -> Callable[[Tensor, Any], tuple[Any, Any]]:
+        def run(x: Tensor, state: Any) -> tuple[Any, Any]:
+            out = m(x, state)
+            return out.logits, out.state
+        return run
+
+    def sparse(x: Tensor, state: Any) -> tuple[Any, Any]:
+        out, state = sparse_forward(rnn, model.embedding(x), state)
+        return model.head(model.output(out.hidden)), state
+
+    with torch.no_grad():
+        zs, state = [], None
+        for x in windows:
+            out = model(x, state)
+            zs.append(out.rnn.boundary)
+            state = out.state
+        eval_copy = copy_share(torch.cat(zs)).tolist()
+    chars = sum(x.numel() for x in windows)
+    group = f"eval {label} b{batch}"
+    times = interleaved({"nn.LSTM": evaluate(dense(reference)), "HM-LSTM": evaluate(dense(model)),
+                         "HM-LSTM sparse": evaluate(sparse)}, args.repeats, args.warmup, device)
+    rows = _rows(times, chars, "eval", label, batch,
+                 {"HM-LSTM": eval_copy, "HM-LSTM sparse": eval_copy}, group)
+
+    n = args.gen_chars
+    start = int(ids[0])
+    computed: list[list[int]] = []
+
+    def generate(step: Callable[[Tensor], Tensor]) -> Callable[[], None]:
+        @torch.no_grad()
+        def go() -> None:
+            gen = torch.Generator(device=device).manual_seed(0)
+            x = torch.tensor([start], device=device)
+            for _ in range(n):
+                logits = step(x)  # (1, V)
+                x = torch.multinomial(torch.softmax(logits, -1), 1, generator=gen)[0]
+        return go
+
+    def stepped(m: CharLM, onednn: bool = True) -> Callable[[], None]:
+        state: list[Any] = [None]
+
+        def step(x: Tensor) -> Tensor:
+            out = m(x[None], state[0])  # (1, 1): one character
+            state[0] = out.state
+            return out.logits[0]
+        run = generate(step)
+
+        def go() -> None:
+            state[0] = None
+            before = torch.backends.mkldnn.enabled
+            torch.backends.mkldnn.enabled = onednn
+            try:
+                run()
+            finally:
+                torch.backends.mkldnn.enabled = before
+        return go
+
+    def streaming() -> None:
+        stream = StreamingHMLSTM(rnn)
+
+        def step(x: Tensor) -> Tensor:
+            hidden, _ = stream.step(model.embedding(x))
+            return model.head(model.output(hidden))
+        generate(step)()
+        computed.append(list(stream.computed))
+
+    # nn.LSTM's oneDNN kernel repacks its weights at every call (8 ms a step at 3 x 512 on
+    # 2 cores, against 0.35 ms without it): stepped, the reference runs without it.
+    times = interleaved({"nn.LSTM": stepped(reference, onednn=False), "HM-LSTM": stepped(model),
+                         "HM-LSTM streaming": streaming}, args.repeats, args.warmup, device)
+    gen_copy = [1.0 - c / n for c in computed[-1]]
+    rows += _rows(times, n, "generate", label, 1, {"HM-LSTM streaming": gen_copy},
+                  f"generate {label} b1")
+    return rows, source
+
+
+def format_table(rows: list[Row]) -> str:
+    """The table, one row per model and mode, as Markdown."""
+    lines = ["| model | mode | sizes | batch | chars/s | x nn.LSTM | x dense HM-LSTM "
+             "| COPY share by layer |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | --- |"]
+    for r in rows:
+        ratio = "1 (ref.)" if r.ratio is None else f"{r.ratio:.2f}"
+        dense = "" if r.vs_dense is None else f"{r.vs_dense:.2f}"
+        copy = " / ".join(f"{c:.0%}" for c in r.copy) if r.copy is not None else ""
+        lines.append(f"| {r.model} | {r.mode} | {r.sizes} | {r.batch} | "
+                     f"{r.chars_per_s:,.0f} | {ratio} | {dense} | {copy} |")
+    return "\n".join(lines)
+
+
+def _find(rows: list[Row], group_prefix: str, mode: str, model: str) -> Row | None:
+    return next((r for r in rows if r.group.startswith(group_prefix) and r.mode == mode
+                 and r.model == model), None)
+
+
+def targets(rows: list[Row], args: argparse.Namespace) -> list[str]:
+    """The issue's targets, each with what this run measured."""
+    out = []
+
+    def check(text: str, value: float, ok: bool) -> None:
+        out.append(f"- [{'x' if ok else ' '}] {text}: {value:.2f}")
+
+    for hidden, batch in args.train:
+        limit = 1.5 if hidden >= 512 else 2.0
+        group = f"train {args.layers}x{hidden} b{batch}"
+        for model, bound in (("HM-LSTM", limit), ("LN-HM-LSTM", 2.0)):
+            row = _find(rows, group, "train", model)
+            if row is not None and row.ratio:
+                check(f"{group}: {model} time per char / nn.LSTM's <= {bound}", 1 / row.ratio,
+                      1 / row.ratio <= bound)
+    for row in rows:
+        if row.model == "HM-LSTM streaming" and row.ratio is not None:
+            check(f"{row.group}: HM-LSTM streaming chars/s / nn.LSTM stepped's >= 1",
+                  row.ratio, row.ratio >= 1.0)
+        if row.model == "HM-LSTM sparse" and row.vs_dense is not None:
+            check(f"{row.group}: sparse chars/s / dense HM-LSTM's >= 1.5", row.vs_dense,
+                  row.vs_dense >= 1.5)
+    return out
+
+
+def _setting(text: str) -> tuple[int, int]:
+    try:
+        hidden, batch = (int(v) for v in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected HIDDEN:BATCH (e.g. 512:64), got {text!r}"
+        ) from None
+    return hidden, batch
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of ``hmrnn bench``."""
+    parser.add_argument("--suite", choices=["all", "train", "inference"], default="all",
+                        help="which rows to measure (default: all)")
+    parser.add_argument("--train", type=_setting, action="append", metavar="HIDDEN:BATCH",
+                        help="a training setting (repeatable; default: 128:32 and 512:64)")
+    parser.add_argument("--layers", type=int, default=3, help="layers (default 3)")
+    parser.add_argument("--embedding", type=int, default=128, help="embedding size (128)")
+    parser.add_argument("--vocab", type=int, default=50, help="vocabulary of random models")
+    parser.add_argument("--seq-len", type=int, default=100, help="segment length T (100)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds (median of)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (2)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda")
+    parser.add_argument("--checkpoint", help="a trained HM-LSTM charlm for the inference rows")
+    parser.add_argument("--text", help="UTF-8 text the inference rows read (with --checkpoint)")
+    parser.add_argument("--eval-batch", type=int, default=64, help="batched evaluation's N")
+    parser.add_argument("--eval-hidden", type=int, default=512,
+                        help="hidden size of the random inference model (no --checkpoint)")
+    parser.add_argument("--eval-chars", type=int, default=32_000,
+                        help="characters evaluated by the random inference model")
+    parser.add_argument("--layer-norm", action="store_true",
+                        help="the random inference model has layer norm")
+    parser.add_argument("--boundary-bias", type=float, default=0.0,
+                        help="add this to the random inference model's boundary biases "
+                             "(negative: fewer boundaries, more COPY; e.g. -0.2)")
+    parser.add_argument("--gen-chars", type=int, default=300, help="characters generated")
+    parser.add_argument("--cell-loop", action="store_true",
+                        help="also train the cell-by-cell reference loop (HMLSTM fast=False)")
+    parser.add_argument("--cuda-graph", action="store_true",
+                        help="CUDA only: capture each model's training step and forward pass "
+                             "in a CUDA graph and time its replays (every model alike)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Measure and print the table, the targets, and where it ran."""
+    if args.text and not args.checkpoint:
+        raise ValueError("--text is read by a trained model: give --checkpoint too")
+    if args.checkpoint and args.boundary_bias:
+        raise ValueError("--boundary-bias changes the random model only, not a checkpoint")
+    for flag in ("repeats", "threads", "seq_len", "eval_batch", "gen_chars", "layers"):
+        if getattr(args, flag) < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be at least 1")
+    args.train = args.train or [(128, 32), (512, 64)]
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
+                          else "cpu" if args.device == "auto" else args.device)
+    if args.cuda_graph and device.type != "cuda":
+        raise ValueError(f"--cuda-graph needs a CUDA device; this run is on {device}")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        torch.manual_seed(0)
+        rows: list[Row] = []
+        source = ""
+        if args.suite in ("all", "train"):
+            for hidden, batch in args.train:
+                rows += bench_train(hidden, batch, args, device)
+        if args.suite in ("all", "inference"):
+            inference, source = bench_inference(args, device)
+            rows += inference
+        machine = describe_machine(device)
+    finally:
+        torch.set_num_threads(threads)
+    print(format_table(rows))
+    if source:
+        print(f"\ninference model: {source}")
+    print("\ntargets:")
+    print("\n".join(targets(rows, args)))
+    graphs = ", train and forward rows replay CUDA graphs" if args.cuda_graph else ""
+    print(f"\nmachine: {machine}; T={args.seq_len}, median of "
+          f"{args.repeats} interleaved repeats after {args.warmup} warm-up{graphs}")
+    return 0
+
+
+def describe_machine(device: torch.device) -> str:
+    """One line: CPU or GPU, threads, torch version."""
+    if device.type == "cuda":
+        where = torch.cuda.get_device_name(device)
+    else:
+        cpu = _cpu_name() or platform.machine()
+        where = f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+    load = f", load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
+    return f"{where}, torch {torch.__version__}, Python {platform.python_version()}{load}"
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m hmrnn.cli.bench [flags]``; a bad flag or file ends in one line and exit 2."""
+    parser = argparse.ArgumentParser(prog="hmrnn bench", description=__doc__.split("\n")[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except (ValueError, OSError) as e:
+        parser.error(str(e))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

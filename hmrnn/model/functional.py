@@ -1,0 +1,61 @@
+"""Pure functions of the HM-LSTM: hard sigmoid, boundary binarisers, slope schedule.
+
+These are the paper's Eq. 9-10 and section 3.3 (straight-through estimator, slope
+annealing); see docs/model.md decisions 5 and 6.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+BOUNDARY_MODES = ("step", "sample", "soft")
+
+
+def hard_sigmoid(x: Tensor, slope: Tensor | float) -> Tensor:
+    """``clamp((a * x + 1) / 2, 0, 1)``: the boundary detector's activation (Eq. 10).
+
+    Its gradient is ``a / 2`` inside the linear region ``|x| < 1 / a`` and 0 outside, which
+    is exactly the straight-through gradient docs/model.md decision 5 asks for.
+    """
+    return torch.clamp((slope * x + 1.0) * 0.5, 0.0, 1.0)
+
+
+def binarize(
+    z_tilde: Tensor, mode: str, generator: torch.Generator | None = None
+) -> Tensor:
+    """Turn the boundary probability ``z~`` into the boundary state ``z`` (Eq. 9).
+
+    Args:
+        z_tilde: ``hard_sigmoid_a(s_z)``, values in [0, 1], any shape.
+        mode: ``"step"`` forward ``1[z~ > 0.5]``; ``"sample"`` forward ``Bernoulli(z~)``
+            drawn with ``generator``; ``"soft"`` ``z = z~``.
+        generator: random generator for ``"sample"`` (reproducible runs).
+
+    For ``"step"`` and ``"sample"`` the backward pass is straight-through: ``dz/dz~ = 1``,
+    so the gradient reaching ``s_z`` is the hard sigmoid's (``a/2`` or 0). The forward value
+    is written ``hard + (z~ - z~.detach())`` so that it is *exactly* 0 or 1 (``z~ + (hard -
+    z~)`` would not be, in floating point), which COPY's bit-identity relies on.
+    """
+    if mode == "soft":
+        return z_tilde
+    if mode == "step":
+        hard = (z_tilde > 0.5).to(z_tilde.dtype)
+    elif mode == "sample":
+        hard = torch.bernoulli(z_tilde.detach(), generator=generator)
+    else:
+        raise ValueError(f"boundary must be one of {BOUNDARY_MODES}, got {mode!r}")
+    return hard + (z_tilde - z_tilde.detach())
+
+
+def slope_schedule(epoch: float, rate: float = 0.04, max_slope: float = 5.0) -> float:
+    """The paper's slope annealing: ``a = min(a_max, 1 + rate * epoch)`` (docs/model.md decision 6).
+
+    Args:
+        epoch: fractional number of epochs done so far (>= 0).
+        rate: slope increase per epoch (paper, PTB: 0.04); 0 keeps ``a = 1``.
+        max_slope: the cap ``a_max`` (paper: 5).
+    """
+    if epoch < 0:
+        raise ValueError(f"epoch must be >= 0, got {epoch}")
+    return min(max_slope, 1.0 + rate * epoch)

@@ -1,0 +1,225 @@
+"""The HM-LSTM stack: L >= 2 HM-LSTM layers run over a sequence (Chung et al. 2017)."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from hmrnn.model.cell import HMLSTMCell, LayerState
+from hmrnn.model.functional import BOUNDARY_MODES, slope_schedule
+from hmrnn.model.loop.fast import hmlstm_loop
+from hmrnn.model.types import RNNOutput, as_sizes, check_input, factory_kwargs
+
+
+class HMLSTMState(NamedTuple):
+    """The carried state of an HM-LSTM stack, one entry per layer (bottom first).
+
+    Attributes:
+        h: ``L`` tensors ``(N, H_l)``.
+        c: ``L`` tensors ``(N, H_l)``.
+        z: ``L`` tensors ``(N, 1)``; the top layer's is always 0.
+
+    Never batch-first. Detach it between segments with :func:`hmrnn.model.types.detach_state`.
+    """
+
+    h: tuple[Tensor, ...]
+    c: tuple[Tensor, ...]
+    z: tuple[Tensor, ...]
+
+    def layer(self, l: int) -> LayerState:
+        return LayerState(self.h[l], self.c[l], self.z[l])
+
+
+class HMLSTM(nn.Module):
+    r"""A stack of HM-LSTM layers (Chung, Ahn & Bengio, ICLR 2017), as docs/model.md fixes it.
+
+    At each step every layer chooses among UPDATE, COPY and FLUSH from its own last
+    boundary ``z^l_{t-1}`` and the boundary of the layer below ``z^{l-1}_t``:
+    it reads the layer above only right after its own boundary (top-down) and the layer
+    below only when that layer has just ended a segment (bottom-up); in COPY it keeps
+    ``(h, c, z)`` unchanged. The top layer has no boundary detector (``z^L = 0``). See
+    :class:`hmrnn.model.cell.HMLSTMCell` for the equations of one step.
+
+    Args:
+        input_size: features of the input ``x_t`` (the embedding size for characters).
+        hidden_size: one int, or one size per layer (layer-wise capacity control).
+        num_layers: ``L >= 2``.
+        boundary: ``"step"`` (default: hard threshold, straight-through gradient),
+            ``"sample"`` (Bernoulli, straight-through) or ``"soft"`` (no binarisation).
+            May be changed after construction, e.g. to evaluate a sampled model with steps.
+        layer_norm: layer normalisation as docs/model.md decision 7.
+        batch_first: input and output sequences are ``(N, T, *)``; the state never is.
+        fast: run the fused loop of :mod:`hmrnn.model.loop.fast` (one autograd node for the whole
+            sequence, hand-written backward; differentiable once) rather than the
+            cell-by-cell loop, which is the readable reference. Both compute the same,
+            within float rounding; may be changed after construction. Under autocast the
+            fused loop runs in the parameters' dtype (autocast is off inside it, and its
+            outputs are in that dtype), while the cell loop follows autocast. For inference
+            that skips COPY's work see :mod:`hmrnn.model.sparse`.
+
+    Inputs: ``input, state=None, *, generator=None``
+        - input: ``(T, N, input_size)`` (``(N, T, input_size)`` if ``batch_first``).
+        - state: an :class:`HMLSTMState`, or ``None`` for zeros (docs/model.md decision 4).
+        - generator: random generator for ``boundary="sample"``.
+
+    Outputs: ``output, state``
+        - output: :class:`hmrnn.model.types.RNNOutput` with ``hidden``, ``L`` tensors
+          ``(T, N, H_l)``, and ``boundary`` ``(T, N, L)`` holding ``z^l_t`` (top column 0).
+        - state: the :class:`HMLSTMState` after the last step.
+
+    Shape legend: T time, N batch, L layers, H_l hidden size of layer l.
+
+    State: ``slope`` (a buffer, saved in the state dict) is the hard sigmoid's slope ``a``;
+    set it between steps with :meth:`set_slope` or :meth:`anneal_slope` (they also keep
+    ``slope_value``, its value as a Python float, which the fast loop reads without waiting
+    for a GPU), or load it with ``load_state_dict``.
+
+    Parameters: ``layers.{k}.W``, ``layers.{k}.U``, ``layers.{k}.U_td`` (not in the top
+    layer), ``layers.{k}.bias``, rows ordered f, i, o, g, z (docs/model.md's layout; torch's
+    LSTM orders i, f, g, o), k = 0 the bottom layer.
+
+    Example::
+
+        >>> rnn = HMLSTM(input_size=16, hidden_size=[32, 32, 24], num_layers=3)
+        >>> output, state = rnn(torch.randn(50, 4, 16))
+        >>> output.hidden[2].shape, output.boundary.shape
+        (torch.Size([50, 4, 24]), torch.Size([50, 4, 3]))
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int | list[int] | tuple[int, ...],
+        num_layers: int,
+        *,
+        boundary: str = "step",
+        layer_norm: bool = False,
+        batch_first: bool = False,
+        fast: bool = True,
+        device: Any = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(num_layers, int) or num_layers < 2:
+            raise ValueError(
+                f"HMLSTM needs num_layers >= 2 (a hierarchy of at least two layers), "
+                f"got {num_layers!r}"
+            )
+        if not isinstance(input_size, int) or input_size <= 0:
+            raise ValueError(f"input_size must be a positive int, got {input_size!r}")
+        sizes = as_sizes(hidden_size, num_layers)
+        self.input_size = input_size
+        self.hidden_sizes = sizes
+        self.num_layers = num_layers
+        self.layer_norm = layer_norm
+        self.batch_first = batch_first
+        self.boundary = boundary
+        self.fast = fast
+        kw = factory_kwargs(device, dtype)
+        below = (input_size, *sizes[:-1])
+        above: tuple[int | None, ...] = (*sizes[1:], None)
+        self.layers = nn.ModuleList(
+            HMLSTMCell(b, h, a, layer_norm=layer_norm, **kw)
+            for b, h, a in zip(below, sizes, above, strict=True)
+        )
+        self.register_buffer("slope", torch.tensor(1.0, dtype=self.layers[0].W.dtype,
+                                                    device=self.layers[0].W.device))
+        self.slope_value = 1.0  # the buffer's value on the host: reading a GPU's waits for it
+        self.register_load_state_dict_post_hook(HMLSTM._slope_loaded)
+
+    @property
+    def boundary(self) -> str:
+        return self._boundary
+
+    @boundary.setter
+    def boundary(self, mode: str) -> None:
+        if mode not in BOUNDARY_MODES:
+            raise ValueError(f"boundary must be one of {BOUNDARY_MODES}, got {mode!r}")
+        self._boundary = mode
+
+    def set_slope(self, slope: float) -> None:
+        """Set the hard sigmoid's slope ``a`` (> 0) used from the next step on."""
+        if not slope > 0:
+            raise ValueError(f"slope must be positive, got {slope}")
+        self.slope.fill_(float(slope))
+        self.slope_value = float(torch.tensor(float(slope), dtype=self.slope.dtype))
+
+    @staticmethod
+    def _slope_loaded(module: nn.Module, _incompatible: Any) -> None:
+        module.slope_value = float(module.slope)  # type: ignore[arg-type]
+
+    def anneal_slope(self, epoch: float, rate: float = 0.04, max_slope: float = 5.0) -> float:
+        """Set the slope from the paper's schedule
+        (:func:`hmrnn.model.functional.slope_schedule`)."""
+        a = slope_schedule(epoch, rate, max_slope)
+        self.set_slope(a)
+        return a
+
+    def initial_state(self, batch_size: int) -> HMLSTMState:
+        """Zeros for every ``h``, ``c`` and ``z`` (docs/model.md decision 4)."""
+        p = self.layers[0].W
+        h = tuple(p.new_zeros(batch_size, s) for s in self.hidden_sizes)
+        c = tuple(p.new_zeros(batch_size, s) for s in self.hidden_sizes)
+        z = tuple(p.new_zeros(batch_size, 1) for _ in self.hidden_sizes)
+        return HMLSTMState(h, c, z)
+
+    def forward(
+        self,
+        input: Tensor,
+        state: HMLSTMState | None = None,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> tuple[RNNOutput, HMLSTMState]:
+        if self.batch_first:
+            input = input.transpose(0, 1)
+        check_input(input, self.input_size, "HMLSTM")
+        if state is None:
+            state = self.initial_state(input.shape[1])
+        if self.fast:
+            device = input.device.type
+            if torch.is_autocast_enabled(device):  # the recurrence stays in the parameters'
+                dtype = self.slope.dtype           # dtype, whatever autocast made its input
+                input = input.to(dtype)
+                state = HMLSTMState(*(tuple(t.to(dtype) for t in part) for part in state))
+            with torch.autocast(device, enabled=False):
+                hidden, boundary, *last = hmlstm_loop(
+                    list(self.layers), input, state.h, state.c, state.z,  # type: ignore[arg-type]
+                    self.slope_value, self._boundary, generator,
+                )
+            state = HMLSTMState(*last)
+        else:
+            hidden, boundary, state = self._step_by_step(input, state, generator)
+        if self.batch_first:
+            hidden = tuple(x.transpose(0, 1) for x in hidden)
+            boundary = boundary.transpose(0, 1)
+        return RNNOutput(hidden, boundary), state
+
+    def _step_by_step(
+        self, input: Tensor, state: HMLSTMState, generator: torch.Generator | None
+    ) -> tuple[tuple[Tensor, ...], Tensor, HMLSTMState]:
+        """The reference loop: the cell, layer by layer and step by step (``fast=False``)."""
+        T, N = input.shape[0], input.shape[1]
+        h, c, z = list(state.h), list(state.c), list(state.z)
+        L = self.num_layers
+        cells: list[HMLSTMCell] = list(self.layers)  # type: ignore[arg-type]
+        bottom_input = cells[0].bottom_up(input)  # (T, N, R_1): the input is known in advance
+        ones = input.new_ones(N, 1)
+        hidden_steps: list[list[Tensor]] = [[] for _ in range(L)]
+        boundary_steps: list[Tensor] = []
+        for t in range(T):
+            z_below = ones  # z^0_t = 1 (docs/model.md decision 2)
+            for l, cell in enumerate(cells):
+                bottom_up = bottom_input[t] if l == 0 else cell.bottom_up(h[l - 1])
+                h_above = h[l + 1] if l + 1 < L else None  # still h^{l+1}_{t-1}
+                h[l], c[l], z[l] = cell(
+                    bottom_up, z_below, h_above, LayerState(h[l], c[l], z[l]),
+                    self.slope, self._boundary, generator,
+                )
+                z_below = z[l]
+                hidden_steps[l].append(h[l])
+            boundary_steps.append(torch.cat(z, dim=1))
+        hidden = tuple(torch.stack(steps) for steps in hidden_steps)  # L x (T, N, H_l)
+        boundary = torch.stack(boundary_steps)  # (T, N, L)
+        return hidden, boundary, HMLSTMState(tuple(h), tuple(c), tuple(z))

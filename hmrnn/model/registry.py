@@ -1,0 +1,54 @@
+"""Build any recurrent stack of the paper's Table 1 by name, behind one interface."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from hmrnn.model.baselines import build_baseline
+from hmrnn.model.hmlstm import HMLSTM
+
+RNN_KINDS = ("hmlstm", "lstm", "cwrnn")
+
+
+def build_rnn(
+    kind: str,
+    input_size: int,
+    hidden_size: int | Sequence[int],
+    num_layers: int,
+    *,
+    layer_norm: bool = False,
+    boundary: str = "step",
+    device: Any = None,
+    dtype: torch.dtype | None = None,
+) -> nn.Module:
+    """A recurrent stack: ``"hmlstm"``, ``"lstm"`` or ``"cwrnn"`` (clockwork RNN).
+
+    ``layer_norm`` picks the LayerNorm variant of each (``lstm`` without it is PyTorch's
+    fused ``nn.LSTM``); ``boundary`` only applies to the HM-LSTM. A ``hidden_size`` of
+    one element is used for every layer.
+    """
+    sizes: int | list[int] = (
+        hidden_size if isinstance(hidden_size, int)
+        else hidden_size[0] if len(hidden_size) == 1 else list(hidden_size)
+    )
+    if kind == "hmlstm":
+        return HMLSTM(input_size, sizes, num_layers, boundary=boundary, layer_norm=layer_norm,
+                      device=device, dtype=dtype)
+    if kind == "lstm":
+        name = "ln-lstm" if layer_norm else "lstm"
+    elif kind == "cwrnn":
+        name = "ln-cw-rnn" if layer_norm else "cw-rnn"
+    else:
+        raise ValueError(f"model.rnn must be one of {', '.join(RNN_KINDS)}, got {kind!r}")
+    return build_baseline(name, input_size, sizes, num_layers, device=device, dtype=dtype)
+
+
+def rnn_label(kind: str, layer_norm: bool, boundary: str) -> str:
+    """A short human name, as the paper's Table 1 rows read (e.g. ``LN-HM-LSTM (step)``)."""
+    base = {"hmlstm": "HM-LSTM", "lstm": "LSTM", "cwrnn": "CW-RNN"}.get(kind, kind)
+    label = ("LN-" if layer_norm else "") + base
+    return f"{label} ({boundary})" if kind == "hmlstm" else label

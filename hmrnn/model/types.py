@@ -1,0 +1,101 @@
+"""Types shared by every recurrent stack in hmrnn.
+
+Shape legend used throughout the package: T time, N batch, L layers, H hidden size
+(H_l of layer l), V vocabulary, K mixture components, E output-embedding size.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+
+
+class RNNOutput(NamedTuple):
+    """What a recurrent stack returns for a whole sequence.
+
+    Attributes:
+        hidden: one tensor per layer, bottom first, ``(T, N, H_l)`` (``(N, T, H_l)`` when
+            the stack is ``batch_first``).
+        boundary: the boundary state ``z`` of every layer at every step, ``(T, N, L)``
+            (``(N, T, L)`` when ``batch_first``); the top layer's column is always 0.
+            ``None`` for stacks that have no boundary detectors (the baselines).
+    """
+
+    hidden: tuple[Tensor, ...]
+    boundary: Tensor | None
+
+
+def detach_state(state: Any) -> Any:
+    """Return ``state`` with every tensor in it detached (truncated BPTT, docs/model.md decision 8).
+
+    Works on tensors and on (nested) tuples / NamedTuples of tensors; other leaves
+    (ints, None) are returned as they are.
+    """
+    if isinstance(state, Tensor):
+        return state.detach()
+    if isinstance(state, tuple):
+        items = [detach_state(s) for s in state]
+        return type(state)(*items) if hasattr(state, "_fields") else tuple(items)
+    return state
+
+
+def map_state(fn: Any, state: Any) -> Any:
+    """Apply ``fn`` to every tensor of a (nested) state tuple, keeping its structure."""
+    if isinstance(state, Tensor):
+        return fn(state)
+    if isinstance(state, tuple):
+        items = [map_state(fn, s) for s in state]
+        return type(state)(*items) if hasattr(state, "_fields") else tuple(items)
+    return state
+
+
+def check_input(input: Tensor, input_size: int, name: str) -> None:
+    """Raise a full-sentence ``ValueError`` unless ``input`` is ``(T, N, input_size)``."""
+    if input.dim() != 3:
+        raise ValueError(
+            f"{name} expects a 3-D input (time, batch, features), got shape {tuple(input.shape)}"
+        )
+    if input.shape[-1] != input_size:
+        raise ValueError(
+            f"{name} was built for input_size={input_size} but got input of width "
+            f"{input.shape[-1]}"
+        )
+
+
+def as_sizes(hidden_size: int | list[int] | tuple[int, ...], num_layers: int) -> tuple[int, ...]:
+    """Expand ``hidden_size`` (one int, or one per layer) to a tuple of ``num_layers`` ints."""
+    sizes = (hidden_size,) * num_layers if isinstance(hidden_size, int) else tuple(hidden_size)
+    if len(sizes) != num_layers:
+        raise ValueError(
+            f"hidden_size lists {len(sizes)} sizes but num_layers is {num_layers}; give one int "
+            "or one size per layer"
+        )
+    for s in sizes:
+        if not isinstance(s, int) or isinstance(s, bool) or s <= 0:
+            raise ValueError(f"every hidden size must be a positive int, got {s!r}")
+    return sizes
+
+
+def factory_kwargs(device: Any, dtype: Any) -> dict[str, Any]:
+    return {"device": torch.device(device) if device is not None else None, "dtype": dtype}
+
+
+def state_to_plain(state: Any) -> Any:
+    """A state with every NamedTuple turned into a plain tuple (for ``weights_only`` loads)."""
+    if isinstance(state, tuple):
+        return tuple(state_to_plain(s) for s in state)
+    return state
+
+
+def state_from_plain(template: Any, plain: Any) -> Any:
+    """Rebuild the NamedTuples of ``template`` (e.g. ``rnn.initial_state(1)``) around ``plain``."""
+    if isinstance(template, tuple) and isinstance(plain, tuple | list):
+        if len(template) != len(plain):
+            raise ValueError(
+                f"saved state has {len(plain)} entries where the model's has {len(template)}"
+            )
+        items = [state_from_plain(t, p) for t, p in zip(template, plain, strict=True)]
+        return type(template)(*items) if hasattr(template, "_fields") else tuple(items)
+    return plain

@@ -1,0 +1,270 @@
+"""Typed run configuration: frozen dataclasses, TOML files, dotted command-line overrides.
+
+A config has four sections, each a frozen dataclass with small working defaults (the
+"small" setting that trains on a laptop CPU in minutes)::
+
+    data.corpus=ptb  model.hidden_size=512,512,512  train.lr=0.002  run.out_dir=runs/ptb
+
+Files in ``hmrnn/configs/*.toml``
+hold the paper's settings; they use the same section and field names. Unknown keys are
+answered with the closest valid one, ill-typed values with the type expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used (one line, for the CLI)."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which corpus, and where it lives."""
+
+    corpus: str = "synthetic"  # synthetic | ptb | text8 | enwik8 | tinyshakespeare | file:PATH
+    data_dir: str = ""  # local copies of ptb/text8/enwik8 (empty: the cache)
+    cache_dir: str = ""  # where downloads go (empty: ~/.cache/hmrnn)
+    download: bool = False  # fetch missing corpora from their public origins
+    fractions: tuple[float, ...] = (0.9, 0.05, 0.05)  # train/valid/test of a plain text file
+    synthetic_chars: int = 300_000  # training characters of the synthetic corpus
+    spaces: bool = True  # synthetic corpus: False leaves the spaces out
+    seed: int = 0  # synthetic corpus seed
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The recurrent stack and the layers around it."""
+
+    rnn: str = "hmlstm"  # hmlstm | lstm | cwrnn (layer_norm picks the LN LSTM / LN CW-RNN)
+    num_layers: int = 3
+    hidden_size: tuple[int, ...] = (128,)  # one size for all layers, or one per layer
+    embedding_size: int = 64  # paper: 128
+    output_size: int = 256  # the gated output embedding h^e; paper: 512 / 2048
+    boundary: str = "step"  # step | sample | soft
+    layer_norm: bool = True
+    mixture_components: int = 20  # handwriting: Gaussians of the mixture density head
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The optimisation procedure (the paper's section 4.1)."""
+
+    batch_size: int = 32  # N parallel streams
+    seq_len: int = 50  # T, truncated-BPTT segment length
+    lr: float = 0.002
+    clip: float = 1.0  # gradient-norm clipping
+    lr_decay: float = 50.0  # divide the learning rate by this when valid NLL stops falling
+    patience: int = 2  # evaluations without improvement before the learning rate drops
+    max_lr_drops: int = 2  # early stop once the learning rate has dropped this often
+    slope_rate: float = 0.04  # slope annealing a = min(max, 1 + rate * epoch); 0: off
+    slope_max: float = 5.0
+    max_steps: int = 0  # 0: no limit
+    max_epochs: float = 0.0  # 0: no limit
+    max_minutes: float = 3.0  # wall-clock budget; 0: no limit
+    eval_every: int = 200  # steps between evaluations on the whole validation split
+    eval_batch_size: int = 64
+    log_every: int = 20  # steps between metric records
+    max_nonfinite: int = 5  # consecutive non-finite steps that stop the run
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Where the run writes, and on what it runs."""
+
+    out_dir: str = "runs/default"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int = 0  # torch CPU threads; 0: torch's default
+    progress: bool = True
+    tensorboard: bool = True  # also log to TensorBoard when it is installed
+    backend: str = ""  # DDP backend; empty: nccl on CUDA, gloo on CPU
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast on CUDA)
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return {
+            f.name: {k: list(v) if isinstance(v, tuple) else v
+                     for k, v in dataclasses.asdict(getattr(self, f.name)).items()}
+            for f in fields(self)
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Config:
+        return apply_overrides(
+            cls(), {f"{s}.{k}": v for s, sec in data.items() for k, v in sec.items()}
+        )
+
+    def to_toml(self) -> str:
+        lines: list[str] = []
+        for section, values in self.to_dict().items():
+            lines.append(f"[{section}]")
+            lines.extend(f"{k} = {_toml_value(v)}" for k, v in values.items())
+            lines.append("")
+        return "\n".join(lines)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    return repr(v)
+
+
+def _field_types(section: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(section)
+    return {f.name: hints[f.name] for f in fields(section)}
+
+
+def valid_keys() -> list[str]:
+    return [
+        f"{s.name}.{k}"
+        for s in fields(Config)
+        for k in _field_types(typing.get_type_hints(Config)[s.name])
+    ]
+
+
+def _coerce(key: str, value: Any, kind: Any) -> Any:
+    """Coerce a TOML or command-line value to the field's type, or raise ConfigError."""
+    origin = typing.get_origin(kind)
+    try:
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on"):
+                return True
+            if isinstance(value, str) and value.lower() in ("false", "0", "no", "off"):
+                return False
+            raise ValueError
+        if kind is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(str(value).replace("_", "")) if isinstance(value, str) else int(value)
+        if kind is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if kind is str:
+            if not isinstance(value, str | int | float) or isinstance(value, bool):
+                raise ValueError
+            return str(value)
+        if origin is tuple:
+            item = typing.get_args(kind)[0]
+            items = value.split(",") if isinstance(value, str) else value
+            if isinstance(items, int | float):
+                items = [items]
+            return tuple(_coerce(key, x.strip() if isinstance(x, str) else x, item)
+                         for x in items)
+    except (TypeError, ValueError):
+        pass
+    else:
+        raise ConfigError(f"{key}: unsupported field type {kind}")
+    name = (
+        f"a list of {typing.get_args(kind)[0].__name__}" if origin is tuple
+        else kind.__name__ if isinstance(kind, type) else str(kind)
+    )
+    raise ConfigError(f"{key} expects {name}, got {value!r}")
+
+
+def apply_overrides(config: Config, overrides: dict[str, Any]) -> Config:
+    """Return ``config`` with dotted ``section.field`` overrides applied (values coerced)."""
+    sections = typing.get_type_hints(Config)
+    changes: dict[str, dict[str, Any]] = {}
+    for key, value in overrides.items():
+        section, _, name = key.partition(".")
+        types_ = _field_types(sections[section]) if section in sections else {}
+        if name not in types_:
+            close = difflib.get_close_matches(key, valid_keys(), n=1, cutoff=0.5)
+            if not close:
+                close = difflib.get_close_matches(
+                    name, [k.split(".")[1] for k in valid_keys()], n=1, cutoff=0.6
+                )
+                close = [k for k in valid_keys() if close and k.endswith("." + close[0])]
+            hint = f"; did you mean {close[0]}?" if close else ""
+            raise ConfigError(f"unknown config key {key!r}{hint}")
+        changes.setdefault(section, {})[name] = _coerce(key, value, types_[name])
+    return dataclasses.replace(
+        config,
+        **{s: dataclasses.replace(getattr(config, s), **c) for s, c in changes.items()},
+    )
+
+
+def config_path(name_or_path: str) -> Path:
+    """A config file by path, or by name from the packaged ``configs/`` folder."""
+    path = Path(name_or_path)
+    if path.suffix == ".toml" or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        return path
+    packaged = CONFIG_DIR / f"{name_or_path}.toml"
+    if not packaged.is_file():
+        names = sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
+        raise ConfigError(f"no config named {name_or_path!r}; known: {', '.join(names)}")
+    return packaged
+
+
+def load_config(name_or_path: str | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Defaults, then the TOML file (if any), then the overrides."""
+    config = apply_overrides(Config(), _file_values(name_or_path)) if name_or_path else Config()
+    return apply_overrides(config, overrides or {})
+
+
+def _file_values(name_or_path: str, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The dotted values of a config file, after those of its ``base = "..."`` file."""
+    path = config_path(name_or_path)
+    if path in seen:
+        raise ConfigError(f"config file {path} includes itself through base = ...")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+    base = data.pop("base", None)
+    flat: dict[str, Any] = {}
+    if base is not None:
+        if not isinstance(base, str):
+            raise ConfigError(f"{path}: base must be the name or path of another config")
+        flat.update(_file_values(base, (*seen, path)))
+    for section, values in data.items():
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: top-level key {section!r} must be a [section]")
+        flat.update({f"{section}.{k}": v for k, v in values.items()})
+    return flat
+
+
+def parse_overrides(args: list[str]) -> dict[str, str]:
+    """``["train.lr=0.1", "--model.rnn=lstm"]`` -> ``{"train.lr": "0.1", "model.rnn": "lstm"}``."""
+    out: dict[str, str] = {}
+    for arg in args:
+        key, sep, value = arg.removeprefix("--").partition("=")
+        if not sep or "." not in key:
+            raise ConfigError(
+                f"cannot read {arg!r}: overrides look like section.field=value, e.g. train.lr=0.001"
+            )
+        out[key] = value
+    return out
+
+
+__all__ = [
+    "Config", "ConfigError", "DataConfig", "ModelConfig", "RunConfig", "TrainConfig",
+    "apply_overrides", "load_config", "parse_overrides", "valid_keys",
+]

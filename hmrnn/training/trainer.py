@@ -1,0 +1,444 @@
+"""The training loop of the paper's section 4, for any task.
+
+It knows nothing of corpora or of what a batch is: a :class:`Task` supplies the loss of
+global step ``k`` and evaluations; the trainer owns the optimiser (Adam), gradient-norm
+clipping, the learning-rate drop when validation stops improving, slope annealing,
+early stopping, checkpoints (best and last), resume, signals and logging.
+
+Resume is exact: the data position is a function of the step, and the model, optimiser,
+task state (e.g. the carried recurrent state), trainer counters and RNG states are all in
+the checkpoint, so a resumed run equals an uninterrupted one bit for bit on the CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import signal
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from hmrnn.analysis.boundaries import collapse_warnings
+from hmrnn.training.checkpoint import save_checkpoint
+from hmrnn.training.config import Config
+from hmrnn.training.distributed import DistContext
+from hmrnn.training.metrics_log import MetricsWriter
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def clip_gradients(parameters: Iterable[nn.Parameter], max_norm: float) -> Tensor:
+    """Scale the gradients to a total norm of at most ``max_norm``; return the norm before.
+
+    As ``torch.nn.utils.clip_grad_norm_``, but the norm is summed in float64: float32
+    gradients whose squares overflow float32 are still finite, and are clipped rather than
+    reported as an infinite norm (which skips the step). The layer-normalised HM-LSTM's
+    gradient at initialisation reaches such sizes (docs/design-notes.md); a float32 sum of
+    squares overflowed on an H100 at 3 x 512, and training stopped after 20 skipped steps.
+    """
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    norm = torch.linalg.vector_norm(torch.stack(
+        [torch.linalg.vector_norm(g, dtype=torch.float64) for g in grads]))
+    scale = (max_norm / (norm + 1e-6)).clamp(max=1.0)
+    for g in grads:
+        g.mul_(scale.to(g.dtype))
+    return norm
+
+
+@contextmanager
+def seeded_rng(seed: int, device: torch.device) -> Iterator[None]:
+    """Run a block on torch's RNG seeded with ``seed``, then give the caller's RNG back.
+
+    ``torch.manual_seed`` seeds the CPU and every GPU, so the RNG of ``device`` is put back
+    too when it is a GPU: a CUDA run's sampled boundaries draw from it.
+    """
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (one line, for the CLI)."""
+
+
+class Task(Protocol):
+    """What the trainer needs of a task (character LM, handwriting, ...)."""
+
+    model: nn.Module
+    kind: str  # stored in checkpoints, e.g. "charlm"
+    steps_per_epoch: int
+    symbols_per_step: int  # characters (or points) per step over all processes
+
+    def train_loss(self, model: nn.Module, step: int) -> tuple[Tensor, dict[str, Any]]:
+        """Mean training loss of global step ``step`` through ``model`` (maybe DDP-wrapped),
+        and numbers to show (floats, or lists of floats such as per-layer boundary rates)."""
+        ...
+
+    def end_step(self, accepted: bool) -> None:
+        """Keep (or, for a skipped non-finite step, drop) what the step carried forward."""
+        ...
+
+    def evaluate(self, split: str) -> dict[str, Any]:
+        """Metrics over the whole split; ``"loss"`` is the one to minimise."""
+        ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+    def checkpoint_extras(self) -> dict[str, Any]:
+        """What a checkpoint needs besides the weights to rebuild the task (vocabulary, ...)."""
+        ...
+
+
+@dataclass
+class TrainerState:
+    """Counters saved in every checkpoint."""
+
+    step: int = 0
+    best_valid: float = math.inf  # best scheduled evaluation: drives the learning-rate drops
+    best_saved: float = math.inf  # best of all evaluations: the model in best.pt
+    bad_evals: int = 0
+    lr_drops: int = 0
+    nonfinite_total: int = 0
+    elapsed: float = 0.0  # seconds of training, summed over resumed runs
+
+
+@dataclass
+class FitResult:
+    stopped_by: str
+    step: int
+    best_valid: float
+    last_checkpoint: Path
+    best_checkpoint: Path | None
+    valid: dict[str, Any] | None
+
+
+class Trainer:
+    """Train ``task.model`` as ``config.train`` says, writing into ``out_dir``.
+
+    Args:
+        task: the :class:`Task`.
+        config: the resolved run configuration (stored in every checkpoint).
+        context: this process's place in a data-parallel run.
+        echo: where one-line messages go (only the main process echoes).
+
+    Raises:
+        ValueError: if ``run.precision`` is unknown, or not fp32 on a device other than
+            CUDA (autocast is only used on CUDA).
+    """
+
+    def __init__(
+        self,
+        task: Task,
+        config: Config,
+        context: DistContext | None = None,
+        *,
+        echo: Callable[[str], None] = print,
+    ) -> None:
+        self.task = task
+        self.config = config
+        self.train_cfg = config.train
+        self.context = context or DistContext()
+        precision = config.run.precision
+        if precision not in PRECISIONS:
+            raise ValueError(
+                f"run.precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        if precision != "fp32" and self.context.device.type != "cuda":
+            raise ValueError(
+                f"run.precision={precision} needs a CUDA device (mixed precision is only used "
+                f"on CUDA), but this run is on {self.context.device}; use run.precision=fp32")
+        self.out_dir = Path(config.run.out_dir)
+        self.echo = echo if self.context.is_main else (lambda _msg: None)
+        self.model = task.model
+        self.wrapped = self.context.wrap(self.model)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.train_cfg.lr)
+        self.state = TrainerState()
+        self.scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+        self._signal: int | None = None
+        self._writer: MetricsWriter | None = None
+
+    # -- checkpoints -------------------------------------------------------------------
+
+    @property
+    def last_path(self) -> Path:
+        return self.out_dir / "last.pt"
+
+    @property
+    def best_path(self) -> Path:
+        return self.out_dir / "best.pt"
+
+    def _payload(self) -> dict[str, Any]:
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        payload = {
+            "kind": self.task.kind,
+            "config": self.config.to_dict(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "trainer": dataclasses.asdict(self.state),
+            "task": self.task.state_dict(),
+            "rng": rng,
+            **self.task.checkpoint_extras(),
+        }
+        if self.scaler is not None:
+            payload["scaler"] = self.scaler.state_dict()
+        return payload
+
+    def save(self, path: Path) -> None:
+        """Write a checkpoint (every process takes part; only the main one writes)."""
+        payload = self._payload()
+        if self.context.is_main:
+            save_checkpoint(path, payload)
+        self.context.barrier()
+
+    def restore(self, checkpoint: dict[str, Any]) -> None:
+        """Continue from a checkpoint of the same run (model, optimiser, counters, RNG)."""
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        for group in self.optimizer.param_groups:  # the checkpoint's lr, not the config's
+            group["lr"] = checkpoint["optimizer"]["param_groups"][0]["lr"]
+        self.state = TrainerState(**checkpoint["trainer"])
+        self.task.load_state_dict(checkpoint["task"])
+        torch.set_rng_state(checkpoint["rng"]["torch"])
+        if "cuda" in checkpoint["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
+        if self.scaler is not None and "scaler" in checkpoint:
+            self.scaler.load_state_dict(checkpoint["scaler"])
+
+    # -- the loop ------------------------------------------------------------------------
+
+    @property
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def _anneal_slope(self) -> float | None:
+        rnn = getattr(self.model, "rnn", None)
+        if rnn is None or not hasattr(rnn, "anneal_slope"):
+            return None
+        if self.train_cfg.slope_rate > 0:
+            epoch = self.state.step / self.task.steps_per_epoch
+            return rnn.anneal_slope(epoch, self.train_cfg.slope_rate, self.train_cfg.slope_max)
+        return float(rnn.slope_value)
+
+    def _autocast(self) -> Any:
+        precision = self.config.run.precision  # not fp32 only on CUDA (checked at init)
+        if precision == "fp32":
+            return nullcontext()
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+
+    def _step(self) -> tuple[bool, float, dict[str, Any]]:
+        """One optimiser step; returns (accepted, loss, stats)."""
+        self.model.train()
+        with self._autocast():
+            loss, stats = self.task.train_loss(self.wrapped, self.state.step)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            loss.backward()
+        # Under DDP, backward has already averaged the gradients over the processes, so
+        # every process clips the same (whole-batch) gradient and takes the same step.
+        norm = clip_gradients(self.model.parameters(), self.train_cfg.clip)
+        finite = bool(torch.isfinite(loss.detach()).item()) and (
+            self.scaler is not None or bool(torch.isfinite(norm).item())
+        )
+        finite = bool(self.context.all_reduce_sum(
+            torch.tensor([float(not finite)], device=self.context.device)).item() == 0)
+        if finite:
+            if self.scaler is not None:
+                self.scaler.step(self.optimizer)
+            else:
+                self.optimizer.step()
+        if self.scaler is not None:
+            self.scaler.update()  # after a skipped step too: the next unscale_ needs it
+        self.task.end_step(finite)
+        stats["grad_norm"] = float(norm)  # before clipping
+        return finite, float(loss.detach()), stats
+
+    def _evaluate(self, split: str) -> dict[str, Any]:
+        with seeded_rng(self.train_cfg.seed, self.context.device):  # never moves training's
+            return self.task.evaluate(split)
+
+    def _after_eval(self, valid: dict[str, Any]) -> str | None:
+        """Best checkpoint, learning-rate drop and early stop; returns a stop reason."""
+        loss = float(valid["loss"])
+        self._save_if_best(loss)
+        if loss < self.state.best_valid:
+            self.state.best_valid = loss
+            self.state.bad_evals = 0
+            return None
+        self.state.bad_evals += 1
+        if self.state.bad_evals < self.train_cfg.patience:
+            return None
+        if self.state.lr_drops >= self.train_cfg.max_lr_drops:
+            return "early_stop"
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["lr"] / self.train_cfg.lr_decay
+        self.state.lr_drops += 1
+        self.state.bad_evals = 0
+        self.echo(f"validation stopped improving: learning rate divided by "
+                  f"{self.train_cfg.lr_decay:g} to {self.lr:.3g}")
+        return None
+
+    def _save_if_best(self, loss: float) -> None:
+        if loss < self.state.best_saved:
+            self.state.best_saved = loss
+            self.save(self.best_path)
+
+    def _budget_reason(self) -> str | None:
+        cfg = self.train_cfg
+        if cfg.max_steps and self.state.step >= cfg.max_steps:
+            return "max_steps"
+        if cfg.max_epochs and self.state.step >= cfg.max_epochs * self.task.steps_per_epoch:
+            return "max_epochs"
+        if cfg.max_minutes and self.state.elapsed >= cfg.max_minutes * 60:
+            return "max_minutes"
+        return None
+
+    @contextmanager
+    def _signals(self) -> Iterator[None]:
+        """Ctrl-C / SIGTERM finish the current step, then the loop checkpoints and stops."""
+
+        def handler(signum: int, _frame: Any) -> None:
+            if self._signal is not None:  # a second signal: stop at once
+                raise KeyboardInterrupt
+            self._signal = signum
+            self.echo(f"\n{signal.Signals(signum).name} received: finishing this step, "
+                      "then writing a checkpoint")
+
+        try:
+            previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        except ValueError:  # not the main thread: no handlers
+            yield
+            return
+        try:
+            yield
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+    def fit(self) -> FitResult:
+        """Train until a budget, early stop or signal; always leaves ``last.pt`` behind."""
+        if self.context.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            self._writer = MetricsWriter(self.out_dir, tensorboard=self.config.run.tensorboard)
+        cfg = self.train_cfg
+        self.context.decorrelate_rng()  # after restore(): sampled boundaries differ by rank
+        progress = self._progress()
+        valid: dict[str, Any] | None = None
+        consecutive_bad = 0
+        stopped_by = self._budget_reason()
+        rate = _Rate()
+        try:
+            with self._signals():
+                while stopped_by is None:
+                    slope = self._anneal_slope()
+                    start = time.perf_counter()
+                    ok, loss, stats = self._step()
+                    self.state.elapsed += time.perf_counter() - start
+                    rate.add(self.task.symbols_per_step, time.perf_counter() - start)
+                    self.state.step += 1
+                    if ok:
+                        consecutive_bad = 0
+                    else:
+                        consecutive_bad += 1
+                        self.state.nonfinite_total += 1
+                        self.echo(f"step {self.state.step}: non-finite loss or gradient, "
+                                  f"step skipped ({consecutive_bad} in a row)")
+                        if consecutive_bad >= cfg.max_nonfinite:
+                            raise TrainingError(
+                                f"stopped: {consecutive_bad} steps in a row had a non-finite "
+                                f"loss or gradient (last at step {self.state.step}); the last "
+                                f"good checkpoint is in {self.out_dir}; try a lower train.lr"
+                            )
+                    shown = {"loss": loss, **stats, "lr": self.lr, "chars/s": rate.value}
+                    if slope is not None:
+                        shown["slope"] = slope
+                    if progress is not None:
+                        progress.update(1)
+                        progress.set_postfix_str(_format(shown), refresh=False)
+                    if self._writer is not None and self.state.step % cfg.log_every == 0:
+                        self._writer.write("train", self.state.step, shown)
+                    stopped_by = self._budget_reason()
+                    if self.state.step % cfg.eval_every == 0:
+                        valid = self._evaluate("valid")
+                        self._log_eval("valid", valid)
+                        stopped_by = self._after_eval(valid) or stopped_by
+                        self.save(self.last_path)
+                    requested = self.context.broadcast_flag(self._signal is not None)
+                    if requested and stopped_by is None:
+                        stopped_by = "signal"
+        finally:
+            if progress is not None:
+                progress.close()
+        if stopped_by != "signal" and (self.state.step % cfg.eval_every != 0 or valid is None):
+            valid = self._evaluate("valid")  # off the schedule: it only updates best.pt
+            self._log_eval("valid", valid)
+            self._save_if_best(float(valid["loss"]))
+        self.save(self.last_path)
+        if self._writer is not None:
+            self._writer.close()
+        return FitResult(
+            stopped_by, self.state.step, self.state.best_saved, self.last_path,
+            self.best_path if self.best_path.exists() else None, valid,
+        )
+
+    def _log_eval(self, split: str, metrics: dict[str, Any]) -> None:
+        if self._writer is not None:
+            self._writer.write(split, self.state.step, metrics)
+        self.echo(f"step {self.state.step} {split}: {_format(metrics)}")
+        for warning in collapse_warnings(metrics.get("z", []), low=0.02, high=0.98):
+            self.echo(f"warning: {warning}")
+
+    def _progress(self) -> Any:
+        if not (self.config.run.progress and self.context.is_main):
+            return None
+        from tqdm.auto import tqdm
+
+        cfg = self.train_cfg
+        total = cfg.max_steps or (
+            int(cfg.max_epochs * self.task.steps_per_epoch) if cfg.max_epochs else None
+        )
+        return tqdm(total=total, initial=self.state.step, desc="train", unit="step",
+                    mininterval=1.0, dynamic_ncols=True)
+
+
+class _Rate:
+    """Symbols per second over the recent steps (an exponential moving average)."""
+
+    def __init__(self) -> None:
+        self.symbols = 0.0
+        self.seconds = 0.0
+
+    def add(self, symbols: int, seconds: float) -> None:
+        self.symbols = 0.9 * self.symbols + symbols
+        self.seconds = 0.9 * self.seconds + seconds
+
+    @property
+    def value(self) -> float:
+        return self.symbols / self.seconds if self.seconds > 0 else 0.0
+
+
+def _format(values: dict[str, Any]) -> str:
+    parts = []
+    for k, v in values.items():
+        if isinstance(v, list | tuple):
+            parts.append(f"{k}=" + "/".join(f"{x:.2f}" for x in v))
+        elif isinstance(v, float):
+            parts.append(f"{k}={v:.0f}" if abs(v) >= 1000 else f"{k}={v:.4g}")
+        elif isinstance(v, int | str):
+            parts.append(f"{k}={v}")
+    return " ".join(parts)
