@@ -5,8 +5,8 @@ character LMs that ``hmrnn bench`` times, with :mod:`torch.profiler`, and prints
 the step's wall time without the profiler, the number of ATen operations it runs, and
 the profiler's self CPU time split three ways: matrix products (``mm``, ``addmm``,
 oneDNN's ``linear``; for nn.LSTM its fused oneDNN layer kernels), the other ATen
-operations (element-wise, layer norm, copies, reductions), and what is left: the fused C
-step of :mod:`hmrnn.model.loop.kernels` (float32 on the CPU), Python, dispatch and the autograd
+operations (element-wise, layer norm, copies, reductions), and what is left: the C step
+of :mod:`hmrnn.model.loop.backends.cpu` (float32 on the CPU), Python, dispatch and the autograd
 engine. On CUDA (``--device cuda``) it also counts the GPU
 kernels a step launches and the time the GPU spends running them: a step whose wall time
 is far above its GPU time is bound by launching kernels, not by the GPU.

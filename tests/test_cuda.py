@@ -61,7 +61,7 @@ def test_every_model_computes_the_same_on_cuda_in_float64(rnn: str, layer_norm: 
 
 
 def test_float32_fast_loop_on_cuda_follows_the_cpu() -> None:
-    """The path training takes (float32, fused loop) at a realistic width: the GPU within
+    """The path training takes (float32, fast loop) at a realistic width: the GPU within
     float rounding of the CPU, on every sequence whose boundaries came out the same (a
     pre-activation at the threshold may round the other way, and a flipped boundary turns
     an UPDATE into a FLUSH: that sequence then parts ways, as on any two machines)."""

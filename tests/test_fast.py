@@ -1,5 +1,6 @@
-"""The fast loop (hmrnn.model.loop.fast) against the cell-by-cell reference loop: forward values and
-every gradient, in float64, for each boundary mode, with and without layer norm."""
+"""The fast loop (hmrnn.model.loop) against the cell-by-cell reference loop: forward values and
+every gradient, in float64, for each boundary mode, with and without layer norm; and the
+choice of its step backend."""
 
 from __future__ import annotations
 
@@ -7,8 +8,12 @@ import pytest
 import torch
 from helpers import loop_outputs, outputs_and_grads, random_state, wide_hmlstm
 
-import hmrnn.model.loop.fast
+import hmrnn.model.loop.weights
 from hmrnn.model.hmlstm import HMLSTM
+from hmrnn.model.loop import select
+from hmrnn.model.loop.backends import aten
+from hmrnn.model.loop.backends.cpu import library
+from hmrnn.model.sparse import StreamingHMLSTM, sparse_forward
 
 T, N, D = 7, 3, 2
 SIZES = (5, 6, 4)
@@ -24,7 +29,7 @@ def test_fast_equals_reference_forward_and_gradients(
 ) -> None:
     """``skip_gated``: the gated terms' products only on the rows let in (large weights)."""
     if skip_gated:
-        monkeypatch.setattr(hmrnn.model.loop.fast, "_LARGE_WEIGHT", 0)
+        monkeypatch.setattr(hmrnn.model.loop.weights, "LARGE_WEIGHT", 0)
     rnn = wide_hmlstm(D, sizes, mode, layer_norm).to(device)
     x = torch.randn(T, N, D, dtype=torch.float64).to(device).requires_grad_()
     state = random_state(sizes, N, 1, device)
@@ -68,7 +73,7 @@ def test_float32_training_step_matches_reference(
     layer_norm: bool, device: torch.device, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """In float32 the large-weight path (oneDNN products where available) is taken."""
-    monkeypatch.setattr(hmrnn.model.loop.fast, "_LARGE_WEIGHT", 0)
+    monkeypatch.setattr(hmrnn.model.loop.weights, "LARGE_WEIGHT", 0)
     torch.manual_seed(0)
     rnn = HMLSTM(3, 8, 3, layer_norm=layer_norm).to(device)
     x = torch.randn(5, 4, 3).to(device)
@@ -96,3 +101,48 @@ def test_second_derivatives_are_refused() -> None:
     (g,) = torch.autograd.grad(out.hidden[2].sum(), x, create_graph=True)
     g.sum().backward()
     assert x.grad is not None
+
+
+def test_unknown_backends_are_refused() -> None:
+    with pytest.raises(ValueError, match="backend must be one of"):
+        HMLSTM(D, 4, 2, backend="gpu")
+    rnn = HMLSTM(D, 4, 2)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        rnn.backend = "fused"
+    assert rnn.backend == "auto"
+    with pytest.raises(ValueError, match="backend must be one of"):
+        select("C", torch.zeros(1), "step")
+
+
+def test_the_c_backend_refuses_sampled_boundaries() -> None:
+    rnn = HMLSTM(D, 4, 2, boundary="sample", backend="cpu")
+    with pytest.raises(ValueError, match='backend="cpu" cannot draw boundary="sample"'):
+        rnn(torch.randn(T, N, D))
+    with pytest.raises(ValueError, match="cannot draw"):
+        StreamingHMLSTM(rnn)
+    with pytest.raises(ValueError, match='backend="cpu" runs float32 on the CPU'):
+        select("cpu", torch.zeros(1, dtype=torch.float64), "step")
+    assert select("auto", torch.zeros(1), "sample") is aten  # auto: ATen draws them
+
+
+@pytest.mark.parametrize("layer_norm", [False, True])
+def test_the_aten_backend_never_loads_the_c_step(
+    layer_norm: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``backend="aten"`` on float32 CPU tensors, where "auto" would take the C step."""
+    def refuse() -> None:
+        raise AssertionError("the C library was asked for")
+
+    monkeypatch.setattr(library, "load", refuse)
+    rnn = HMLSTM(D, 4, 3, layer_norm=layer_norm, backend="aten")
+    x = torch.randn(T, N, D, requires_grad=True)
+    out, _ = rnn(x)
+    sum(h.sum() for h in out.hidden).backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    with torch.no_grad():
+        rnn(x)
+        sparse_forward(rnn.eval(), x)
+        StreamingHMLSTM(rnn).step(x[0, :1])
+    rnn.backend = "auto"
+    with pytest.raises(AssertionError, match="the C library was asked for"):
+        rnn(x)

@@ -30,6 +30,7 @@ from hmrnn.tasks.handwriting.model import (
     sequence_log_likelihood,
 )
 from hmrnn.tasks.handwriting.plots import boundary_agreement, draw_strokes, segment_figure
+from hmrnn.tasks.handwriting.task import load_handwriting_data
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "handwriting"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -251,23 +252,6 @@ def test_pad_batch_shifts_and_masks() -> None:
         hw.pad_batch([np.zeros((1, 3))])
 
 
-def test_batches_cover_every_sequence_once() -> None:
-    seqs = [np.full((k + 2, 3), k, dtype=np.float32) for k in range(10)]
-
-    def firsts(generator: torch.Generator | None) -> list[int]:
-        return [
-            int(v)
-            for inputs, _, _ in hw.batches(seqs, 3, generator)
-            for v in inputs[0, :, 0].tolist()
-        ]
-
-    assert firsts(None) == list(range(10))
-    shuffled = firsts(torch.Generator().manual_seed(0))
-    assert sorted(shuffled) == list(range(10)) and shuffled != list(range(10))
-    assert shuffled == firsts(torch.Generator().manual_seed(0))
-    assert len(list(hw.batches(seqs, 3, None, drop_last=True))) == 3
-
-
 def write_tar(path: Path, lines: dict[str, np.ndarray]) -> None:
     """A tiny lineStrokes tar.xz in the IAM-OnDB XML layout."""
     with tarfile.open(path, mode="w:xz") as tar:
@@ -304,19 +288,19 @@ def test_npz_and_tar_readers_agree(tmp_path: Path) -> None:
         for i, g in zip(ids, got, strict=True):
             assert g.dtype == np.float32
             np.testing.assert_array_equal(g, lines[i])
-    data = hw.load_iamondb(tmp_path / "lines.npz", sizes=(2, 1, 1), min_length=15)
+    data = hw.build_splits(*hw.read_lines(tmp_path / "lines.npz"), (2, 1, 1), min_length=15)
     assert sorted(data.train_ids + data.valid_ids + data.test_ids) == ids
 
 
 def test_loader_errors(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="does not exist"):
-        hw.load_iamondb(tmp_path / "absent.npz")
+        hw.read_lines(tmp_path / "absent.npz")
     np.savez(tmp_path / "partial.npz", ids=np.asarray(["a"]), offsets=np.array([0, 3]))
     with pytest.raises(hw.HandwritingDataError, match=r"lacks the arrays \['points'\]"):
-        hw.load_iamondb(tmp_path / "partial.npz")
+        hw.read_lines(tmp_path / "partial.npz")
     (tmp_path / "junk.npz").write_bytes(b"not a zip file at all")
     with pytest.raises(ValueError, match="could not be read as an npz archive"):
-        hw.load_iamondb(tmp_path / "junk.npz")
+        hw.read_lines(tmp_path / "junk.npz")
     np.savez(
         tmp_path / "bad.npz",
         ids=np.asarray(["a", "b"]),
@@ -324,17 +308,19 @@ def test_loader_errors(tmp_path: Path) -> None:
         points=np.zeros((2, 3), dtype=np.int16),
     )
     with pytest.raises(DataError, match="must rise strictly"):
-        hw.load_iamondb(tmp_path / "bad.npz")
+        hw.read_lines(tmp_path / "bad.npz")
     with pytest.raises(DataError, match="neither"):
-        hw.load_iamondb(tmp_path)
+        hw.read_lines(tmp_path)
     np.savez(
         tmp_path / "few.npz",
         ids=np.asarray(["a"]),
         offsets=np.array([0, 3]),
         points=np.zeros((3, 3), dtype=np.int16),
     )
+    paper = {"sizes": list(hw.PAPER_SPLIT_SIZES), "seed": hw.SPLIT_SEED,
+             "min_length": hw.MIN_LENGTH}  # a checkpoint's record of the paper's split
     with pytest.raises(DataError, match="split sizes"):
-        hw.load_iamondb(tmp_path / "few.npz")
+        load_handwriting_data(tmp_path / "few.npz", split=paper)
 
 
 @pytest.mark.skipif(not (DATA / hw.NPZ_NAME).is_file(), reason="IAM-OnDB npz not present")

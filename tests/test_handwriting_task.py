@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from hmrnn.cli.handwriting import main
+from hmrnn.cli import main
 from hmrnn.tasks.handwriting import data as hw
 from hmrnn.tasks.handwriting.model import (
     EvalTotals,
@@ -76,7 +76,7 @@ def strokes(tmp_path: Path) -> Path:
 
 
 def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = main(argv)
+    code = main(["handwriting", *argv])
     out, err = capsys.readouterr()
     return code, out, err
 

@@ -1,4 +1,4 @@
-"""The fused C step (hmrnn.model.loop.kernels) against the ATen step it replaces and the
+"""The C step backend (hmrnn.model.loop.backends.cpu) against the ATen backend and the
 float64 cell loop: forward values and every gradient, the sparse paths on it, saturated gates,
 and the fall-back to ATen where no C compiler is found."""
 
@@ -13,26 +13,26 @@ import pytest
 import torch
 from helpers import loop_outputs, outputs_and_grads, random_state, wide_hmlstm
 
-import hmrnn.model.loop.fast
+import hmrnn.model.loop.weights
 from hmrnn.model.hmlstm import HMLSTM, HMLSTMState
-from hmrnn.model.loop import kernels
+from hmrnn.model.loop.backends.cpu import library
 from hmrnn.model.sparse import StreamingHMLSTM, sparse_forward
 
 T, N, D = 7, 3, 2
 CPU = torch.device("cpu")
 
-pytestmark = pytest.mark.skipif(kernels.library() is None, reason="no C compiler here")
+pytestmark = pytest.mark.skipif(library.load() is None, reason="no C compiler here")
 
 
 @pytest.fixture
 def calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[Counter[str]]:
     """Count the runs of each C function (a bound one's by step)."""
     count: Counter[str] = Counter()
-    lib = kernels.library()
+    lib = library.load()
     assert lib is not None
 
     class Counting:
-        def __init__(self, name: str, kernel: kernels.Kernel) -> None:
+        def __init__(self, name: str, kernel: library.Kernel) -> None:
             self.name, self.kernel = name, kernel
 
         def __call__(self, *fields: object) -> None:
@@ -48,7 +48,7 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[Counter[str]]:
             return counted
 
     wrapped = {name: Counting(name, kernel) for name, kernel in lib.items()}
-    monkeypatch.setattr(kernels, "library", lambda: wrapped)
+    monkeypatch.setattr(library, "load", lambda: wrapped)
     yield count
 
 
@@ -71,14 +71,14 @@ def _errors(values: list, grads: list, ref: tuple[list, list]) -> tuple[float, f
 @pytest.mark.parametrize("layer_norm", [False, True])
 @pytest.mark.parametrize("mode", ["step", "soft"])
 @pytest.mark.parametrize("sizes", [(5, 6, 4), (4, 3)])
-def test_fused_step_is_as_close_to_float64_as_the_aten_step(
+def test_c_step_is_as_close_to_float64_as_the_aten_step(
     mode: str, layer_norm: bool, sizes: tuple[int, ...], skip_gated: bool,
     calls: Counter[str], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """In float32 both steps round; the fused one must round no worse (its exp and tanh
+    """In float32 both steps round; the C one must round no worse (its exp and tanh
     are polynomials, its sums run in another order) and give the same boundaries."""
     if skip_gated:
-        monkeypatch.setattr(hmrnn.model.loop.fast, "_LARGE_WEIGHT", 0)
+        monkeypatch.setattr(hmrnn.model.loop.weights, "LARGE_WEIGHT", 0)
     rnn = wide_hmlstm(D, sizes, mode, layer_norm)
     x = torch.randn(T, N, D, dtype=torch.float64).requires_grad_()
     state = random_state(sizes, N, 1, CPU)
@@ -87,20 +87,20 @@ def test_fused_step_is_as_close_to_float64_as_the_aten_step(
     reference = outputs_and_grads(rnn, False, x, state, weights)
     rnn32, x32, state32 = _float32(rnn, x, state)
     weights32 = [w.float() for w in weights]
-    fused = outputs_and_grads(rnn32, True, x32, state32, weights32)
+    c_step = outputs_and_grads(rnn32, True, x32, state32, weights32)
     assert calls["hm_forward"] == T * len(sizes) and calls["hm_backward"] == T * len(sizes)
     assert calls["hm_terms_backward" if layer_norm else "hm_spread"] == T * len(sizes)
     with monkeypatch.context() as m:
-        m.setattr(kernels, "library", lambda: None)
+        m.setattr(library, "load", lambda: None)
         aten = outputs_and_grads(rnn32, True, x32, state32, weights32)
-    fused_err, aten_err = _errors(*fused, reference), _errors(*aten, reference)
-    assert fused_err[0] <= 4 * aten_err[0] + 1e-6
-    assert fused_err[1] <= 4 * aten_err[1] + 1e-6
+    c_err, aten_err = _errors(*c_step, reference), _errors(*aten, reference)
+    assert c_err[0] <= 4 * aten_err[0] + 1e-6
+    assert c_err[1] <= 4 * aten_err[1] + 1e-6
     boundary = len(sizes)
     if mode == "soft":  # continuous boundaries: within the values' error above
-        assert (fused[0][boundary] == 0).equal(aten[0][boundary] == 0)
+        assert (c_step[0][boundary] == 0).equal(aten[0][boundary] == 0)
     else:
-        assert torch.equal(fused[0][boundary], aten[0][boundary])
+        assert torch.equal(c_step[0][boundary], aten[0][boundary])
 
 
 @pytest.mark.parametrize("layer_norm", [False, True])
@@ -113,16 +113,16 @@ def test_saturated_gates_stay_finite_and_match_aten(
         for p in rnn.parameters():
             p.mul_(50.0)
     x = torch.randn(T, N, D) * 10
-    fused = loop_outputs(rnn, x, random_state((6, 5, 4), N, 2, CPU, torch.float32))
-    monkeypatch.setattr(kernels, "library", lambda: None)
+    c_step = loop_outputs(rnn, x, random_state((6, 5, 4), N, 2, CPU, torch.float32))
+    monkeypatch.setattr(library, "load", lambda: None)
     aten = loop_outputs(rnn, x, random_state((6, 5, 4), N, 2, CPU, torch.float32))
-    for a, b in zip(fused, aten, strict=True):
+    for a, b in zip(c_step, aten, strict=True):
         assert torch.isfinite(a).all()
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("layer_norm", [False, True])
-def test_sparse_paths_on_the_fused_step_equal_the_dense_loop(
+def test_sparse_paths_on_the_c_step_equal_the_dense_loop(
     layer_norm: bool, calls: Counter[str]
 ) -> None:
     rnn = wide_hmlstm(D, (5, 6, 4), "step", layer_norm).float().eval()
@@ -148,41 +148,69 @@ def test_without_a_compiler_the_aten_step_runs(
 ) -> None:
     monkeypatch.setenv("HMRNN_CACHE", str(tmp_path))
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
-    kernels.library.cache_clear()
+    library.load.cache_clear()
     try:
-        with pytest.warns(RuntimeWarning, match="fused C step is off"):
-            assert kernels.library() is None
-        assert not kernels.enabled(torch.zeros(1))
+        with pytest.warns(RuntimeWarning, match="C step is off"):
+            assert library.load() is None
+        assert not library.enabled(torch.zeros(1))
         rnn = HMLSTM(D, 4, 2)
         out, _ = rnn(torch.randn(T, N, D))
         assert torch.isfinite(out.hidden[1]).all()
         assert list(tmp_path.iterdir()) == []  # no half-built library left behind
     finally:
-        kernels.library.cache_clear()
+        library.load.cache_clear()
 
 
 def test_the_library_is_built_once_into_the_cache(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("HMRNN_CACHE", str(tmp_path))
-    kernels.library.cache_clear()
+    library.load.cache_clear()
     try:
-        assert kernels.library() is not None
+        assert library.load() is not None
         built = list(tmp_path.glob("hmlstm_step-*.so"))
         assert len(built) == 1
         stamp = built[0].stat().st_mtime_ns
-        kernels.library.cache_clear()
+        library.load.cache_clear()
         monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))  # not needed again
-        assert kernels.library() is not None
+        assert library.load() is not None
         assert built[0].stat().st_mtime_ns == stamp
     finally:
-        kernels.library.cache_clear()
+        library.load.cache_clear()
 
 
 def test_switched_off_by_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HMRNN_KERNELS", "0")
-    kernels.library.cache_clear()
+    library.load.cache_clear()
     try:
-        assert kernels.library() is None and not kernels.enabled(torch.zeros(1))
+        assert library.load() is None and not library.enabled(torch.zeros(1))
     finally:
-        kernels.library.cache_clear()
+        library.load.cache_clear()
+
+
+@pytest.mark.parametrize("layer_norm", [False, True])
+@pytest.mark.parametrize("mode", ["step", "soft"])
+def test_the_backends_agree_within_float32_rounding(mode: str, layer_norm: bool,
+                                                    calls: Counter[str]) -> None:
+    """``backend="cpu"`` and ``backend="aten"``: the same outputs and gradients, each
+    backend running alone (the C one called at every step, the ATen one never)."""
+    sizes = (5, 6, 4)
+    rnn = wide_hmlstm(D, sizes, mode, layer_norm).float()
+    x = torch.randn(T, N, D).requires_grad_()
+    state = random_state(sizes, N, 1, CPU, torch.float32)
+    with torch.no_grad():
+        weights = [torch.randn_like(v) for v in loop_outputs(rnn, x, state)]
+    results = {}
+    for backend in ("aten", "cpu"):
+        calls.clear()
+        rnn.backend = backend
+        results[backend] = outputs_and_grads(rnn, True, x, state, weights)
+        assert (calls["hm_forward"] == T * len(sizes)) == (backend == "cpu")
+        assert (calls["hm_backward"] == T * len(sizes)) == (backend == "cpu")
+        assert backend == "cpu" or not calls
+    (values_a, grads_a), (values_c, grads_c) = results["aten"], results["cpu"]
+    assert torch.equal(values_a[len(sizes)] == 0, values_c[len(sizes)] == 0)
+    for a, c in zip(values_a, values_c, strict=True):
+        torch.testing.assert_close(c, a, rtol=1e-4, atol=1e-5)
+    for a, c in zip(grads_a, grads_c, strict=True):
+        assert float((a - c).norm() / a.norm().clamp_min(1e-30)) < 1e-4

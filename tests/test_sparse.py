@@ -8,7 +8,6 @@ import pytest
 import torch
 from helpers import wide_hmlstm
 
-import hmrnn.model.loop.fast
 import hmrnn.model.sparse
 from hmrnn.analysis.boundaries import COPY, operations
 from hmrnn.model.hmlstm import HMLSTM
@@ -77,8 +76,6 @@ def test_sparse_forward_computes_only_rows_not_in_copy(
         return pointwise
 
     monkeypatch.setattr(hmrnn.model.sparse, "pointwise", counting(hmrnn.model.sparse.pointwise))
-    fast = hmrnn.model.loop.fast
-    monkeypatch.setattr(fast, "pointwise", counting(fast.pointwise))
     out, _ = sparse_forward(rnn, x)
     ops = np.stack([operations(out.boundary[:, n].cpu().numpy()) for n in range(N)], axis=1)
     not_copy = (ops != COPY).sum(axis=(0, 1))  # (L,)

@@ -39,16 +39,18 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from hmrnn.model.cell import HMLSTMCell
 from hmrnn.model.charlm import CharLM
 from hmrnn.model.hmlstm import HMLSTM
 from hmrnn.model.registry import build_rnn
 from hmrnn.model.sparse import StreamingHMLSTM, copy_share, sparse_forward
+from hmrnn.model.types import RecurrentStack
 
 
 @dataclass
@@ -118,6 +120,13 @@ def bench_model(kind: str, vocab: int, embedding: int, sizes: Sequence[int], out
     return CharLM(vocab, rnn, output).to(device)
 
 
+def _hmlstm(model: CharLM) -> HMLSTM:
+    """The HM-LSTM stack of a benchmark model built with kind ``"hmlstm"``."""
+    if not isinstance(model.rnn, HMLSTM):
+        raise TypeError(f"expected an HM-LSTM model, got {type(model.rnn).__name__}")
+    return model.rnn
+
+
 def training_step(model: CharLM, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor
                   ) -> Callable[[], None]:
     """One step of truncated BPTT on the segment ``x (T, N)`` with targets ``y (T, N)``:
@@ -169,7 +178,7 @@ def bench_train(
     if args.cell_loop:  # the readable reference loop, one cell call per layer and step
         models["HM-LSTM cell loop"] = bench_model("hmlstm", args.vocab, args.embedding, sizes,
                                               hidden, False, device)
-        models["HM-LSTM cell loop"].rnn.fast = False
+        _hmlstm(models["HM-LSTM cell loop"]).fast = False
     gen = torch.Generator().manual_seed(0)
     x = torch.randint(args.vocab, (args.seq_len, batch), generator=gen).to(device)
     y = torch.randint(args.vocab, (args.seq_len, batch), generator=gen).to(device)
@@ -226,7 +235,7 @@ def _inference_models(
         model = bench_model("hmlstm", args.vocab, args.embedding, sizes, args.eval_hidden,
                         args.layer_norm, device)
         with torch.no_grad():  # a what-if: fewer boundaries, more COPY, as training may give
-            for cell in list(model.rnn.layers)[:-1]:
+            for cell in cast("list[HMLSTMCell]", list(_hmlstm(model).layers))[:-1]:
                 cell.bias[-1] += args.boundary_bias
         ids = torch.randint(args.vocab, (args.eval_chars,),
                             generator=torch.Generator().manual_seed(1)).to(device)
@@ -234,7 +243,7 @@ def _inference_models(
                   + (f", boundary detectors' bias shifted by {args.boundary_bias:g}"
                      if args.boundary_bias else ""))
     model.eval()
-    rnn = model.rnn
+    rnn = cast(RecurrentStack, model.rnn)
     reference = bench_model("lstm", model.vocab_size, rnn.input_size, list(rnn.hidden_sizes),
                         model.output.output_size, False, device).eval()
     return model, reference, ids, source
@@ -309,12 +318,13 @@ def bench_inference(args: argparse.Namespace, device: torch.device) -> tuple[lis
 
         def go() -> None:
             state[0] = None
-            before = torch.backends.mkldnn.enabled
-            torch.backends.mkldnn.enabled = onednn
+            mkldnn: Any = torch.backends.mkldnn  # its flags are descriptors, set on the module
+            before = mkldnn.enabled
+            mkldnn.enabled = onednn
             try:
                 run()
             finally:
-                torch.backends.mkldnn.enabled = before
+                mkldnn.enabled = before
         return go
 
     def streaming() -> None:

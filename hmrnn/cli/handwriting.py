@@ -10,25 +10,20 @@
 
 A command that has a checkpoint finds the data where training found it unless ``--data``
 says otherwise. Every user error raises ``DataError``, ``ValueError``,
-``CheckpointError`` or ``FileNotFoundError``, which ``hmrnn``'s main (and :func:`main`
-here, the same commands as ``python -m hmrnn.cli.handwriting``) turns into one line on
-stderr and exit status 2.
+``CheckpointError`` or ``FileNotFoundError``, which ``hmrnn``'s main
+(:func:`hmrnn.cli.main`) turns into one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from hmrnn.cli._common import echo
+
 PAPER_TABLE3 = "paper, Table 3: HM-LSTM 1137, LSTM 1081"
-
-
-def _print(*args: Any) -> None:
-    print(*args, flush=True)
 
 
 def _data_path(args: argparse.Namespace, config: Any) -> str:
@@ -134,9 +129,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     summary = evaluate(model, getattr(data, args.split), args.batch_size,
                        normalizer=normalizer, tolerance=PENUP_TOLERANCE)
     if args.json:
-        _print(json.dumps({"split": args.split, **summary}, indent=2))
+        echo(json.dumps({"split": args.split, **summary}, indent=2))
     else:
-        _print("\n".join(format_evaluation(summary, args.split)))
+        echo("\n".join(format_evaluation(summary, args.split)))
     return 0
 
 
@@ -174,7 +169,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     draw_strokes(normalizer.denormalize(offsets), out, offsets=True, title=title)
-    _print(f"wrote {out}: {title} ({int(new[:, 2].sum())} pen-ups written)")
+    echo(f"wrote {out}: {title} ({int(new[:, 2].sum())} pen-ups written)")
     return 0
 
 
@@ -207,7 +202,7 @@ def cmd_draw(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     if not args.segments:
         draw_strokes(points, out, title=f"{line_id} ({len(points)} points)")
-        _print(f"wrote {out}: line {line_id}, {len(points)} points, "
+        echo(f"wrote {out}: line {line_id}, {len(points)} points, "
                f"{int(points[:, 2].sum())} strokes")
         return 0
     z = offset_boundaries(model, offsets)  # (P, L), read as evaluation reads it
@@ -216,9 +211,9 @@ def cmd_draw(args: argparse.Namespace) -> int:
                          "needs three or more layers")
     segment_figure(points, points[:, 2], z[:, 1], out)
     prf = boundary_agreement(z[:, 1], points[:, 2], tolerance=PENUP_TOLERANCE)
-    _print(f"wrote {out}: line {line_id}, {len(points)} points, {int(points[:, 2].sum())} "
+    echo(f"wrote {out}: line {line_id}, {len(points)} points, {int(points[:, 2].sum())} "
            f"pen-ups, {int(z[:, 1].sum())} layer-2 boundaries")
-    _print(f"layer-2 boundaries against pen-ups (within {PENUP_TOLERANCE} step): precision "
+    echo(f"layer-2 boundaries against pen-ups (within {PENUP_TOLERANCE} step): precision "
            f"{prf.precision:.3f} recall {prf.recall:.3f} F1 {prf.f1:.3f} "
            f"(tp {prf.tp}, fp {prf.fp}, fn {prf.fn})")
     return 0
@@ -295,13 +290,3 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_draw)
     return parser
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``hmrnn handwriting ...`` on its own, with ``hmrnn``'s one-line errors."""
-    from hmrnn.cli import main as hmrnn_main
-
-    return hmrnn_main(["handwriting", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -197,12 +197,12 @@ def _extract(archive: Path, url: str, files: dict[str, ExpectedFile], folder: Pa
             with tarfile.open(archive, "r:*") as tf:
                 members = [m for m in tf.getmembers() if m.isfile()]
                 for filename, expected in files.items():
-                    member = next((m for m in members if _matches(m.name, expected.member)), None)
-                    src = None if member is None else tf.extractfile(member)
-                    if src is None:
+                    info = next((m for m in members if _matches(m.name, expected.member)), None)
+                    stream = None if info is None else tf.extractfile(info)
+                    if stream is None:
                         raise DataError(f"the archive from {url} has no member {expected.member}")
-                    with src, _atomic_file(folder / filename) as dst:
-                        shutil.copyfileobj(src, dst, _CHUNK)
+                    with stream, _atomic_file(folder / filename) as dst:
+                        shutil.copyfileobj(stream, dst, _CHUNK)
     except (zipfile.BadZipFile, tarfile.TarError, EOFError) as e:
         raise DataError(f"the archive downloaded from {url} is damaged: {e}") from None
 

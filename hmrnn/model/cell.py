@@ -70,7 +70,6 @@ class HMLSTMCell(nn.Module):
         self.has_boundary = above_size is not None
         self.layer_norm = layer_norm
         rows = 4 * hidden_size + (1 if self.has_boundary else 0)
-        self.rows = rows
         self.W = nn.Parameter(torch.empty(rows, input_size, **kw))
         self.U = nn.Parameter(torch.empty(rows, hidden_size, **kw))
         self.U_td = (

@@ -6,12 +6,12 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from torch import Tensor, nn
 
 from hmrnn.model.output import GatedOutput
-from hmrnn.model.types import RNNOutput
+from hmrnn.model.types import RecurrentStack, RNNOutput
 
 
 class CharLMOutput(NamedTuple):
@@ -40,9 +40,9 @@ class CharLM(nn.Module):
         if vocab_size < 1:
             raise ValueError(f"vocab_size must be positive, got {vocab_size}")
         self.vocab_size = vocab_size
-        self.embedding = nn.Embedding(vocab_size, rnn.input_size)
+        self.embedding = nn.Embedding(vocab_size, self._stack(rnn).input_size)
         self.rnn = rnn
-        self.output = GatedOutput(rnn.hidden_sizes, output_size)
+        self.output = GatedOutput(self._stack(rnn).hidden_sizes, output_size)
         self.head = nn.Linear(output_size, vocab_size)
 
     def forward(self, x: Tensor, state: Any = None) -> CharLMOutput:
@@ -51,4 +51,8 @@ class CharLM(nn.Module):
         return CharLMOutput(logits, out, state)
 
     def initial_state(self, batch_size: int) -> Any:
-        return self.rnn.initial_state(batch_size)
+        return self._stack(self.rnn).initial_state(batch_size)
+
+    @staticmethod
+    def _stack(rnn: nn.Module) -> RecurrentStack:
+        return cast(RecurrentStack, rnn)

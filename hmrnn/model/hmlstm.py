@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import torch
 from torch import Tensor, nn
 
 from hmrnn.model.cell import HMLSTMCell, LayerState
 from hmrnn.model.functional import BOUNDARY_MODES, slope_schedule
-from hmrnn.model.loop.fast import hmlstm_loop
+from hmrnn.model.loop import check_name, hmlstm_loop
 from hmrnn.model.types import RNNOutput, as_sizes, check_input, factory_kwargs
 
 
@@ -27,9 +27,6 @@ class HMLSTMState(NamedTuple):
     h: tuple[Tensor, ...]
     c: tuple[Tensor, ...]
     z: tuple[Tensor, ...]
-
-    def layer(self, l: int) -> LayerState:
-        return LayerState(self.h[l], self.c[l], self.z[l])
 
 
 class HMLSTM(nn.Module):
@@ -51,13 +48,20 @@ class HMLSTM(nn.Module):
             May be changed after construction, e.g. to evaluate a sampled model with steps.
         layer_norm: layer normalisation as docs/model.md decision 7.
         batch_first: input and output sequences are ``(N, T, *)``; the state never is.
-        fast: run the fused loop of :mod:`hmrnn.model.loop.fast` (one autograd node for the whole
+        fast: run the fast loop of :mod:`hmrnn.model.loop` (one autograd node for the whole
             sequence, hand-written backward; differentiable once) rather than the
             cell-by-cell loop, which is the readable reference. Both compute the same,
             within float rounding; may be changed after construction. Under autocast the
-            fused loop runs in the parameters' dtype (autocast is off inside it, and its
+            fast loop runs in the parameters' dtype (autocast is off inside it, and its
             outputs are in that dtype), while the cell loop follows autocast. For inference
             that skips COPY's work see :mod:`hmrnn.model.sparse`.
+        backend: the fast loop's step backend (:mod:`hmrnn.model.loop.backends`), chosen
+            once per call: ``"auto"`` (default: the C step for float32 on the CPU where it
+            compiled and ``boundary`` is not ``"sample"``, else ATen; ``HMRNN_KERNELS=0``
+            turns the C step off), ``"aten"`` (ATen operations, any device and dtype) or
+            ``"cpu"`` (the C step; float32 on the CPU, not ``"sample"``: a call it cannot
+            serve raises). Any other value raises ``ValueError``. The cell loop
+            (``fast=False``) ignores it; may be changed after construction.
 
     Inputs: ``input, state=None, *, generator=None``
         - input: ``(T, N, input_size)`` (``(N, T, input_size)`` if ``batch_first``).
@@ -98,6 +102,7 @@ class HMLSTM(nn.Module):
         layer_norm: bool = False,
         batch_first: bool = False,
         fast: bool = True,
+        backend: str = "auto",
         device: Any = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -117,6 +122,7 @@ class HMLSTM(nn.Module):
         self.batch_first = batch_first
         self.boundary = boundary
         self.fast = fast
+        self.backend = backend
         kw = factory_kwargs(device, dtype)
         below = (input_size, *sizes[:-1])
         above: tuple[int | None, ...] = (*sizes[1:], None)
@@ -124,10 +130,25 @@ class HMLSTM(nn.Module):
             HMLSTMCell(b, h, a, layer_norm=layer_norm, **kw)
             for b, h, a in zip(below, sizes, above, strict=True)
         )
-        self.register_buffer("slope", torch.tensor(1.0, dtype=self.layers[0].W.dtype,
-                                                    device=self.layers[0].W.device))
+        W = self.cells[0].W
+        self.slope: Tensor
+        self.register_buffer("slope", torch.tensor(1.0, dtype=W.dtype, device=W.device))
         self.slope_value = 1.0  # the buffer's value on the host: reading a GPU's waits for it
         self.register_load_state_dict_post_hook(HMLSTM._slope_loaded)
+
+    @property
+    def backend(self) -> str:
+        """The fast loop's step backend: one of ``BACKENDS`` (see the class docstring)."""
+        return self._backend
+
+    @backend.setter
+    def backend(self, name: str) -> None:
+        self._backend = check_name(name)
+
+    @property
+    def cells(self) -> list[HMLSTMCell]:
+        """The layers, bottom first, typed as cells."""
+        return [cast(HMLSTMCell, cell) for cell in self.layers]
 
     @property
     def boundary(self) -> str:
@@ -148,7 +169,8 @@ class HMLSTM(nn.Module):
 
     @staticmethod
     def _slope_loaded(module: nn.Module, _incompatible: Any) -> None:
-        module.slope_value = float(module.slope)  # type: ignore[arg-type]
+        if isinstance(module, HMLSTM):
+            module.slope_value = float(module.slope)
 
     def anneal_slope(self, epoch: float, rate: float = 0.04, max_slope: float = 5.0) -> float:
         """Set the slope from the paper's schedule
@@ -159,7 +181,7 @@ class HMLSTM(nn.Module):
 
     def initial_state(self, batch_size: int) -> HMLSTMState:
         """Zeros for every ``h``, ``c`` and ``z`` (docs/model.md decision 4)."""
-        p = self.layers[0].W
+        p = self.cells[0].W
         h = tuple(p.new_zeros(batch_size, s) for s in self.hidden_sizes)
         c = tuple(p.new_zeros(batch_size, s) for s in self.hidden_sizes)
         z = tuple(p.new_zeros(batch_size, 1) for _ in self.hidden_sizes)
@@ -185,8 +207,8 @@ class HMLSTM(nn.Module):
                 state = HMLSTMState(*(tuple(t.to(dtype) for t in part) for part in state))
             with torch.autocast(device, enabled=False):
                 hidden, boundary, *last = hmlstm_loop(
-                    list(self.layers), input, state.h, state.c, state.z,  # type: ignore[arg-type]
-                    self.slope_value, self._boundary, generator,
+                    self.cells, input, state.h, state.c, state.z, self.slope_value,
+                    self._boundary, generator, self._backend,
                 )
             state = HMLSTMState(*last)
         else:
@@ -203,7 +225,7 @@ class HMLSTM(nn.Module):
         T, N = input.shape[0], input.shape[1]
         h, c, z = list(state.h), list(state.c), list(state.z)
         L = self.num_layers
-        cells: list[HMLSTMCell] = list(self.layers)  # type: ignore[arg-type]
+        cells = self.cells
         bottom_input = cells[0].bottom_up(input)  # (T, N, R_1): the input is known in advance
         ones = input.new_ones(N, 1)
         hidden_steps: list[list[Tensor]] = [[] for _ in range(L)]

@@ -46,9 +46,3 @@ def build_rnn(
         raise ValueError(f"model.rnn must be one of {', '.join(RNN_KINDS)}, got {kind!r}")
     return build_baseline(name, input_size, sizes, num_layers, device=device, dtype=dtype)
 
-
-def rnn_label(kind: str, layer_norm: bool, boundary: str) -> str:
-    """A short human name, as the paper's Table 1 rows read (e.g. ``LN-HM-LSTM (step)``)."""
-    base = {"hmlstm": "HM-LSTM", "lstm": "LSTM", "cwrnn": "CW-RNN"}.get(kind, kind)
-    label = ("LN-" if layer_norm else "") + base
-    return f"{label} ({boundary})" if kind == "hmlstm" else label

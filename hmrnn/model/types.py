@@ -6,7 +6,7 @@ Shape legend used throughout the package: T time, N batch, L layers, H hidden si
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import torch
 from torch import Tensor
@@ -25,6 +25,18 @@ class RNNOutput(NamedTuple):
 
     hidden: tuple[Tensor, ...]
     boundary: Tensor | None
+
+
+class RecurrentStack(Protocol):
+    """What every recurrent stack of hmrnn (the HM-LSTM, the baselines) offers besides
+    being an ``nn.Module``: its sizes, its zero state, and ``output, state = rnn(x, state)``."""
+
+    input_size: int
+    hidden_sizes: tuple[int, ...]
+
+    def __call__(self, input: Tensor, state: Any = None) -> tuple[RNNOutput, Any]: ...
+
+    def initial_state(self, batch_size: int) -> Any: ...
 
 
 def detach_state(state: Any) -> Any:

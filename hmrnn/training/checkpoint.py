@@ -18,10 +18,12 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
+
+from hmrnn.training.config import Config
 
 FORMAT = "hmrnn"
 VERSION = 1
@@ -74,12 +76,15 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
     return data
 
 
+M = TypeVar("M", bound=nn.Module)
+
+
 def load_model(
     path: str | Path,
     kind: str,
-    build: Callable[[Any, dict[str, Any]], nn.Module],
+    build: Callable[[Config, dict[str, Any]], M],
     device: torch.device | str = "cpu",
-) -> tuple[nn.Module, Any, dict[str, Any]]:
+) -> tuple[M, Config, dict[str, Any]]:
     """Rebuild a trained model of ``kind`` from a checkpoint (file or run folder).
 
     Args:
@@ -92,8 +97,6 @@ def load_model(
     Raises:
         CheckpointError: unreadable, of another kind, or from an incompatible version.
     """
-    from hmrnn.training.config import Config
-
     checkpoint = load_checkpoint(path, map_location=device)
     if checkpoint.get("kind") != kind:
         raise CheckpointError(f"{path} holds a {checkpoint.get('kind')!r} model, not {kind!r}")

@@ -2,8 +2,10 @@
 
 It knows nothing of corpora or of what a batch is: a :class:`Task` supplies the loss of
 global step ``k`` and evaluations; the trainer owns the optimiser (Adam), gradient-norm
-clipping, the learning-rate drop when validation stops improving, slope annealing,
-early stopping, checkpoints (best and last), resume, signals and logging.
+clipping, the learning-rate drop when validation stops improving, early stopping,
+checkpoints (best and last), resume, signals and logging. What is particular to a model
+(e.g. annealing an HM-LSTM's slope) or to its metrics (e.g. warning of collapsed
+boundaries) the task does, through :meth:`Task.on_step` and :meth:`Task.warnings`.
 
 Resume is exact: the data position is a function of the step, and the model, optimiser,
 task state (e.g. the carried recurrent state), trainer counters and RNG states are all in
@@ -25,7 +27,6 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from hmrnn.analysis.boundaries import collapse_warnings
 from hmrnn.training.checkpoint import save_checkpoint
 from hmrnn.training.config import Config
 from hmrnn.training.distributed import DistContext
@@ -73,10 +74,32 @@ class TrainingError(RuntimeError):
 class Task(Protocol):
     """What the trainer needs of a task (character LM, handwriting, ...)."""
 
-    model: nn.Module
-    kind: str  # stored in checkpoints, e.g. "charlm"
-    steps_per_epoch: int
-    symbols_per_step: int  # characters (or points) per step over all processes
+    @property
+    def model(self) -> nn.Module:
+        """The model trained (unwrapped); its parameters are optimised and checkpointed."""
+        ...
+
+    @property
+    def kind(self) -> str:
+        """Stored in checkpoints, e.g. ``"charlm"``."""
+        ...
+
+    @property
+    def steps_per_epoch(self) -> int: ...
+
+    @property
+    def symbols_per_step(self) -> int:
+        """Characters (or points) per step over all processes, for the throughput figure."""
+        ...
+
+    def on_step(self, epoch: float) -> dict[str, float]:
+        """Called before every training step, ``epoch`` = steps done / steps per epoch:
+        adjust the model for it (e.g. anneal a slope) and return numbers to show."""
+        ...
+
+    def warnings(self, metrics: dict[str, Any]) -> list[str]:
+        """Warnings (one line each) that the metrics of an evaluation deserve."""
+        ...
 
     def train_loss(self, model: nn.Module, step: int) -> tuple[Tensor, dict[str, Any]]:
         """Mean training loss of global step ``step`` through ``model`` (maybe DDP-wrapped),
@@ -178,7 +201,7 @@ class Trainer:
         return self.out_dir / "best.pt"
 
     def _payload(self) -> dict[str, Any]:
-        rng = {"torch": torch.get_rng_state()}
+        rng: dict[str, Any] = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
         payload = {
@@ -221,15 +244,6 @@ class Trainer:
     @property
     def lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
-
-    def _anneal_slope(self) -> float | None:
-        rnn = getattr(self.model, "rnn", None)
-        if rnn is None or not hasattr(rnn, "anneal_slope"):
-            return None
-        if self.train_cfg.slope_rate > 0:
-            epoch = self.state.step / self.task.steps_per_epoch
-            return rnn.anneal_slope(epoch, self.train_cfg.slope_rate, self.train_cfg.slope_max)
-        return float(rnn.slope_value)
 
     def _autocast(self) -> Any:
         precision = self.config.run.precision  # not fp32 only on CUDA (checked at init)
@@ -345,7 +359,7 @@ class Trainer:
         try:
             with self._signals():
                 while stopped_by is None:
-                    slope = self._anneal_slope()
+                    hooked = self.task.on_step(self.state.step / self.task.steps_per_epoch)
                     start = time.perf_counter()
                     ok, loss, stats = self._step()
                     self.state.elapsed += time.perf_counter() - start
@@ -364,9 +378,8 @@ class Trainer:
                                 f"loss or gradient (last at step {self.state.step}); the last "
                                 f"good checkpoint is in {self.out_dir}; try a lower train.lr"
                             )
-                    shown = {"loss": loss, **stats, "lr": self.lr, "chars/s": rate.value}
-                    if slope is not None:
-                        shown["slope"] = slope
+                    shown = {"loss": loss, **stats, "lr": self.lr, "chars/s": rate.value,
+                             **hooked}
                     if progress is not None:
                         progress.update(1)
                         progress.set_postfix_str(_format(shown), refresh=False)
@@ -400,7 +413,7 @@ class Trainer:
         if self._writer is not None:
             self._writer.write(split, self.state.step, metrics)
         self.echo(f"step {self.state.step} {split}: {_format(metrics)}")
-        for warning in collapse_warnings(metrics.get("z", []), low=0.02, high=0.98):
+        for warning in self.task.warnings(metrics):
             self.echo(f"warning: {warning}")
 
     def _progress(self) -> Any:

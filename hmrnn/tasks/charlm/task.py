@@ -23,6 +23,7 @@ from hmrnn.data import Corpus, StreamBatcher, Vocab, eval_batches
 from hmrnn.model.charlm import CharLM
 from hmrnn.model.types import detach_state, map_state, state_from_plain, state_to_plain
 from hmrnn.tasks.charlm.build import build_charlm
+from hmrnn.tasks.hooks import anneal_slope, boundary_warnings
 from hmrnn.training.checkpoint import load_model
 from hmrnn.training.config import Config
 from hmrnn.training.distributed import DistContext
@@ -141,6 +142,14 @@ class CharLMTask:
         self._references = {
             split: word_reference(corpus, split) for split in ("valid", "test")
         }
+
+    def on_step(self, epoch: float) -> dict[str, float]:
+        """Anneal an HM-LSTM's slope for ``epoch``; ``{"slope": a}`` to show (else ``{}``)."""
+        return anneal_slope(self.model.rnn, epoch, self.config.train)
+
+    def warnings(self, metrics: dict[str, Any]) -> list[str]:
+        """Layers whose boundary rate has collapsed toward 0 or 1."""
+        return boundary_warnings(metrics)
 
     def train_loss(self, model: nn.Module, step: int) -> tuple[Tensor, dict[str, Any]]:
         k = step % self.steps_per_epoch

@@ -35,7 +35,7 @@ import re
 import tarfile
 import xml.etree.ElementTree as ET
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -414,7 +414,7 @@ class Normalizer:
 
 @dataclass
 class HandwritingData:
-    """The three splits as normalised offset sequences, ready for :func:`batches`.
+    """The three splits as normalised offset sequences, ready for :func:`pad_batch`.
 
     Attributes:
         train, valid, test: float32 arrays ``(T_i - 1, 3)`` of normalised offsets.
@@ -456,38 +456,6 @@ def build_splits(
     return HandwritingData(train, valid, test, normalizer, train_ids, valid_ids, test_ids)
 
 
-def load_iamondb(
-    path: str | Path,
-    *,
-    sizes: Sequence[int] = PAPER_SPLIT_SIZES,
-    min_length: int = MIN_LENGTH,
-    seed: int = SPLIT_SEED,
-) -> HandwritingData:
-    """Load IAM-OnDB with the paper's selection and split (section 4.2).
-
-    Args:
-        path: ``iamondb_lines.npz``, the raw ``iamondb_lineStrokes_ascii.tar.xz``, or a
-            folder holding either (the npz is preferred: it loads in about a second).
-
-    Example::
-
-        >>> data = load_iamondb("../shared/data/handwriting")
-        >>> len(data.train), len(data.valid), len(data.test)
-        (10465, 581, 582)
-
-    Raises:
-        HandwritingDataError (a ``ValueError``): if the file is missing or malformed, or
-            the number of kept lines does not match ``sizes``.
-    """
-    ids, lines = read_lines(path)
-    try:
-        return build_splits(ids, lines, sizes, min_length=min_length, seed=seed)
-    except HandwritingDataError:
-        raise
-    except ValueError as error:
-        raise HandwritingDataError(f"{path}: {error}") from error
-
-
 # ------------------------------------------------------------------------------ batching
 
 
@@ -519,35 +487,3 @@ def pad_batch(seqs: Sequence[np.ndarray | Tensor]) -> tuple[Tensor, Tensor, Tens
         targets[:t, n] = s[1:]
         mask[:t, n] = True
     return inputs, targets, mask
-
-
-def batches(
-    seqs: Sequence[np.ndarray | Tensor],
-    batch_size: int,
-    generator: torch.Generator | None = None,
-    *,
-    drop_last: bool = False,
-) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
-    """One pass over ``seqs`` in batches of :func:`pad_batch` triples.
-
-    Args:
-        seqs: offset sequences ``(T_n, 3)``.
-        batch_size: sequences per batch (the paper uses 32).
-        generator: shuffles the order when given (a fresh permutation per call);
-            ``None`` keeps the given order.
-        drop_last: skip a last batch smaller than ``batch_size``.
-
-    Yields:
-        ``(inputs (T, N, 3), targets (T, N, 3), mask (T, N))``.
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size}")
-    if generator is None:
-        order = list(range(len(seqs)))
-    else:
-        order = torch.randperm(len(seqs), generator=generator).tolist()
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
-        if drop_last and len(chunk) < batch_size:
-            return
-        yield pad_batch([seqs[i] for i in chunk])

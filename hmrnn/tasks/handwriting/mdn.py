@@ -122,8 +122,10 @@ class MixtureDensityHead(nn.Module):
     def forward(self, embedding: Tensor) -> MixtureParams:
         out = self.proj(embedding)  # (..., 6K + 1)
         K = self.num_components
-        chunks = out[..., : 6 * K].split(K, dim=-1)  # 6 x (..., K)
-        return MixtureParams(*chunks, out[..., 6 * K])
+        pi_hat, mu_x, mu_y, sigma_hat_x, sigma_hat_y, rho_hat = out[..., : 6 * K].split(
+            K, dim=-1)  # 6 x (..., K)
+        return MixtureParams(
+            pi_hat, mu_x, mu_y, sigma_hat_x, sigma_hat_y, rho_hat, out[..., 6 * K])
 
 
 def _log_one_minus_rho2(rho_hat: Tensor) -> Tensor:

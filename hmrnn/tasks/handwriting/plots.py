@@ -63,10 +63,10 @@ def _check_flags(flags: Any, steps: int, name: str) -> np.ndarray:
     return a > 0.5
 
 
-def _segments(xy: np.ndarray, pen_up: np.ndarray) -> np.ndarray:
-    """Line pieces ``(M, 2, 2)`` from point t to t + 1 for every t with the pen down."""
+def _segments(xy: np.ndarray, pen_up: np.ndarray) -> list[np.ndarray]:
+    """Line pieces, each ``(2, 2)``, from point t to t + 1 for every t with the pen down."""
     keep = ~pen_up[:-1]
-    return np.stack([xy[:-1][keep], xy[1:][keep]], axis=1)
+    return list(np.stack([xy[:-1][keep], xy[1:][keep]], axis=1))
 
 
 def _single_points(pen_up: np.ndarray) -> np.ndarray:
@@ -174,7 +174,8 @@ def segment_figure(
     xy = _check_points(points)[:, :2]
     pen = _check_flags(pen_up, len(xy), "pen_up")
     z = _check_flags(boundary_layer2, len(xy), "boundary_layer2")
-    palette = colormaps["tab10"].colors
+    tab10 = colormaps["tab10"]  # qualitative: tab10(i) is its i-th colour (RGBA)
+    palette = [tab10(i) for i in range(tab10.N)]
     fig = _new_figure(xy, 2)
     rows = (("segments ended by pen-ups", pen), ("segments ended by z^2 = 1", z))
     for ax, (label, ends) in zip(fig.subplots(2, 1), rows, strict=True):

@@ -63,6 +63,7 @@ from hmrnn.tasks.handwriting.model import (
     build_handwriting_model,
     evaluation_totals,
 )
+from hmrnn.tasks.hooks import anneal_slope, boundary_warnings
 from hmrnn.training.checkpoint import CheckpointError, load_model
 from hmrnn.training.config import Config
 from hmrnn.training.distributed import DistContext
@@ -268,6 +269,14 @@ class HandwritingTask:
         return pad_batch([self.data.train[i][starts[i] :][:window] for i in lines])
 
     # -- the Task protocol -------------------------------------------------------------
+
+    def on_step(self, epoch: float) -> dict[str, float]:
+        """Anneal an HM-LSTM's slope for ``epoch``; ``{"slope": a}`` to show (else ``{}``)."""
+        return anneal_slope(self.model.rnn, epoch, self.config.train)
+
+    def warnings(self, metrics: dict[str, Any]) -> list[str]:
+        """Layers whose boundary rate has collapsed toward 0 or 1."""
+        return boundary_warnings(metrics)
 
     def train_loss(self, model: nn.Module, step: int) -> tuple[Tensor, dict[str, Any]]:
         dtype = next(self.model.parameters()).dtype

@@ -1,18 +1,19 @@
-"""The HM-LSTM step's element-wise work fused in C, for float32 on the CPU.
+"""The C step's library: ``csrc/hmlstm_step.c`` compiled, loaded and called.
 
-:mod:`hmrnn.model.loop.fast` runs a layer's step as a few matrix products and, between them, some
-twenty element-wise ATen operations forward and forty backward, each of which costs more
-in dispatch than in arithmetic at the sizes of the paper. ``csrc/hmlstm_step.c`` does that
+The loop runs a layer's step as a few matrix products and, between them, some twenty
+element-wise ATen operations forward and forty backward, each of which costs more in
+dispatch than in arithmetic at the sizes of the paper. ``csrc/hmlstm_step.c`` does that
 element-wise work in one pass per step and row: the gates, Eq. 2-3 and 8-10, the layer
 norms, and both halves of the backward step. It is compiled with the system's C compiler
-on first use (cached under ``$HMRNN_CACHE``, else
-``$XDG_CACHE_HOME/hmrnn``, else ``~/.cache/hmrnn``) and called through :mod:`ctypes`;
-every function takes one struct of pointers, which :class:`Kernel` packs.
+on first use (cached under ``$HMRNN_CACHE``, else ``$XDG_CACHE_HOME/hmrnn``, else
+``~/.cache/hmrnn``) and called through :mod:`ctypes`; every function takes one struct of
+pointers, which :class:`Kernel` packs.
 
-Without a C compiler, or with ``HMRNN_KERNELS=0``, :func:`enabled` is False and
-:mod:`hmrnn.model.loop.fast` runs the same step in ATen operations: the two paths compute the same
-functions (tested to float rounding in ``tests/test_kernels.py``); the C path's exp and
-tanh are Cephes' polynomials, not ATen's, so the two round apart in the last bits.
+Without a C compiler, or with ``HMRNN_KERNELS=0``, :func:`load` gives None,
+:func:`enabled` is False and ``backend="auto"`` runs the same step in ATen operations
+(:mod:`hmrnn.model.loop.backends.aten`): the two compute the same functions (tested to
+float rounding in ``tests/test_kernels.py``); the C step's exp and tanh are Cephes'
+polynomials, not ATen's, so the two round apart in the last bits.
 """
 
 from __future__ import annotations
@@ -99,8 +100,8 @@ def _compile() -> ctypes.CDLL | None:
         return _unavailable(f"it did not compile: {detail.decode(errors='replace').strip()[:300]}")
 
 
-def _unavailable(why: str) -> None:
-    warnings.warn(f"hmrnn: the fused C step is off, so the HM-LSTM's CPU loop runs in ATen "
+def _unavailable(why: str) -> ctypes.CDLL | None:
+    warnings.warn(f"hmrnn: the C step is off, so the HM-LSTM's CPU loop runs in ATen "
                   f"operations, slower: {why}", RuntimeWarning, stacklevel=4)
     return None
 
@@ -133,7 +134,7 @@ class Kernel:
         size = ctypes.c_int64.in_dll(lib, f"{name}_size").value
         if size != self._struct.size:
             raise RuntimeError(f"{SOURCE.name}'s {name} takes a struct of {size} bytes, but "
-                               f"kernels.py packs {self._struct.size}: the two disagree")
+                               f"library.py packs {self._struct.size}: the two disagree")
         self._layout = layout
         self._fn = getattr(lib, name)
         self._fn.argtypes = [ctypes.c_void_p, ctypes.c_int64]
@@ -144,33 +145,43 @@ class Kernel:
         steps: list[int] = []
         for kind, v in zip(self._layout, fields, strict=True):
             if kind == "m":
-                pointer, rows, step = _matrix(v)  # type: ignore[arg-type]
+                if not (v is None or isinstance(v, Tensor)):
+                    raise TypeError(f"a matrix field takes a tensor or None, got {v!r}")
+                pointer, rows, step = _matrix(v)
                 values += (pointer, rows)
                 steps.append(step)
             else:
-                values.append(v)  # type: ignore[arg-type]
+                if not isinstance(v, (int, float)):
+                    raise TypeError(f"a scalar field takes a number, got {v!r}")
+                values.append(v)
         buffer = ctypes.create_string_buffer(self._struct.size)
         self._struct.pack_into(buffer, 0, *values, *steps)
         return buffer
 
     def bind(self, *fields: int | float | Tensor | None) -> Callable[[int], None]:
         """The kernel on ``fields`` as ``step(t)``, which keeps them alive."""
-        buffer = self._pack(fields)
-        address, fn = ctypes.addressof(buffer), self._fn
-
-        def step(t: int) -> None:
-            fn(address, t)
-
-        step.keep = (buffer, fields)  # type: ignore[attr-defined]  (what the struct points at)
-        return step
+        return _Bound(self._fn, self._pack(fields), fields)
 
     def __call__(self, *fields: int | float | Tensor | None) -> None:
         buffer = self._pack(fields)
         self._fn(ctypes.addressof(buffer), 0)
 
 
+class _Bound:
+    """A kernel bound to its packed struct: ``step(t)``. Keeps the struct and the tensors
+    it points at alive."""
+
+    def __init__(self, fn: Callable[[int, int], None], buffer: ctypes.Array,
+                 fields: tuple[int | float | Tensor | None, ...]) -> None:
+        self._fn, self._address = fn, ctypes.addressof(buffer)
+        self.keep = (buffer, fields)
+
+    def __call__(self, t: int) -> None:
+        self._fn(self._address, t)
+
+
 @cache
-def library() -> dict[str, Kernel] | None:
+def load() -> dict[str, Kernel] | None:
     """Every kernel by name, or None where the library cannot be built or is switched off."""
     if os.environ.get("HMRNN_KERNELS", "1") == "0":
         return None
@@ -179,5 +190,5 @@ def library() -> dict[str, Kernel] | None:
 
 
 def enabled(like: Tensor) -> bool:
-    """Whether the fused step serves tensors like ``like`` (float32 on the CPU)."""
-    return like.device.type == "cpu" and like.dtype == torch.float32 and library() is not None
+    """Whether the C step serves tensors like ``like`` (float32 on the CPU, built here)."""
+    return like.device.type == "cpu" and like.dtype == torch.float32 and load() is not None

@@ -1,11 +1,13 @@
-/* One HM-LSTM layer's step, fused: the element-wise work of hmrnn/fast.py in one pass.
+/* One HM-LSTM layer's step: its element-wise work in one pass (the C step backend).
  *
- * hmrnn/kernels.py compiles this file on first use (float32, CPU) and calls it through
- * ctypes; every function takes one struct of pointers, laid out as kernels.py packs it,
- * and a step t. The matrix products stay in torch. Each function reads and writes exactly
- * what the Python step it replaces does (hmrnn/fast.py: preactivation's input and layer
- * norms, pointwise, the first half of one run_backward step, and its second half), so
- * the two paths share every buffer.
+ * library.py (hmrnn/model/loop/backends/cpu) compiles this file on first use (float32,
+ * CPU) and calls it through ctypes; every function takes one struct of pointers, laid
+ * out as library.py packs it, and a step t. The matrix products stay in torch, in the
+ * loop drivers (hmrnn/model/loop/forward.py, backward.py). Each function has an ATen twin
+ * of the same name and fields (hmrnn/model/loop/backends/aten.py) that reads and writes
+ * exactly the same buffers: hm_gather the fused product's input, hm_terms_forward the
+ * layer-normalised terms, hm_forward the rest of the forward step, hm_backward the first
+ * half of a backward step, hm_spread and hm_terms_backward its second half.
  *
  * A matrix argument is an M2: the first row's address and the distance between rows,
  * in floats; a row's elements are adjacent. An (M, 1) column is an M2 too, and so is a
@@ -13,7 +15,7 @@
  * M2 fields of a struct come one after the other, and the struct ends with one step
  * stride per M2 field: at step t each pointer moves on by t times its stride, so that a
  * struct packed once serves every step of a sequence. Each function's struct size is
- * exported as <function>_size, which kernels.py checks against the layout it packs.
+ * exported as <function>_size, which library.py checks against the layout it packs.
  */
 #include <math.h>
 #include <stdint.h>
@@ -90,7 +92,7 @@ static inline void hm_ln_backward(const float *gy, const float *x, float mean, f
         dx[j] = rstd * (gy[j] * w[j] - ma - (x[j] - mean) * rstd * mb);
 }
 
-/* The per-row mixing coefficients of Eq. 2-3 (hmrnn/fast.py: pointwise). */
+/* The per-row mixing coefficients of Eq. 2-3 (aten.py: _mix). */
 typedef struct {
     float not_prev, update, copy, not_copy;
 } Mix;
@@ -110,7 +112,7 @@ static inline Mix hm_mix(float z_prev, const M2 *z_below, int64_t n) {
     return m;
 }
 
-/* ---- forward: gates, Eq. 2-3, Eq. 8-10 (fast.pointwise) ---- */
+/* ---- forward: gates, Eq. 2-3, Eq. 8-10 ---- */
 #define FORWARD_M2 16
 typedef struct {
     int64_t N, H, has_z, soft;
@@ -119,7 +121,7 @@ typedef struct {
     double slope, eps;
     int64_t ts[FORWARD_M2];
 } Forward;
-const int64_t hm_forward_size = sizeof(Forward); /* checked by kernels.py */
+const int64_t hm_forward_size = sizeof(Forward); /* checked by library.py */
 
 void hm_forward(const Forward *arg, int64_t t) {
     AT_STEP(Forward, arg, act, FORWARD_M2, t);
@@ -176,7 +178,7 @@ void hm_forward(const Forward *arg, int64_t t) {
     }
 }
 
-/* ---- the layer-normalised terms of s (fast.preactivation with layer norm) ----
+/* ---- the layer-normalised terms of s ----
  * act = base + LN_rec(proj_U) + z_below LN_bu(proj_W) + z_prev LN_td(proj_td) */
 typedef struct {
     M2 proj, stats, w, b;
@@ -190,7 +192,7 @@ typedef struct {
     double eps;
     int64_t ts[TERMS_FORWARD_M2];
 } TermsForward;
-const int64_t hm_terms_forward_size = sizeof(TermsForward); /* checked by kernels.py */
+const int64_t hm_terms_forward_size = sizeof(TermsForward); /* checked by library.py */
 
 static inline void hm_add_normed(const Term *t, int64_t n, int64_t R, double eps, float gate,
                                  float *out) {
@@ -217,7 +219,7 @@ void hm_terms_forward(const TermsForward *arg, int64_t t) {
 }
 
 /* ---- backward, first half: from dL/dh, dL/dc, dL/dz of the step to dL/ds ----
- * (run_backward up to the products with the weights) */
+ * (a backward step up to the products with the weights) */
 #define BACKWARD_M2 20
 typedef struct {
     int64_t N, H, has_z;
@@ -227,7 +229,7 @@ typedef struct {
     double half_slope;
     int64_t ts[BACKWARD_M2];
 } Backward;
-const int64_t hm_backward_size = sizeof(Backward); /* checked by kernels.py */
+const int64_t hm_backward_size = sizeof(Backward); /* checked by library.py */
 
 void hm_backward(const Backward *arg, int64_t t) {
     AT_STEP(Backward, arg, act, BACKWARD_M2, t);
@@ -311,7 +313,7 @@ typedef struct {
         gz_acc_below;
     int64_t ts[SPREAD_M2];
 } Spread;
-const int64_t hm_spread_size = sizeof(Spread); /* checked by kernels.py */
+const int64_t hm_spread_size = sizeof(Spread); /* checked by library.py */
 
 static inline void hm_spread_gated(const float *g, const float *h, float gate, int64_t D,
                                    float *gh_acc, float *gz_acc) {
@@ -354,7 +356,7 @@ typedef struct {
     TermGrad rec, td, bu;
     int64_t ts[TERMS_BACKWARD_M2];
 } TermsBackward;
-const int64_t hm_terms_backward_size = sizeof(TermsBackward); /* checked by kernels.py */
+const int64_t hm_terms_backward_size = sizeof(TermsBackward); /* checked by library.py */
 
 static inline void hm_term_backward(const TermGrad *t, const float *gs, int64_t n, int64_t R,
                                     float gate, float *gz_acc) {
@@ -384,7 +386,7 @@ void hm_terms_backward(const TermsBackward *arg, int64_t t) {
     }
 }
 
-/* ---- the fused product's input (fast.preactivation without layer norm) ----
+/* ---- the fused product's input (without layer norm) ----
  * x = [h_prev | z_prev h_above | z_below h_below] */
 #define GATHER_M2 6
 typedef struct {
@@ -392,7 +394,7 @@ typedef struct {
     M2 x, h_prev, h_above, z_prev, h_below, z_below;
     int64_t ts[GATHER_M2];
 } Gather;
-const int64_t hm_gather_size = sizeof(Gather); /* checked by kernels.py */
+const int64_t hm_gather_size = sizeof(Gather); /* checked by library.py */
 
 void hm_gather(const Gather *arg, int64_t t) {
     AT_STEP(Gather, arg, x, GATHER_M2, t);

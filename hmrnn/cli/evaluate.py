@@ -1,0 +1,92 @@
+"""``hmrnn eval``: bits per character of a checkpoint on a corpus split or a text file,
+with its boundary rates, computation saved and segmentation scores."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from hmrnn.cli._common import echo, text_ids
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Score a checkpoint; print one report (``--json``: as JSON)."""
+    import torch
+
+    from hmrnn.analysis.boundaries import computation_summary, format_scores, segmentation_scores
+    from hmrnn.data import DataError, load_corpus
+    from hmrnn.tasks.charlm.task import evaluate_lm, load_charlm
+    from hmrnn.training.config import load_config
+
+    torch.manual_seed(0)
+    model, vocab, config, _ = load_charlm(args.checkpoint)
+    if args.boundary:
+        if not hasattr(model.rnn, "boundary"):
+            raise ValueError("--boundary only applies to HM-LSTM models")
+        model.rnn.boundary = args.boundary
+    refs = None
+    if args.file:
+        text, ids = text_ids(vocab, args)
+        where = args.file
+    else:
+        data = load_config(None, {}).data if args.corpus else config.data
+        name = args.corpus or data.corpus
+        options: dict[str, Any] = {}
+        if name == "synthetic":
+            options = {"train_chars": data.synthetic_chars, "valid_chars":
+                       data.synthetic_chars // 10, "test_chars": data.synthetic_chars // 10,
+                       "seed": data.seed, "spaces": data.spaces}
+        corpus = load_corpus(name, args.data_dir or data.data_dir or None, **options)
+        if corpus.vocab != vocab:
+            missing = set(corpus.vocab.symbols) - set(vocab.symbols)
+            if missing:
+                raise DataError(f"corpus {name!r} has characters the model never saw: "
+                                f"{sorted(missing)[:10]}")
+            ids = vocab.encode(corpus.vocab.decode(corpus.splits[args.split]))
+        else:
+            ids = corpus.splits[args.split]
+        text = vocab.decode(ids)
+        where = f"{name} {args.split}"
+        if corpus.boundaries is not None:
+            refs = {k: v[:-1] for k, v in corpus.boundaries[args.split].items()}
+    if len(ids) < 2:
+        raise DataError(f"{where} is too short: at least 2 characters are needed to score one")
+    result = evaluate_lm(model, ids, batch_size=args.batch_size, seq_len=config.train.seq_len)
+    report: dict[str, Any] = {"data": where, "chars": result.chars, "bpc": result.bpc,
+                              "nll_nats": result.nll}
+    lines = [f"{where}: {result.bpc:.4f} bits per character over {result.chars:,} characters"]
+    if result.boundary is not None:
+        rates = result.boundary_rates()
+        report["boundary_rates"] = rates
+        lines.append("boundary rates: " + " ".join(
+            f"layer{l + 1}={r:.3f}" for l, r in enumerate(rates)))
+        z = result.boundary > 0.5
+        computation = computation_summary(z)
+        report["computation"] = computation
+        lines.append(f"layer updates: {computation['total_updates']:,} against "
+                     f"{computation['stacked_rnn_updates']:,} for a standard stacked RNN "
+                     f"({computation['saved_fraction']:.1%} saved)")
+        scores = segmentation_scores(z, text[:-1], refs)
+        report["segmentation"] = scores
+        lines.append(format_scores(scores))
+    echo(json.dumps(report, indent=2) if args.json else "\n".join(lines))
+    return 0
+
+
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    """Register ``eval`` on ``hmrnn``'s subparsers."""
+    p = sub.add_parser("eval", help="bits per character of a checkpoint on a split or a file")
+    p.add_argument("checkpoint", help="a checkpoint file or a run folder (uses its last.pt)")
+    p.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    p.add_argument("--file", help="score this UTF-8 text file instead of a corpus split")
+    p.add_argument("--ptb-format", action="store_true",
+                   help="the file is space-separated symbols, one line per sentence (as PTB)")
+    p.add_argument("--corpus", help="corpus name (default: the one the model was trained on)")
+    p.add_argument("--data-dir", help="folder holding the corpus files")
+    p.add_argument("--batch-size", type=int, default=64, help="parallel evaluation streams")
+    p.add_argument("--boundary", choices=["step", "sample", "soft"],
+                   help="evaluate an HM-LSTM with this boundary mode instead of its own")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.set_defaults(func=cmd_eval)
+    return p

@@ -1,0 +1,97 @@
+"""``hmrnn train``: train a character model, then report on the test split."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train a character model with the generic trainer, then report on the test split."""
+    from hmrnn.data import Vocab, load_corpus
+    from hmrnn.tasks.charlm.build import build_charlm
+    from hmrnn.tasks.charlm.task import CharLMTask
+    from hmrnn.training.session import run_training
+
+    def make_task(config: Any, checkpoint: Any, context: Any, say: Any) -> CharLMTask:
+        data = config.data
+        corpus = load_corpus(
+            data.corpus, data.data_dir or None, cache_dir=data.cache_dir or None,
+            download=data.download,
+            **({"fractions": data.fractions} if data.corpus not in ("synthetic", "ptb") else {}),
+            **({"train_chars": data.synthetic_chars, "valid_chars": data.synthetic_chars // 10,
+                "test_chars": data.synthetic_chars // 10, "seed": data.seed,
+                "spaces": data.spaces} if data.corpus == "synthetic" else {}),
+        )
+        if checkpoint is not None and Vocab.from_list(checkpoint["vocab"]) != corpus.vocab:
+            raise ValueError("--resume: the corpus's vocabulary differs from the checkpoint's")
+        model = build_charlm(config.model, len(corpus.vocab)).to(context.device)
+        say(f"model: {sum(p.numel() for p in model.parameters()):,} parameters, "
+            f"vocabulary {len(corpus.vocab)}, device {context.device}, "
+            f"{context.world_size} process(es)")
+        return CharLMTask(model, corpus, config, context)
+
+    def report(trainer: Any, task: Any, say: Any) -> None:
+        _final_report(trainer, task.corpus, say)
+
+    return run_training(args.config, args.overrides, kind="charlm", resume=args.resume,
+                        make_task=make_task, report=None if args.no_report else report)
+
+
+def _final_report(trainer: Any, corpus: Any, say: Any) -> None:
+    """Test BPC of the best model, its boundaries against true word ends, and a sample."""
+    import torch
+
+    from hmrnn.analysis.boundaries import collapse_warnings, format_scores, segmentation_scores
+    from hmrnn.tasks.charlm.task import evaluate_lm, sample_text
+    from hmrnn.training.checkpoint import load_checkpoint
+
+    context = trainer.context
+    if context.broadcast_flag(trainer.best_path.exists()):
+        if context.is_main:
+            trainer.model.load_state_dict(load_checkpoint(trainer.best_path)["model"])
+        context.broadcast_module(trainer.model)  # other nodes may not see run.out_dir
+    cfg = trainer.config.train
+    device = context.device
+    result = evaluate_lm(trainer.model, corpus.splits["test"], batch_size=cfg.eval_batch_size,
+                         seq_len=cfg.seq_len, device=device, context=context)
+    say(f"test: {result.bpc:.4f} bits per character over {result.chars:,} characters "
+        f"(best checkpoint)")
+    if result.boundary is not None and context.is_main:  # the whole split's, on every rank
+        say("boundary rates: " + " ".join(
+            f"layer{l + 1}={r:.3f}" for l, r in enumerate(result.boundary_rates())))
+        z = result.boundary > 0.5
+        if corpus.boundaries is not None:  # the synthetic corpus's true word and phrase ends
+            truth = corpus.boundaries["test"]
+            scores = segmentation_scores(z, None, {k: truth[k][:-1] for k in ("word", "phrase")})
+        else:
+            scores = segmentation_scores(z, corpus.vocab.decode(corpus.splits["test"][:-1]))
+        say("boundaries against the true segmentation (test split; tol1 allows one step):")
+        say(format_scores(scores))
+        for warning in collapse_warnings(result.boundary_rates(), low=0.02, high=0.98):
+            say(f"warning: {warning}")
+    if context.is_main:
+        say("sample:")
+        text = "".join(sample_text(trainer.model, corpus.vocab, length=300, device=device,
+                                   generator=torch.Generator().manual_seed(0)))
+        say(text)
+        say(f"checkpoints: {trainer.best_path} (best), {trainer.last_path} (last)")
+
+
+
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    """Register ``train`` on ``hmrnn``'s subparsers."""
+    p = sub.add_parser(
+        "train", help="train a character model (default: the embedded synthetic corpus)",
+        description="Train a character-level model. Any config field can be overridden as "
+                    "section.field=value (e.g. train.lr=0.001 model.rnn=lstm).",
+    )
+    p.add_argument("--config", help="a config name from configs/ (e.g. ptb) or a .toml path")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in run.out_dir from its last checkpoint")
+    p.add_argument("--no-report", action="store_true",
+                   help="skip the final test evaluation and sample")
+    p.add_argument("overrides", nargs="*", metavar="section.field=value",
+                   help="config overrides, e.g. train.max_minutes=30 data.corpus=ptb")
+    p.set_defaults(func=cmd_train)
+    return p
