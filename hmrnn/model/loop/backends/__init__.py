@@ -10,10 +10,16 @@ shared by every backend. The backends:
 
 - ``"aten"`` (:mod:`.aten`): ATen operations; any device and dtype, every boundary mode;
 - ``"cpu"`` (:mod:`.cpu`): the C step, compiled on first use, for float32 on the CPU; not
-  for ``"sample"`` boundaries (they draw from torch's generator).
+  for ``"sample"`` boundaries (they draw from torch's generator);
+- ``"triton"`` (:mod:`.triton`): fused Triton kernels for float32 on a CUDA GPU (the
+  optional ``gpu`` extra installs triton); not for ``"sample"`` boundaries. Where its
+  kernels run in Triton's interpreter (``TRITON_INTERPRET=1`` when it is first imported)
+  it takes CPU tensors too: that is how it is tested without a GPU.
 
-``"auto"`` (:func:`select`) is the C step where it serves, else ATen. A new backend (a
-GPU one, say) is one more module implementing :class:`Backend`, and one more name here.
+``"auto"`` (:func:`select`) is the Triton step for float32 on a CUDA GPU where triton
+imports and ``HMRNN_TRITON=1`` (opt-in until it has run on a GPU), the C step where it
+serves, else ATen. A new backend is one more module
+implementing :class:`Backend`, and one more name here.
 
 Shape legend: M rows, H hidden size of the layer, Ha / Hb of the layer above / below,
 R = 4H + 1 gate rows (4H in the top layer), K = H + Ha + Hb.
@@ -21,14 +27,19 @@ R = 4H + 1 gate rows (4H in the top layer), K = H + Ha + Hb.
 
 from __future__ import annotations
 
+import os
+from functools import cache
+from types import ModuleType
+
 import torch
 from torch import Tensor
 
 from hmrnn.model.loop.backends.interface import Backend, Step, Term, TermGrad
 
-__all__ = ["BACKENDS", "Backend", "Step", "Term", "TermGrad", "check_name", "cpu_serves", "select"]
+__all__ = ["BACKENDS", "Backend", "Step", "Term", "TermGrad", "check_name", "cpu_serves", "select",
+           "triton_serves"]
 
-BACKENDS = ("auto", "aten", "cpu")
+BACKENDS = ("auto", "aten", "cpu", "triton")
 
 
 def cpu_serves(like: Tensor) -> bool:
@@ -36,6 +47,24 @@ def cpu_serves(like: Tensor) -> bool:
     from hmrnn.model.loop.backends.cpu import library
 
     return library.enabled(like)
+
+
+@cache
+def _triton() -> ModuleType | None:
+    """The Triton step's module, or None where triton does not import (or is broken)."""
+    try:
+        import hmrnn.model.loop.backends.triton as module
+    except Exception:  # an ImportError, or whatever a broken triton install raises
+        return None
+    return module
+
+
+def triton_serves(like: Tensor) -> bool:
+    """Whether ``"auto"`` takes the Triton step for tensors like ``like``: float32 on a CUDA
+    device, triton importable, and switched on with ``HMRNN_TRITON=1``. Opt-in until the
+    kernels have been checked on a GPU (so far only in Triton's interpreter)."""
+    return (like.device.type == "cuda" and like.dtype == torch.float32
+            and os.environ.get("HMRNN_TRITON", "0") == "1" and _triton() is not None)
 
 
 def check_name(name: str) -> str:
@@ -48,19 +77,25 @@ def check_name(name: str) -> str:
 def select(name: str, like: Tensor, boundary: str) -> Backend:
     """The backend ``name`` for steps on tensors like ``like`` with boundaries ``boundary``.
 
-    ``"auto"``: the C step (``"cpu"``) for float32 on the CPU where it compiled (not with
-    ``HMRNN_KERNELS=0``) and ``boundary != "sample"``, else ATen. ``"cpu"`` where it
-    cannot serve raises ``ValueError`` (``"sample"`` boundaries, another device or
-    dtype) or ``RuntimeError`` (no library here).
+    ``"auto"``, where ``boundary != "sample"``: the Triton step for float32 on a CUDA
+    device where triton imports and ``HMRNN_TRITON=1`` (opt-in); the C step (``"cpu"``) for
+    float32 on the CPU where it compiled (not with ``HMRNN_KERNELS=0``); else ATen.
+    ``"cpu"`` or ``"triton"`` where it cannot serve raises ``ValueError`` (``"sample"``
+    boundaries, another device or dtype) or ``RuntimeError`` (no library, or no triton,
+    here). ``"triton"`` takes CPU tensors where its kernels run in Triton's interpreter.
     """
     import hmrnn.model.loop.backends.aten as aten
     import hmrnn.model.loop.backends.cpu as cpu
 
     check_name(name)
     if name == "auto":
+        if boundary != "sample" and triton_serves(like):
+            return _triton() or aten
         return cpu if boundary != "sample" and cpu_serves(like) else aten
     if name == "aten":
         return aten
+    if name == "triton":
+        return _select_triton(like, boundary)
     if boundary == "sample":
         raise ValueError('backend="cpu" cannot draw boundary="sample" (torch\'s generator '
                          'draws them): use backend="aten" or "auto"')
@@ -71,3 +106,20 @@ def select(name: str, like: Tensor, boundary: str) -> Backend:
         raise RuntimeError('backend="cpu": the C step is not available here (no compiler, '
                            "or HMRNN_KERNELS=0)")
     return cpu
+
+
+def _select_triton(like: Tensor, boundary: str) -> Backend:
+    """``select("triton", ...)``: the Triton step, or why it cannot serve."""
+    if boundary == "sample":
+        raise ValueError('backend="triton" cannot draw boundary="sample" (torch\'s generator '
+                         'draws them): use backend="aten" or "auto"')
+    module = _triton()
+    if module is None:
+        raise RuntimeError('backend="triton": triton is not installed here (pip install '
+                           "'hmrnn[gpu]', or triton>=3)")
+    interpreted = bool(module.INTERPRET)
+    if like.dtype != torch.float32 or (like.device.type != "cuda" and not interpreted):
+        raise ValueError(f'backend="triton" runs float32 on a CUDA device (or on the CPU in '
+                         f"Triton's interpreter, TRITON_INTERPRET=1), got {like.dtype} on "
+                         f"{like.device}")
+    return module
