@@ -83,6 +83,30 @@ def _worker(rank: int, port: int, folder: str) -> None:
         teardown(context)
 
 
+def _failing_worker(rank: int, port: int, folder: str) -> None:
+    """Rank 1 raises in step 3 of training, while rank 0 goes on into DDP's all-reduce."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    context = setup("cpu")
+    try:
+        trainer = _trainer(Path(folder), "fail", context, **{"train.max_steps": "6"})
+        real = trainer.task.train_loss
+
+        def broken(model: Any, step: int) -> Any:
+            if rank == 1 and step == 2:
+                raise RuntimeError("rank 1 broke in step 3")
+            return real(model, step)
+
+        trainer.task.train_loss = broken  # type: ignore[method-assign]
+        trainer.fit()
+    except BaseException as e:
+        (Path(folder) / f"rank{rank}.err").write_text(f"{type(e).__name__}: {e}")
+        raise
+    finally:
+        teardown(context)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -97,6 +121,8 @@ def two(tmp_path_factory) -> tuple[Path, list[dict[str, Any]]]:
     procs = mp.start_processes(_worker, args=(_free_port(), str(folder)), nprocs=WORLD,
                                join=False, start_method="spawn")
     deadline = time.monotonic() + 120
+    # a process that fails (an exception, or a signal such as SIGABRT) makes join() raise
+    # with its exit status; its stderr is in the captured output of this fixture's setup
     while not procs.join(timeout=1):
         if time.monotonic() > deadline:
             for p in procs.processes:
@@ -193,7 +219,7 @@ def test_torchrun_command_line_then_resume_on_one_process(tmp_path: Path, capsys
          f"--nproc_per_node={WORLD}", "-m", "hmrnn", *args, "train.max_steps=4"],
         capture_output=True, text=True, timeout=180, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 0, _failed_run(proc)
     for line in ("# resolved config", f"{WORLD} process(es)", "stopped after step 4",
                  "test: ", "boundaries against the true segmentation", "sample:"):
         assert proc.stdout.count(line) == 1, line
@@ -205,6 +231,42 @@ def test_torchrun_command_line_then_resume_on_one_process(tmp_path: Path, capsys
     printed = capsys.readouterr().out
     assert "resuming" in printed and "1 process(es)" in printed
     assert "stopped after step 6" in printed
+
+
+def _failed_run(proc: subprocess.CompletedProcess[str]) -> str:
+    """All a failed torchrun run said (the agent's and every worker's output)."""
+    return (f"torchrun exited with {proc.returncode}\n--- stdout ---\n{proc.stdout}"
+            f"\n--- stderr ---\n{proc.stderr}")
+
+
+def test_a_rank_that_raises_mid_training_ends_every_process_with_an_error(
+    tmp_path: Path,
+) -> None:
+    """Rank 1 raises while rank 0 waits for it in DDP's all-reduce: both processes must
+    end soon, with an exception (exit status 1), not hang or die of a signal."""
+    write_words(tmp_path)
+    port = _free_port()
+    spawn = mp.get_context("spawn")
+    procs = [spawn.Process(target=_failing_worker, args=(r, port, str(tmp_path)))
+             for r in range(WORLD)]
+    for p in procs:
+        p.start()
+    deadline = time.monotonic() + 120
+    for p in procs:
+        p.join(timeout=max(0.0, deadline - time.monotonic()))
+    hung = [r for r, p in enumerate(procs) if p.is_alive()]
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+            p.join()
+    assert not hung, f"rank(s) {hung} still running 120 s after rank 1 failed"
+    errors = {r: (tmp_path / f"rank{r}.err").read_text()
+              for r in range(WORLD) if (tmp_path / f"rank{r}.err").exists()}
+    # 1 is an uncaught exception; -6 would be SIGABRT ("terminate called without an
+    # active exception": a C++ thread of the process group still joinable at exit)
+    assert [p.exitcode for p in procs] == [1, 1], errors
+    assert errors[1] == "RuntimeError: rank 1 broke in step 3"
+    assert errors[0].startswith(("RuntimeError", "DistBackendError")), errors
 
 
 @pytest.mark.parametrize(
@@ -293,7 +355,7 @@ def test_torchrun_on_cuda_one_process_per_gpu(tmp_path: Path) -> None:
          "train.max_steps=4"],
         capture_output=True, text=True, timeout=300,
     )
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 0, _failed_run(proc)
     assert f"{gpus} process(es)" in proc.stdout and "stopped after step 4" in proc.stdout
     assert ("device cuda:0" if gpus > 1 else "device cuda,") in proc.stdout
     assert sorted(p.name for p in out.iterdir()) == ["best.pt", "last.pt", "metrics.jsonl"]

@@ -13,7 +13,10 @@ W-process run computes and how it relates to one process with the whole batch.
 
 from __future__ import annotations
 
+import atexit
+import gc
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -161,10 +164,46 @@ def setup(device: str = "auto", backend: str = "") -> DistContext:
         torch.cuda.set_device(base)
     if not dist.is_initialized():
         dist.init_process_group(backend or ("nccl" if base.type == "cuda" else "gloo"))
+        # A safety net for a process that leaves without teardown(): the group must go
+        # while the interpreter is still whole, not in its finalisation (see teardown).
+        atexit.register(_destroy_group)
     return DistContext(rank, world_size, base)
 
 
-def teardown(context: DistContext) -> None:
-    """Leave the process group :func:`setup` joined (nothing for one process)."""
-    if context.distributed and dist.is_initialized():
+def teardown(context: DistContext, *, failed: bool | None = None) -> None:
+    """Leave the process group :func:`setup` joined (nothing for one process).
+
+    Call it on every way out of a run (``finally``). On a normal end every process first
+    waits at a barrier for the others: no process leaves, closing its connections and
+    taking its threads down, while a peer is still inside a collective or about to enter
+    one (e.g. rank 0 still writing its report). On the way out of an exception
+    (``failed``; by default, whether an exception is propagating) there is no barrier:
+    the peers may be waiting in another collective, which then fails at once on the
+    closed connection, instead of pairing with the barrier or hanging. Either way the
+    group is destroyed here, before the interpreter shuts down.
+
+    Why it matters: the gloo backend runs C++ threads (its work loop, the TCP loop, and
+    the TCPStore server on rank 0). Once DistributedDataParallel has wrapped a model,
+    something keeps the group alive past ``destroy_process_group`` (torch 2.13: the gloo
+    threads still run after it, even once the DDP module is gone), so those threads are
+    only torn down while the process exits, which is the setting of ``terminate called
+    without an active exception``. The barrier makes the processes leave together, with
+    no collective in flight; the collection frees what can be freed while the
+    interpreter is whole.
+    """
+    if not context.distributed:
+        return
+    if failed is None:
+        failed = sys.exc_info()[0] is not None
+    try:
+        if not failed and dist.is_initialized():
+            dist.barrier()
+    finally:
+        _destroy_group()
+
+
+def _destroy_group() -> None:
+    """Destroy the default process group if there is one (idempotent)."""
+    if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+    gc.collect()
