@@ -35,12 +35,12 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[Counter[str]]:
         def __init__(self, name: str, kernel: library.Kernel) -> None:
             self.name, self.kernel = name, kernel
 
-        def __call__(self, *fields: object) -> None:
+        def __call__(self, *fields: library.Value, **named: library.Value) -> None:
             count[self.name] += 1
-            self.kernel(*fields)  # type: ignore[arg-type]
+            self.kernel(*fields, **named)
 
-        def bind(self, *fields: object) -> Callable[[int], None]:
-            step = self.kernel.bind(*fields)  # type: ignore[arg-type]
+        def bind(self, *fields: library.Value, **named: library.Value) -> Callable[[int], None]:
+            step = self.kernel.bind(*fields, **named)
 
             def counted(t: int) -> None:
                 count[self.name] += 1

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from hmrnn.model.cell import HMLSTMCell, LayerState
 from hmrnn.model.functional import BOUNDARY_MODES, slope_schedule
 from hmrnn.model.loop import check_name, hmlstm_loop
-from hmrnn.model.types import RNNOutput, as_sizes, check_input, factory_kwargs
+from hmrnn.model.types import RNNOutput, as_sizes, check_input, check_like, factory_kwargs
 
 
 class HMLSTMState(NamedTuple):
@@ -27,6 +27,69 @@ class HMLSTMState(NamedTuple):
     h: tuple[Tensor, ...]
     c: tuple[Tensor, ...]
     z: tuple[Tensor, ...]
+
+
+def check_state(
+    rnn: HMLSTM, state: Any, batch: int | None, *, autocast: bool = False,
+    name: str = "HMLSTM",
+) -> HMLSTMState:
+    """``state`` as an :class:`HMLSTMState` that fits ``rnn`` on a batch of ``batch`` rows,
+    or ``ValueError``: the one check of every entry to the loop (:meth:`HMLSTM.forward`,
+    :func:`hmrnn.model.sparse.sparse_forward`, :class:`hmrnn.model.streaming.StreamingHMLSTM`),
+    which sizes its buffers from the input and the state alike (docs/model.md fixes the
+    state: ``h``, ``c`` and ``z`` of every layer).
+
+    Args:
+        rnn: the stack the state is for.
+        state: an :class:`HMLSTMState`, or a plain ``(h, c, z)`` of per-layer tuples (or
+            lists), which is converted.
+        batch: ``N``, the input's batch size; None: the state's own (``state.h[0]``'s rows),
+            which every other tensor must then share.
+        autocast: under autocast: any floating dtype (the fast loop casts to the
+            parameters' dtype, the cell loop follows autocast); otherwise the parameters'.
+        name: who checks, for the messages.
+
+    Returns:
+        The state as an :class:`HMLSTMState` of tuples: ``h``, ``c`` ``L x (N, H_l)``,
+        ``z`` ``L x (N, 1)``, on the parameters' device.
+
+    Raises:
+        ValueError: naming the part and layer, the expected and the given shape (or dtype,
+            or device), e.g. ``state.h[1] has shape (1, 32); expected (64, 32) for a batch
+            of 64 and hidden size 32``.
+    """
+    L = rnn.num_layers
+    if not isinstance(state, tuple | list) or len(state) != 3:
+        got = (f"a {type(state).__name__} of {len(state)}" if isinstance(state, tuple | list)
+               else f"a {type(state).__name__}")
+        raise ValueError(f"{name}: the state must be an HMLSTMState (h, c, z), each one tensor "
+                         f"per layer, got {got}")
+    like = rnn.cells[0].W
+    parts: list[tuple[Tensor, ...]] = []
+    for part, tensors in zip("hcz", state, strict=True):
+        if not isinstance(tensors, tuple | list):
+            raise ValueError(f"{name}: state.{part} must be a tuple of {L} tensors, one per "
+                             f"layer, got a {type(tensors).__name__}")
+        if len(tensors) != L:
+            raise ValueError(f"{name}: state.{part} holds {len(tensors)} tensors; expected {L}, "
+                             f"one per layer of the model")
+        for l, t in enumerate(tensors):
+            what = f"state.{part}[{l}]"
+            if not isinstance(t, Tensor):
+                raise ValueError(f"{name}: {what} is a {type(t).__name__}, not a tensor")
+            if batch is None:
+                batch = int(t.shape[0]) if t.dim() == 2 else -1
+            width = 1 if part == "z" else rnn.hidden_sizes[l]
+            if tuple(t.shape) != (batch, width):
+                size = ("(one boundary per row)" if part == "z" else
+                        f"and hidden size {width}")
+                expected = (f"({batch}, {width}) for a batch of {batch} {size}" if batch >= 0
+                            else f"(N, {width})")
+                raise ValueError(f"{name}: {what} has shape {tuple(t.shape)}; expected "
+                                 f"{expected}")
+            check_like(t, like, what, name, autocast=autocast)
+        parts.append(tuple(tensors))
+    return HMLSTMState(*parts)
 
 
 class HMLSTM(nn.Module):
@@ -65,7 +128,12 @@ class HMLSTM(nn.Module):
 
     Inputs: ``input, state=None, *, generator=None``
         - input: ``(T, N, input_size)`` (``(N, T, input_size)`` if ``batch_first``).
-        - state: an :class:`HMLSTMState`, or ``None`` for zeros (docs/model.md decision 4).
+        - state: an :class:`HMLSTMState` (or a plain ``(h, c, z)`` of per-layer tuples),
+          or ``None`` for zeros (docs/model.md decision 4). It must fit the input and the
+          stack (:func:`check_state`): ``L`` tensors ``(N, H_l)``, ``(N, H_l)``, ``(N, 1)``
+          on the parameters' device, of their dtype (any floating dtype under autocast);
+          any other raises ``ValueError`` naming the part, the layer and both shapes.
+          The input too must be on that device and, outside autocast, of that dtype.
         - generator: random generator for ``boundary="sample"``.
 
     Outputs: ``output, state``
@@ -194,14 +262,18 @@ class HMLSTM(nn.Module):
         *,
         generator: torch.Generator | None = None,
     ) -> tuple[RNNOutput, HMLSTMState]:
-        if self.batch_first:
+        if self.batch_first and isinstance(input, Tensor):
             input = input.transpose(0, 1)
-        check_input(input, self.input_size, "HMLSTM")
+        like = self.cells[0].W
+        autocast = torch.is_autocast_enabled(like.device.type)
+        check_input(input, self.input_size, "HMLSTM", like=like, autocast=autocast)
         if state is None:
             state = self.initial_state(input.shape[1])
+        else:
+            state = check_state(self, state, input.shape[1], autocast=autocast)
         if self.fast:
             device = input.device.type
-            if torch.is_autocast_enabled(device):  # the recurrence stays in the parameters'
+            if autocast:  # the recurrence stays in the parameters'
                 dtype = self.slope.dtype           # dtype, whatever autocast made its input
                 input = input.to(dtype)
                 state = HMLSTMState(*(tuple(t.to(dtype) for t in part) for part in state))

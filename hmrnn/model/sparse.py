@@ -39,7 +39,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from hmrnn.model.hmlstm import HMLSTM, HMLSTMState
+from hmrnn.model.hmlstm import HMLSTM, HMLSTMState, check_state
 from hmrnn.model.loop import (
     Backend,
     Buffers,
@@ -90,19 +90,21 @@ def sparse_forward(
         rnn: the stack (its ``batch_first``, ``boundary``, ``slope`` and ``backend`` are
             honoured).
         input: ``(T, N, input_size)`` (``(N, T, input_size)`` if ``rnn.batch_first``).
-        state: an :class:`HMLSTMState`, or None for zeros.
+        state: an :class:`HMLSTMState` (or a plain ``(h, c, z)``), or None for zeros; it
+            must fit the input and the stack, in the parameters' dtype and on their device
+            (:func:`hmrnn.model.hmlstm.check_state`), as must the input: else ``ValueError``.
         generator: random generator for ``boundary="sample"``; the draws are those of the
             dense loop (one per row of the batch), so the samples are the same too.
 
     Returns:
         ``(output, state)`` as :meth:`HMLSTM.forward`, without gradients.
     """
-    if rnn.batch_first:
+    if rnn.batch_first and isinstance(input, Tensor):
         input = input.transpose(0, 1)
-    check_input(input, rnn.input_size, "HMLSTM")
+    check_input(input, rnn.input_size, "sparse_forward", like=rnn.cells[0].W)
     N = input.shape[1]
-    if state is None:
-        state = rnn.initial_state(N)
+    state = (rnn.initial_state(N) if state is None
+             else check_state(rnn, state, N, name="sparse_forward"))
     cells = rnn.cells
     weights = inference_weights(cells, packing_rows(N, input.shape[0]))
     slope, boundary = rnn.slope_value, rnn.boundary

@@ -16,8 +16,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from hmrnn.model.hmlstm import HMLSTM, HMLSTMState
+from hmrnn.model.hmlstm import HMLSTM, HMLSTMState, check_state
 from hmrnn.model.loop import inference_weights, pointwise, preactivation, scratch_slots, select
+from hmrnn.model.types import check_like
 
 
 class StreamingHMLSTM:
@@ -31,7 +32,10 @@ class StreamingHMLSTM:
     Args:
         rnn: the stack; its ``boundary``, ``slope`` and ``backend`` are used (the backend
             is chosen once, here).
-        state: the state to start from (batch size 1), or None for zeros.
+        state: the state to start from (batch size 1: ``L`` tensors ``(1, H_l)``,
+            ``(1, H_l)``, ``(1, 1)`` in the parameters' dtype, on their device), or None for
+            zeros; a state that does not fit raises ``ValueError``
+            (:func:`hmrnn.model.hmlstm.check_state`).
         generator: random generator for ``boundary="sample"``.
 
     Example::
@@ -50,6 +54,15 @@ class StreamingHMLSTM:
         *,
         generator: torch.Generator | None = None,
     ) -> None:
+        if state is None:
+            state = rnn.initial_state(1)
+        else:  # one batch size throughout, then that it is 1
+            state = check_state(rnn, state, None, name="StreamingHMLSTM")
+            if state.h[0].shape[0] != 1:
+                raise ValueError(
+                    f"StreamingHMLSTM runs at batch size 1, got a state of batch size "
+                    f"{state.h[0].shape[0]}"
+                )
         self.rnn = rnn
         self.generator = generator
         self.slope = rnn.slope_value
@@ -60,12 +73,6 @@ class StreamingHMLSTM:
         self.backend = select(rnn.backend, like, rnn.boundary)
         # term by term (no fused input), so that absent terms are left out
         self._slots = scratch_slots(self.weights, 1, like)
-        state = state if state is not None else rnn.initial_state(1)
-        if state.h[0].shape[0] != 1:
-            raise ValueError(
-                f"StreamingHMLSTM runs at batch size 1, got a state of batch size "
-                f"{state.h[0].shape[0]}"
-            )
         self.h, self.c, self.z = list(state.h), list(state.c), list(state.z)
         self._z = [float(z) for z in state.z]  # on the host: which operation comes next
         self.computed = [0] * rnn.num_layers  # steps each layer was not in COPY
@@ -80,11 +87,17 @@ class StreamingHMLSTM:
         """One step.
 
         Args:
-            input: ``(1, input_size)``, this step's ``x_t``.
+            input: ``(1, input_size)``, this step's ``x_t``, in the parameters' dtype and
+                on their device (else ``ValueError``).
 
         Returns:
             ``hidden``: ``L`` tensors ``(1, H_l)``; ``z``: ``(1, L)``, every layer's boundary.
         """
+        if not isinstance(input, Tensor) or tuple(input.shape) != (1, self.rnn.input_size):
+            got = tuple(input.shape) if isinstance(input, Tensor) else type(input).__name__
+            raise ValueError(f"StreamingHMLSTM.step takes one step's input of shape "
+                             f"(1, {self.rnn.input_size}), got {got}")
+        check_like(input, self._cells[0].W, "the input", "StreamingHMLSTM")
         w0 = self.weights[0]
         bottom = self._cells[0].bottom_up(input) + w0.bias  # (1, R_1)
         L = len(self.weights)

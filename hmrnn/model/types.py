@@ -63,8 +63,16 @@ def map_state(fn: Any, state: Any) -> Any:
     return state
 
 
-def check_input(input: Tensor, input_size: int, name: str) -> None:
-    """Raise a full-sentence ``ValueError`` unless ``input`` is ``(T, N, input_size)``."""
+def check_input(input: Tensor, input_size: int, name: str, *, like: Tensor | None = None,
+                autocast: bool = False) -> None:
+    """Raise a full-sentence ``ValueError`` unless ``input`` is ``(T, N, input_size)``.
+
+    With ``like`` (a parameter of the model), also unless ``input`` is on its device and,
+    unless ``autocast`` (the caller casts, or autocast does), of its dtype: the message
+    names both dtypes (a product of two dtypes would otherwise fail deep inside torch).
+    """
+    if not isinstance(input, Tensor):
+        raise ValueError(f"{name} expects a tensor input, got {type(input).__name__}")
     if input.dim() != 3:
         raise ValueError(
             f"{name} expects a 3-D input (time, batch, features), got shape {tuple(input.shape)}"
@@ -74,6 +82,23 @@ def check_input(input: Tensor, input_size: int, name: str) -> None:
             f"{name} was built for input_size={input_size} but got input of width "
             f"{input.shape[-1]}"
         )
+    if like is not None:
+        check_like(input, like, "the input", name, autocast=autocast)
+
+
+def check_like(t: Tensor, like: Tensor, what: str, name: str, *, autocast: bool = False) -> None:
+    """Raise ``ValueError`` unless ``t`` (``what``, as a message names it) is on the device
+    of ``like`` (a parameter of module ``name``) and, unless ``autocast``, of its dtype;
+    under autocast only a floating dtype."""
+    if t.device != like.device:
+        raise ValueError(f"{name}: {what} is on {t.device}; expected {like.device}, where "
+                         f"its parameters are")
+    if autocast:
+        if not t.is_floating_point():
+            raise ValueError(f"{name}: {what} has dtype {t.dtype}; expected a floating dtype")
+    elif t.dtype != like.dtype:
+        raise ValueError(f"{name}: {what} has dtype {t.dtype}; expected {like.dtype}, its "
+                         f"parameters' dtype (convert one to the other, or run under autocast)")
 
 
 def as_sizes(hidden_size: int | list[int] | tuple[int, ...], num_layers: int) -> tuple[int, ...]:

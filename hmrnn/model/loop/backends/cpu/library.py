@@ -9,6 +9,24 @@ on first use (cached under ``$HMRNN_CACHE``, else ``$XDG_CACHE_HOME/hmrnn``, els
 ``~/.cache/hmrnn``) and called through :mod:`ctypes`; every function takes one struct of
 pointers, which :class:`Kernel` packs.
 
+C reads and writes through those pointers whatever they point at, so nothing reaches it
+unchecked:
+
+- each struct is described here, by field name, as a :class:`ctypes.Structure`
+  (:data:`LAYOUTS`: :class:`Forward`, ... and the :class:`M2`, :class:`Term`,
+  :class:`TermGrad` inside them) whose fields are the C file's, in its order; the C file
+  exports, next to each struct's size, every field's name, byte offset and byte size
+  (``<name>_fields``), and :func:`check_layout` compares the two field by field when the
+  library loads (two swapped fields of one size included), and that the ``M2`` fields
+  lie one after the other, one step stride each, as the C step walks them;
+- each tensor field carries a :class:`Rule` (its rows and width in the struct's sizes,
+  ``(N, H)``, ``(N, 4H + has_z)``, ``(R,)``, ...; when C reads it), and
+  :meth:`Kernel.bind` checks every tensor against it, its dtype (float32), device (the
+  CPU) and strides, before it packs anything: ``ValueError`` naming the function, the
+  field and both shapes; ``step(t)`` refuses a step beyond those its ``(S, M, D)``
+  fields hold. The struct is still packed once per sequence and ``step(t)`` is one
+  ctypes call.
+
 Without a C compiler, or with ``HMRNN_KERNELS=0``, :func:`load` gives None,
 :func:`enabled` is False and ``backend="auto"`` runs the same step in ATen operations
 (:mod:`hmrnn.model.loop.backends.aten`): the two compute the same functions (tested to
@@ -25,11 +43,13 @@ import platform
 import shutil
 import struct
 import subprocess
+import sys
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import cache
 from pathlib import Path
+from typing import ClassVar, NamedTuple, NoReturn
 
 import torch
 from torch import Tensor
@@ -38,17 +58,317 @@ SOURCE = Path(__file__).with_name("csrc") / "hmlstm_step.c"
 _FLAGS = ("-O3", "-march=native", "-shared", "-fPIC", "-fno-math-errno", "-fno-trapping-math",
           "-fno-signed-zeros", "-fassociative-math")
 
-# The structs of hmlstm_step.c, field by field: "n" an int64, "m" a matrix (pointer, row
-# stride), "d" a double; then one int64 step stride per "m". Every field is 8 bytes, so the
-# C layout has no padding and "=" packs it exactly.
-_LAYOUTS = {
-    "hm_forward": "nnnn" + "m" * 16 + "dd",
-    "hm_terms_forward": "nn" + "m" * 16 + "d",
-    "hm_backward": "nnn" + "m" * 20 + "d",
-    "hm_spread": "nnnn" + "m" * 10,
-    "hm_terms_backward": "nn" + "m" * 20,
-    "hm_gather": "nnnn" + "m" * 6,
+# ---- the structs of hmlstm_step.c, field by field ----
+#
+# Each ctypes.Structure below mirrors one struct of the C file: the same field names in the
+# same order (checked against the offsets and sizes C exports, field by field, by
+# check_layout when the library loads). A function's struct also carries `shapes`: for each
+# of its tensor fields (a nested struct's as "rec.proj") the Rule its tensor must meet,
+# checked by Kernel before anything is packed.
+
+_i64, _f64 = ctypes.c_int64, ctypes.c_double
+
+
+class Rule(NamedTuple):
+    """The tensor a matrix (``M2``) field takes, in the sizes of its struct.
+
+    Attributes:
+        rows: ``"N"``: ``(N, width)``, or ``(S, N, width)`` holding step ``t`` at index
+            ``t`` (at 0 for every step when ``S`` is 1); ``"V"``: a vector ``(width,)``
+            that every row shares; ``"N|V"``: either; ``"1+"``: only the first row is
+            read, ``(M, width)`` with ``M >= 1`` (or a vector).
+        width: a size of :func:`sizes` (``"H"``, ``"2H"``, ``"G"``, ``"K"``, ``"R"``,
+            ``"Ha"``, ``"Hb"``, ``"1"``, ``"2"``), or ``">=H"``: at least that many.
+        need: when the C function reads the field, so that it must be given: ``""``
+            always, ``None`` never (C tests it for NULL), else the names of scalar fields
+            (non-zero) or tensor fields (given) joined by ``"&"``, all of which must hold.
+    """
+
+    rows: str
+    width: str
+    need: str | None = ""
+
+
+def sizes(ints: Mapping[str, int]) -> dict[str, int]:
+    """The sizes the :class:`Rule` widths name, from a struct's int64 fields: those
+    fields themselves, ``"1"``, ``"2"``, and where they apply ``"2H"``, ``"G" = 4H +
+    has_z`` (a step's gate rows) and ``"K" = H + Ha + Hb`` (the fused product's input)."""
+    out = {"1": 1, "2": 2, **ints}
+    H = out.get("H")
+    if H is not None:
+        out["2H"] = 2 * H
+        out["G"] = 4 * H + (out.get("has_z", 0) != 0)
+        if "Ha" in out and "Hb" in out:
+            out["K"] = H + out["Ha"] + out["Hb"]
+    return out
+
+
+class M2(ctypes.Structure):
+    """``M2``: a matrix field, its first row's address and the distance between rows in
+    floats (0: a vector every row shares; NULL: absent)."""
+
+    c_name: ClassVar[str] = "hm_m2"
+    _fields_ = [("p", ctypes.c_void_p), ("s", _i64)]
+
+
+class Term(ctypes.Structure):
+    """``Term``: a layer-normalised term of ``s`` (:class:`~..interface.Term`'s fields)."""
+
+    c_name: ClassVar[str] = "hm_term"
+    _fields_ = [("proj", M2), ("stats", M2), ("w", M2), ("b", M2)]
+
+
+class TermGrad(ctypes.Structure):
+    """``TermGrad``: :class:`Term` and ``g_proj`` (:class:`~..interface.TermGrad`'s fields)."""
+
+    c_name: ClassVar[str] = "hm_term_grad"
+    _fields_ = [("proj", M2), ("stats", M2), ("g_proj", M2), ("w", M2), ("b", M2)]
+
+
+def _m2(*names: str) -> list[tuple[str, type[M2]]]:
+    return [(name, M2) for name in names]
+
+
+def _term_rules(name: str, grad: bool, always: bool) -> dict[str, Rule]:
+    """The rules of a (nested) Term / TermGrad field ``name``: its ``proj`` is optional
+    unless ``always``, and its other fields are needed when ``proj`` is given."""
+    need = "" if always else f"{name}.proj"
+    rules = {f"{name}.proj": Rule("N", "R", "" if always else None),
+             f"{name}.stats": Rule("N", "2", need)}
+    if grad:
+        rules[f"{name}.g_proj"] = Rule("N", "R", need)
+    rules[f"{name}.w"] = Rule("V", "R", need)
+    rules[f"{name}.b"] = Rule("V", "R", need)
+    return rules
+
+
+class Forward(ctypes.Structure):
+    """``hm_forward``'s struct: gates, Eq. 2-3 and Eq. 8-10 of a step (docs/model.md)."""
+
+    c_name: ClassVar[str] = "hm_forward"
+    _fields_ = [
+        ("N", _i64), ("H", _i64), ("has_z", _i64), ("soft", _i64),
+        *_m2("act", "h_prev", "c_prev", "z_prev", "z_below", "h_out", "c_out", "z_out",
+             "tanh_c", "u", "zbin", "diff", "zdiff", "cell_stats", "ln_w", "ln_b"),
+        ("slope", _f64), ("eps", _f64), ("ts", _i64 * 16),
+    ]
+    shapes: ClassVar[dict[str, Rule]] = {
+        "act": Rule("N", "G"), "h_prev": Rule("N", "H"), "c_prev": Rule("N", "H"),
+        "z_prev": Rule("N", "1"), "z_below": Rule("N", "1", None), "h_out": Rule("N", "H"),
+        "c_out": Rule("N", "H"), "z_out": Rule("N", "1", "has_z"), "tanh_c": Rule("N", "H"),
+        "u": Rule("N", "1", "has_z"), "zbin": Rule("N", "1", "has_z"),
+        "diff": Rule("N", "2H", None), "zdiff": Rule("N", "1", None),
+        "cell_stats": Rule("N", "2", "ln_w"), "ln_w": Rule("V", "H", None),
+        "ln_b": Rule("V", "H", "ln_w"),
+    }
+
+
+class TermsForward(ctypes.Structure):
+    """``hm_terms_forward``'s struct: ``act = base + LN(rec) + z_below LN(bu) + z_prev
+    LN(td)``."""
+
+    c_name: ClassVar[str] = "hm_terms_forward"
+    _fields_ = [
+        ("N", _i64), ("R", _i64),
+        *_m2("act", "base", "z_prev", "z_below"),
+        ("rec", Term), ("td", Term), ("bu", Term),
+        ("eps", _f64), ("ts", _i64 * 16),
+    ]
+    shapes: ClassVar[dict[str, Rule]] = {
+        "act": Rule("N", "R"), "base": Rule("N|V", "R"), "z_prev": Rule("N", "1", "td.proj"),
+        "z_below": Rule("N", "1", "bu.proj"), **_term_rules("rec", False, True),
+        **_term_rules("td", False, False), **_term_rules("bu", False, False),
+    }
+
+
+class Backward(ctypes.Structure):
+    """``hm_backward``'s struct: from the gradients of a step's ``h``, ``c``, ``z`` to
+    that of ``s``."""
+
+    c_name: ClassVar[str] = "hm_backward"
+    _fields_ = [
+        ("N", _i64), ("H", _i64), ("has_z", _i64),
+        *_m2("act", "tanh_c", "c", "c_prev", "u", "diff", "zdiff", "z_prev", "z_below",
+             "cell_stats", "ln_w"),
+        *_m2("gh_acc", "gh_out", "gc_acc", "gz_acc", "gz_out", "gz_acc_below", "gs",
+             "g_tanh"),
+        *_m2("scratch"),
+        ("half_slope", _f64), ("ts", _i64 * 20),
+    ]
+    shapes: ClassVar[dict[str, Rule]] = {
+        "act": Rule("N", "G"), "tanh_c": Rule("N", "H"), "c": Rule("N", "H", "ln_w"),
+        "c_prev": Rule("N", "H"), "u": Rule("N", "1", "has_z"),
+        "diff": Rule("N", "2H", "z_below"), "zdiff": Rule("N", "1", "z_below&has_z"),
+        "z_prev": Rule("N", "1"), "z_below": Rule("N", "1", None),
+        "cell_stats": Rule("N", "2", "ln_w"), "ln_w": Rule("V", "H", None),
+        "gh_acc": Rule("N", "H"), "gh_out": Rule("N", "H", None), "gc_acc": Rule("N", "H"),
+        "gz_acc": Rule("N", "1"), "gz_out": Rule("N", "1", None),
+        "gz_acc_below": Rule("N", "1", "z_below"), "gs": Rule("N", "G"),
+        "g_tanh": Rule("N", "H"), "scratch": Rule("1+", ">=H"),
+    }
+
+
+class Spread(ctypes.Structure):
+    """``hm_spread``'s struct: ``dL/dx = dL/ds [U | U_td | W]`` spread onto the states."""
+
+    c_name: ClassVar[str] = "hm_spread"
+    _fields_ = [
+        ("N", _i64), ("H", _i64), ("Ha", _i64), ("Hb", _i64),
+        *_m2("gx", "gh_acc", "h_above", "z_prev", "gh_acc_above", "gz_acc", "h_below",
+             "z_below", "gh_acc_below", "gz_acc_below"),
+        ("ts", _i64 * 10),
+    ]
+    shapes: ClassVar[dict[str, Rule]] = {
+        "gx": Rule("N", "K"), "gh_acc": Rule("N", "H"), "h_above": Rule("N", "Ha", "Ha"),
+        "z_prev": Rule("N", "1", "Ha"), "gh_acc_above": Rule("N", "Ha", "Ha"),
+        "gz_acc": Rule("N", "1", "Ha"), "h_below": Rule("N", "Hb", "Hb"),
+        "z_below": Rule("N", "1", "Hb"), "gh_acc_below": Rule("N", "Hb", "Hb"),
+        "gz_acc_below": Rule("N", "1", "Hb"),
+    }
+
+
+class TermsBackward(ctypes.Structure):
+    """``hm_terms_backward``'s struct: each layer-normalised term's backward."""
+
+    c_name: ClassVar[str] = "hm_terms_backward"
+    _fields_ = [
+        ("N", _i64), ("R", _i64),
+        *_m2("gs", "z_prev", "z_below", "gz_acc", "gz_acc_below"),
+        ("rec", TermGrad), ("td", TermGrad), ("bu", TermGrad),
+        ("ts", _i64 * 20),
+    ]
+    shapes: ClassVar[dict[str, Rule]] = {
+        "gs": Rule("N", "R"), "z_prev": Rule("N", "1", "td.proj"),
+        "z_below": Rule("N", "1", "bu.proj"), "gz_acc": Rule("N", "1", "td.proj"),
+        "gz_acc_below": Rule("N", "1", "bu.proj"), **_term_rules("rec", True, True),
+        **_term_rules("td", True, False), **_term_rules("bu", True, False),
+    }
+
+
+class Gather(ctypes.Structure):
+    """``hm_gather``'s struct: ``x = [h_prev | z_prev h_above | z_below h_below]``."""
+
+    c_name: ClassVar[str] = "hm_gather"
+    _fields_ = [
+        ("N", _i64), ("H", _i64), ("Ha", _i64), ("Hb", _i64),
+        *_m2("x", "h_prev", "h_above", "z_prev", "h_below", "z_below"),
+        ("ts", _i64 * 6),
+    ]
+    shapes: ClassVar[dict[str, Rule]] = {
+        "x": Rule("N", "K"), "h_prev": Rule("N", "H"), "h_above": Rule("N", "Ha", "Ha"),
+        "z_prev": Rule("N", "1", "Ha"), "h_below": Rule("N", "Hb", "Hb"),
+        "z_below": Rule("N", "1", "Hb"),
+    }
+
+
+LAYOUTS: dict[str, type[ctypes.Structure]] = {
+    s.c_name: s for s in (Forward, TermsForward, Backward, Spread, TermsBackward, Gather)
 }
+"""Each C function's struct, by the function's name."""
+
+
+class _CField(ctypes.Structure):
+    """An entry of a ``<name>_fields`` table of the C file."""
+
+    _fields_ = [("name", ctypes.c_char_p), ("offset", _i64), ("size", _i64)]
+
+
+def check_layout(lib: ctypes.CDLL, layout: type[ctypes.Structure],
+                 c_name: str | None = None) -> None:
+    """Raise ``RuntimeError`` unless ``layout`` is, field by field, the struct the library
+    exports as ``c_name`` (default ``layout.c_name``): the same field names in the same
+    order, each at the same byte offset with the same byte size, the same total size; and
+    so for every struct nested in it. For a function's struct also: its ``M2`` fields
+    (nested ones included) lie one after the other, as many as its step strides ``ts``
+    (the C step moves exactly those), and each has a shape rule."""
+    name = c_name or getattr(layout, "c_name", None)
+    if not isinstance(name, str):
+        raise RuntimeError(f"{layout.__name__} names no struct of {SOURCE.name}")
+
+    def disagree(why: str) -> RuntimeError:
+        return RuntimeError(f"{SOURCE.name}'s {name} and library.py's {layout.__name__} "
+                            f"disagree: {why}")
+
+    try:
+        size = _i64.in_dll(lib, f"{name}_size").value
+        count = _i64.in_dll(lib, f"{name}_nfields").value
+        table = (_CField * count).in_dll(lib, f"{name}_fields")
+    except ValueError as err:  # a symbol the library lacks
+        raise disagree(f"the library exports no field table ({err})") from err
+    c_fields = {f.name.decode(): (f.offset, f.size) for f in table}
+    py_fields = [(f[0], getattr(layout, f[0]).offset, getattr(layout, f[0]).size)
+                 for f in layout._fields_]
+    for field, offset, nbytes in py_fields:
+        if field not in c_fields:
+            raise disagree(f"field {field!r} is not in C (C's: {', '.join(c_fields)})")
+        if c_fields[field] != (offset, nbytes):
+            c_offset, c_size = c_fields[field]
+            raise disagree(f"field {field!r} lies at byte {c_offset} ({c_size} bytes) in C "
+                           f"but at byte {offset} ({nbytes} bytes) in Python")
+    missing = [f for f in c_fields if f not in {p[0] for p in py_fields}]
+    if missing:
+        raise disagree(f"C's fields {missing} are not in Python")
+    if size != ctypes.sizeof(layout):
+        raise disagree(f"C's struct is {size} bytes, Python's {ctypes.sizeof(layout)}")
+    for f in layout._fields_:
+        inner = f[1]
+        if isinstance(inner, type) and issubclass(inner, ctypes.Structure):
+            check_layout(lib, inner)
+    if hasattr(layout, "ts"):
+        _check_steps(layout, disagree)
+
+
+def _check_steps(layout: type[ctypes.Structure],
+                 disagree: Callable[[str], RuntimeError]) -> None:
+    """A function's struct: adjacent M2 fields, one step stride each, one rule each."""
+    every = _leaves(layout)
+    if every[-1][1] != "ts":
+        raise disagree("the step strides ts are not the last field")
+    leaves = [(path, offset) for path, kind, offset in every if kind == "m"]
+    ts = next(f[1] for f in layout._fields_ if f[0] == "ts")
+    steps = ctypes.sizeof(ts) // ctypes.sizeof(_i64)
+    if len(leaves) != steps:
+        raise disagree(f"{len(leaves)} M2 fields but {steps} step strides")
+    first = leaves[0][1]
+    for k, (path, offset) in enumerate(leaves):
+        if offset != first + k * ctypes.sizeof(M2):
+            raise disagree(f"M2 field {path!r} does not follow the one before it")
+    rules = getattr(layout, "shapes", {})
+    if set(rules) != {path for path, _ in leaves}:
+        raise disagree(f"shape rules for {sorted(rules)}, M2 fields "
+                       f"{[path for path, _ in leaves]}")
+
+
+def _structure(kind: object) -> type[ctypes.Structure]:
+    """``kind``, a field's type, as the nested struct it must be."""
+    if not (isinstance(kind, type) and issubclass(kind, ctypes.Structure)):
+        raise RuntimeError(f"library.py: a field of type {kind!r} is not a struct")
+    return kind
+
+
+def _leaves(layout: type[ctypes.Structure], prefix: str = "",
+            base: int = 0) -> list[tuple[str, str, int]]:
+    """``(path, kind, byte offset)`` of every field, nested structs' fields in place
+    (paths ``"rec.proj"``): kind ``"m"`` an M2, ``"n"`` an int64, ``"d"`` a double,
+    ``"ts"`` the step strides."""
+    out: list[tuple[str, str, int]] = []
+    for f in layout._fields_:
+        name, kind = f[0], f[1]
+        offset = base + getattr(layout, name).offset
+        if kind is M2:
+            out.append((prefix + name, "m", offset))
+        elif isinstance(kind, type) and issubclass(kind, ctypes.Structure):
+            out += _leaves(kind, f"{prefix}{name}.", offset)
+        elif kind is _i64:
+            out.append((prefix + name, "n", offset))
+        elif kind is _f64:
+            out.append((prefix + name, "d", offset))
+        elif name == "ts" and isinstance(kind, type) and issubclass(kind, ctypes.Array):
+            out.append((prefix + name, "ts", offset))
+        else:
+            raise RuntimeError(f"library.py: {layout.__name__}.{name} is of a type no C "
+                               f"struct here has ({kind!r})")
+    return out
 
 
 def _cache_dir() -> Path:
@@ -106,79 +426,255 @@ def _unavailable(why: str) -> ctypes.CDLL | None:
     return None
 
 
-def _matrix(v: Tensor | None) -> tuple[int, int, int]:
-    """``(pointer, row stride, step stride)`` of a field: a vector ``(D,)`` is every row's;
-    a matrix ``(M, D)`` is every step's; ``(S, M, D)`` holds step ``t`` at index ``t`` (at
-    index 0 for every step when ``S`` is 1). A row's elements must be adjacent."""
-    if v is None:
-        return 0, 0, 0
-    if v.stride(-1) != 1 and v.shape[-1] > 1:
-        raise ValueError(f"the C step needs a row's elements adjacent, got strides {v.stride()}")
-    if v.dim() == 1:
-        return v.data_ptr(), 0, 0
-    if v.dim() == 2:
-        return v.data_ptr(), v.stride(0), 0
-    return v.data_ptr(), v.stride(1), v.stride(0) if v.shape[0] > 1 else 0
+# ---- packing and calling: every tensor checked against its field's Rule first ----
+
+Value = int | float | Tensor | tuple[Tensor | None, ...] | Mapping[str, Tensor] | None
+"""What a field of :meth:`Kernel.bind` takes (see there)."""
+_INT_MAX = 2**62  # an int64 field beyond this is no size
+
+
+def _expected(rule: Rule, dims: Mapping[str, int]) -> str:
+    """What ``rule`` asks for, in symbols and in numbers."""
+    at_least = rule.width.startswith(">=")
+    sym = rule.width[2:] if at_least else rule.width
+    width = f"{'>=' if at_least else ''}{dims[sym]}"
+    N = dims.get("N", "?")
+    forms = []
+    if "N" in rule.rows:
+        forms.append(f"(N, {sym}) = ({N}, {width}), or (S, {N}, {width}) by step")
+    if rule.rows == "1+":
+        forms.append(f"(M, {sym}) = (M >= 1, {width})")
+    if "V" in rule.rows or rule.rows == "1+":
+        forms.append(f"({sym},) = ({width},)")
+    return " or ".join(forms)
+
+
+_F32, _STRIDED = torch.float32, torch.strided
+
+
+def _refuse(fn: str, path: str, v: object, why: str, expected: str = "") -> NoReturn:
+    """Raise the error of a tensor field that :meth:`Kernel._pack` refuses: ``TypeError``
+    for what is not a tensor, else ``ValueError`` naming ``fn``, ``path`` and, for a
+    shape, both shapes."""
+    if not isinstance(v, Tensor):
+        raise TypeError(f"{fn}: field {path} takes a tensor or None, got {type(v).__name__}")
+    if why == "kind":
+        raise ValueError(f"{fn}: field {path} must be a float32 (strided) tensor on the CPU, "
+                         f"got {v.dtype} on {v.device} ({v.layout})")
+    if why == "stride":
+        raise ValueError(f"{fn}: field {path}: the C step needs a row's elements adjacent, "
+                         f"got strides {v.stride()}")
+    raise ValueError(f"{fn}: field {path} has shape {tuple(v.shape)}; expected {expected}")
+
+
+def _plan(rule: Rule | None) -> tuple[str, str, bool, tuple[str, ...] | None] | None:
+    """``rule`` as :meth:`Kernel._pack` reads it: ``(rows, width symbol, at least?, the
+    names its need joins (None: never needed; empty: always))``."""
+    if rule is None:
+        return None
+    at_least = rule.width.startswith(">=")
+    need = None if rule.need is None else tuple(k for k in rule.need.split("&") if k)
+    return rule.rows, rule.width[2:] if at_least else rule.width, at_least, need
+
+
+def _format(layout: type[ctypes.Structure]) -> struct.Struct:
+    """A :class:`struct.Struct` that writes ``layout``'s fields at their ctypes offsets,
+    in :func:`_leaves` order: an int64 ``q``, a double ``d``, an M2 ``qq`` (pointer, row
+    stride), the step strides ``q`` each; any gap as padding."""
+    fmt, at = "=", 0
+    codes = {"n": "q", "d": "d", "m": "qq"}
+    for _, kind, offset in sorted(_leaves(layout), key=lambda leaf: leaf[2]):
+        if offset < at:
+            raise RuntimeError(f"library.py: {layout.__name__}'s fields overlap")
+        fmt += f"{offset - at}x" if offset > at else ""
+        if kind == "ts":
+            ts = next(f[1] for f in layout._fields_ if f[0] == "ts")
+            code = "q" * (ctypes.sizeof(ts) // 8)
+        else:
+            code = codes[kind]
+        fmt += code
+        at = offset + struct.calcsize("=" + code)
+    fmt += f"{ctypes.sizeof(layout) - at}x" if ctypes.sizeof(layout) > at else ""
+    packer = struct.Struct(fmt)
+    if packer.size != ctypes.sizeof(layout):
+        raise RuntimeError(f"library.py: {layout.__name__} packs {packer.size} bytes, not "
+                           f"{ctypes.sizeof(layout)}")
+    return packer
 
 
 class Kernel:
-    """One function of the library. ``kernel.bind(*fields)`` packs its struct once (a
-    tensor, or None for an absent one, for an ``m`` field: see :func:`_matrix`) and
-    returns ``step(t)``, which runs it at step ``t``; ``kernel(*fields)`` runs it once."""
+    """One function of the library, with its struct ``layout`` (:data:`LAYOUTS`' by
+    default), which :func:`check_layout` checks against the library's, field by field.
 
-    def __init__(self, lib: ctypes.CDLL, name: str) -> None:
-        layout = _LAYOUTS[name]
-        matrices = layout.count("m")
-        fmt = "".join({"n": "q", "m": "qq", "d": "d"}[k] for k in layout) + "q" * matrices
-        self._struct = struct.Struct("=" + fmt)
-        size = ctypes.c_int64.in_dll(lib, f"{name}_size").value
-        if size != self._struct.size:
-            raise RuntimeError(f"{SOURCE.name}'s {name} takes a struct of {size} bytes, but "
-                               f"library.py packs {self._struct.size}: the two disagree")
-        self._layout = layout
+    ``kernel.bind(*fields, **named)`` takes the struct's fields (all but ``ts``) in the C
+    order or by their C names: an int or float for a scalar, a tensor or None (absent)
+    for an ``M2``, and for a nested struct (``rec``) None, a tuple of its tensors in the C
+    order or a mapping by its C field names. Before packing, every tensor is checked
+    against its field's :class:`Rule` (the rows and width the struct's sizes give it,
+    float32, the CPU, adjacent elements) and every field the function will read is
+    present: ``ValueError`` naming the function, the field and both shapes otherwise;
+    ``TypeError`` for a field of the wrong type, missing or unknown. The struct is packed
+    once (at the offsets of ``layout``) and ``step(t)`` returned: one ctypes call, which
+    refuses a step beyond those its ``(S, M, D)`` fields hold. ``kernel(*fields,
+    **named)`` runs it once, at step 0.
+    """
+
+    def __init__(self, lib: ctypes.CDLL, name: str,
+                 layout: type[ctypes.Structure] | None = None) -> None:
+        self.name, self.lib = name, lib
+        self.layout = LAYOUTS[name] if layout is None else layout
+        check_layout(lib, self.layout, name)
+        self._fields = [(f[0], f[1]) for f in self.layout._fields_ if f[0] != "ts"]
+        self._names = [name for name, _ in self._fields]
+        self._name_set = frozenset(self._names)
+        self._nested = {name: [f[0] for f in _structure(kind)._fields_]
+                        for name, kind in self._fields
+                        if kind is not M2 and kind is not _i64 and kind is not _f64}
+        self._ints = [name for name, kind in self._fields if kind is _i64]
+        self._floats = [name for name, kind in self._fields if kind is _f64]
+        self._matrices = [name for name, kind in self._fields if kind is M2]
+        rules: dict[str, Rule] = getattr(self.layout, "shapes", {})
+        self._leaves = [(path, kind, rules.get(path), _plan(rules.get(path)))
+                        for path, kind, _ in _leaves(self.layout)]
+        self._struct = _format(self.layout)
         self._fn = getattr(lib, name)
         self._fn.argtypes = [ctypes.c_void_p, ctypes.c_int64]
         self._fn.restype = None
 
-    def _pack(self, fields: tuple[int | float | Tensor | None, ...]) -> ctypes.Array:
-        values: list[int | float] = []
-        steps: list[int] = []
-        for kind, v in zip(self._layout, fields, strict=True):
-            if kind == "m":
-                if not (v is None or isinstance(v, Tensor)):
-                    raise TypeError(f"a matrix field takes a tensor or None, got {v!r}")
-                pointer, rows, step = _matrix(v)
-                values += (pointer, rows)
-                steps.append(step)
+    def _collect(self, args: tuple[Value, ...], named: Mapping[str, Value]) -> dict[str, Value]:
+        if not args and named.keys() == self._name_set:
+            return dict(named)
+        if len(args) > len(self._names):
+            raise TypeError(f"{self.name} takes {len(self._names)} fields, got {len(args)}")
+        values = dict(zip(self._names, args, strict=False))
+        for key, v in named.items():
+            if key not in self._names:
+                raise TypeError(f"{self.name} has no field {key!r}")
+            if key in values:
+                raise TypeError(f"{self.name}: field {key!r} given twice")
+            values[key] = v
+        missing = [name for name in self._names if name not in values]
+        if missing:
+            raise TypeError(f"{self.name}: fields {missing} not given")
+        return values
+
+    def _pack(self, args: tuple[Value, ...],
+              named: Mapping[str, Value]) -> tuple[ctypes.Structure, int]:
+        """The checked, packed struct and the steps ``t`` it may run (see the class)."""
+        values = self._collect(args, named)
+        ints: dict[str, int] = {}
+        for name in self._ints:
+            v = values[name]
+            if not isinstance(v, int) or not 0 <= v < _INT_MAX:
+                raise TypeError(f"{self.name}: field {name} takes a size (an int >= 0), "
+                                f"got {v!r}")
+            ints[name] = int(v)
+        scalars: dict[str, int | float] = dict(ints)
+        for name in self._floats:
+            v = values[name]
+            if not isinstance(v, (int, float)) or isinstance(v, bool):
+                raise TypeError(f"{self.name}: field {name} takes a number, got {v!r}")
+            scalars[name] = float(v)
+        tensors: dict[str, object] = {name: values[name] for name in self._matrices}
+        for name, sub in self._nested.items():
+            v = values[name]
+            parts: list[object]
+            if v is None:
+                parts = [None] * len(sub)
+            elif isinstance(v, Mapping):
+                if set(v) != set(sub):
+                    raise TypeError(f"{self.name}: field {name} takes {sub}, got {list(v)}")
+                parts = [v[s] for s in sub]
+            elif isinstance(v, tuple) and len(v) == len(sub):
+                parts = list(v)
             else:
-                if not isinstance(v, (int, float)):
-                    raise TypeError(f"a scalar field takes a number, got {v!r}")
-                values.append(v)
-        buffer = ctypes.create_string_buffer(self._struct.size)
-        self._struct.pack_into(buffer, 0, *values, *steps)
-        return buffer
+                raise TypeError(f"{self.name}: field {name} takes None or the tensors "
+                                f"{sub}, got {v!r}")
+            tensors.update((f"{name}.{s}", p) for s, p in zip(sub, parts, strict=True))
+        dims = sizes(ints)
+        packed: list[int | float] = []
+        steps: list[int] = []
+        limit = sys.maxsize
+        N = dims.get("N", 0)
+        for path, kind, rule, plan in self._leaves:
+            if kind != "m":
+                if kind != "ts":
+                    packed.append(scalars[path])
+                continue
+            field = tensors[path]
+            if rule is None or plan is None:  # check_layout: every M2 field has a rule
+                raise RuntimeError(f"{self.name}: field {path} has no shape rule")
+            rows, width, at_least, need = plan
+            if field is None:
+                if need is not None and all(
+                        (scalars[k] != 0) if k in scalars else tensors.get(k) is not None
+                        for k in need):
+                    when = f" when {' and '.join(need)}" if need else ""
+                    raise ValueError(f"{self.name}: field {path} is None, but the C function "
+                                     f"reads it{when}: it must be given here")
+                packed += (0, 0)
+                steps.append(0)
+                continue
+            # the tensor: float32, strided, on the CPU, of the rule's shape, a row's elements
+            # adjacent; a vector (D,) is every row's, a matrix (M, D) every step's, and
+            # (S, M, D) holds step t at index t (at index 0 for every step when S is 1)
+            if (not isinstance(field, Tensor) or field.dtype is not _F32 or not field.is_cpu
+                    or field.layout is not _STRIDED):
+                _refuse(self.name, path, field, "kind")
+            shape = field.shape
+            d, size, last = len(shape), dims[width], shape[-1] if shape else 0
+            if d == 2 or d == 3:
+                ok = shape[-2] == N if rows[0] == "N" else rows == "1+" and shape[-2] >= 1
+                ok = ok and (d == 2 or shape[0] >= 1)
+            else:
+                ok = d == 1 and rows != "N"
+            if not ok or not (last >= size if at_least else last == size):
+                _refuse(self.name, path, field, "shape", _expected(rule, dims))
+            stride = field.stride()
+            if stride[-1] != 1 and last > 1:
+                _refuse(self.name, path, field, "stride")
+            if d == 1:
+                packed += (field.data_ptr(), 0)
+                steps.append(0)
+            elif d == 2:
+                packed += (field.data_ptr(), stride[0])
+                steps.append(0)
+            else:
+                packed += (field.data_ptr(), stride[1])
+                steps.append(stride[0] if shape[0] > 1 else 0)
+                if 1 < shape[0] < limit:
+                    limit = shape[0]
+        out = self.layout()
+        self._struct.pack_into(out, 0, *packed, *steps)
+        return out, limit
 
-    def bind(self, *fields: int | float | Tensor | None) -> Callable[[int], None]:
+    def bind(self, *fields: Value, **named: Value) -> Callable[[int], None]:
         """The kernel on ``fields`` as ``step(t)``, which keeps them alive."""
-        return _Bound(self._fn, self._pack(fields), fields)
+        struct_, limit = self._pack(fields, named)
+        return _Bound(self.name, self._fn, struct_, limit, (fields, named))
 
-    def __call__(self, *fields: int | float | Tensor | None) -> None:
-        buffer = self._pack(fields)
-        self._fn(ctypes.addressof(buffer), 0)
+    def __call__(self, *fields: Value, **named: Value) -> None:
+        struct_, _ = self._pack(fields, named)
+        self._fn(ctypes.addressof(struct_), 0)
 
 
 class _Bound:
-    """A kernel bound to its packed struct: ``step(t)``. Keeps the struct and the tensors
-    it points at alive."""
+    """A kernel bound to its packed struct: ``step(t)`` for ``0 <= t < steps``. Keeps the
+    struct and the tensors it points at alive."""
 
-    def __init__(self, fn: Callable[[int, int], None], buffer: ctypes.Array,
-                 fields: tuple[int | float | Tensor | None, ...]) -> None:
-        self._fn, self._address = fn, ctypes.addressof(buffer)
-        self.keep = (buffer, fields)
+    __slots__ = ("_address", "_fn", "keep", "name", "steps")
+
+    def __init__(self, name: str, fn: Callable[[int, int], None], struct: ctypes.Structure,
+                 steps: int, fields: object) -> None:
+        self.name, self._fn, self.steps = name, fn, steps
+        self._address = ctypes.addressof(struct)
+        self.keep = (struct, fields)
 
     def __call__(self, t: int) -> None:
+        if not 0 <= t < self.steps:
+            raise ValueError(f"{self.name}: step {t} is outside the {self.steps} steps its "
+                             f"fields hold")
         self._fn(self._address, t)
-
 
 @cache
 def load() -> dict[str, Kernel] | None:
@@ -186,7 +682,7 @@ def load() -> dict[str, Kernel] | None:
     if os.environ.get("HMRNN_KERNELS", "1") == "0":
         return None
     lib = _compile()
-    return None if lib is None else {name: Kernel(lib, name) for name in _LAYOUTS}
+    return None if lib is None else {name: Kernel(lib, name) for name in LAYOUTS}
 
 
 def enabled(like: Tensor) -> bool:

@@ -14,23 +14,52 @@
  * vector (distance 0: every row the same). A NULL pointer marks an absent argument. The
  * M2 fields of a struct come one after the other, and the struct ends with one step
  * stride per M2 field: at step t each pointer moves on by t times its stride, so that a
- * struct packed once serves every step of a sequence. Each function's struct size is
- * exported as <function>_size, which library.py checks against the layout it packs.
+ * struct packed once serves every step of a sequence.
+ *
+ * Each struct's size is exported as <name>_size and its fields, in declaration order, as
+ * <name>_fields (name, byte offset, byte size; <name>_nfields of them), <name> being the
+ * function's (hm_forward, ...) or, for the structs inside them, hm_m2, hm_term and
+ * hm_term_grad. library.py mirrors every struct as a ctypes.Structure with the same field
+ * names and checks it against these, field by field, when it loads the library; it also
+ * checks every tensor it packs against the sizes the struct declares (N rows of H, ...)
+ * before any call. A struct's fields change here, in its FIELDS table and in library.py
+ * together.
  */
 #include <math.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+
+/* One field of a struct, as library.py reads it: its name, byte offset and byte size. */
+typedef struct {
+    const char *name;
+    int64_t offset, size;
+} Field;
+
+#define FIELD(type, f) {#f, (int64_t)offsetof(type, f), (int64_t)sizeof(((type *)0)->f)}
+/* <name>_fields[] and <name>_nfields: the fields of a struct, in declaration order. */
+#define FIELDS(name, ...)                                                            \
+    const Field name##_fields[] = {__VA_ARGS__};                                     \
+    const int64_t name##_nfields = (int64_t)(sizeof(name##_fields) / sizeof(Field))
 
 typedef struct {
     float *p;
     int64_t s;
 } M2;
+const int64_t hm_m2_size = sizeof(M2);
+FIELDS(hm_m2, FIELD(M2, p), FIELD(M2, s));
 
 /* A copy of *arg whose `count` M2 fields from `first` on have moved to step t. */
 #define AT_STEP(type, arg, first, count, t)                                   \
     type a_ = *(arg);                                                          \
     for (int k_ = 0; k_ < (count); k_++) (&a_.first)[k_].p += (t) * a_.ts[k_]; \
     const type *a = &a_
+
+/* AT_STEP walks `count` adjacent M2s from `first` to `last`: a struct must lay them out so. */
+#define M2_RUN(type, first, last, count)                                                \
+    _Static_assert(offsetof(type, last) - offsetof(type, first) ==                    \
+                       ((count) - 1) * sizeof(M2),                                    \
+                   #type ": AT_STEP's M2 fields are not " #count " adjacent ones")
 
 #define ROW(m, n) ((m).p + (n) * (m).s)
 #define AT(m, n) ((m).p[(n) * (m).s])
@@ -121,7 +150,16 @@ typedef struct {
     double slope, eps;
     int64_t ts[FORWARD_M2];
 } Forward;
+M2_RUN(Forward, act, ln_b, FORWARD_M2);
 const int64_t hm_forward_size = sizeof(Forward); /* checked by library.py */
+FIELDS(hm_forward, FIELD(Forward, N), FIELD(Forward, H), FIELD(Forward, has_z),
+       FIELD(Forward, soft), FIELD(Forward, act), FIELD(Forward, h_prev),
+       FIELD(Forward, c_prev), FIELD(Forward, z_prev), FIELD(Forward, z_below),
+       FIELD(Forward, h_out), FIELD(Forward, c_out), FIELD(Forward, z_out),
+       FIELD(Forward, tanh_c), FIELD(Forward, u), FIELD(Forward, zbin),
+       FIELD(Forward, diff), FIELD(Forward, zdiff), FIELD(Forward, cell_stats),
+       FIELD(Forward, ln_w), FIELD(Forward, ln_b), FIELD(Forward, slope),
+       FIELD(Forward, eps), FIELD(Forward, ts));
 
 void hm_forward(const Forward *arg, int64_t t) {
     AT_STEP(Forward, arg, act, FORWARD_M2, t);
@@ -183,6 +221,8 @@ void hm_forward(const Forward *arg, int64_t t) {
 typedef struct {
     M2 proj, stats, w, b;
 } Term;
+const int64_t hm_term_size = sizeof(Term);
+FIELDS(hm_term, FIELD(Term, proj), FIELD(Term, stats), FIELD(Term, w), FIELD(Term, b));
 
 #define TERMS_FORWARD_M2 16
 typedef struct {
@@ -192,7 +232,12 @@ typedef struct {
     double eps;
     int64_t ts[TERMS_FORWARD_M2];
 } TermsForward;
+M2_RUN(TermsForward, act, bu.b, TERMS_FORWARD_M2);
 const int64_t hm_terms_forward_size = sizeof(TermsForward); /* checked by library.py */
+FIELDS(hm_terms_forward, FIELD(TermsForward, N), FIELD(TermsForward, R),
+       FIELD(TermsForward, act), FIELD(TermsForward, base), FIELD(TermsForward, z_prev),
+       FIELD(TermsForward, z_below), FIELD(TermsForward, rec), FIELD(TermsForward, td),
+       FIELD(TermsForward, bu), FIELD(TermsForward, eps), FIELD(TermsForward, ts));
 
 static inline void hm_add_normed(const Term *t, int64_t n, int64_t R, double eps, float gate,
                                  float *out) {
@@ -229,7 +274,17 @@ typedef struct {
     double half_slope;
     int64_t ts[BACKWARD_M2];
 } Backward;
+M2_RUN(Backward, act, scratch, BACKWARD_M2);
 const int64_t hm_backward_size = sizeof(Backward); /* checked by library.py */
+FIELDS(hm_backward, FIELD(Backward, N), FIELD(Backward, H), FIELD(Backward, has_z),
+       FIELD(Backward, act), FIELD(Backward, tanh_c), FIELD(Backward, c),
+       FIELD(Backward, c_prev), FIELD(Backward, u), FIELD(Backward, diff),
+       FIELD(Backward, zdiff), FIELD(Backward, z_prev), FIELD(Backward, z_below),
+       FIELD(Backward, cell_stats), FIELD(Backward, ln_w), FIELD(Backward, gh_acc),
+       FIELD(Backward, gh_out), FIELD(Backward, gc_acc), FIELD(Backward, gz_acc),
+       FIELD(Backward, gz_out), FIELD(Backward, gz_acc_below), FIELD(Backward, gs),
+       FIELD(Backward, g_tanh), FIELD(Backward, scratch), FIELD(Backward, half_slope),
+       FIELD(Backward, ts));
 
 void hm_backward(const Backward *arg, int64_t t) {
     AT_STEP(Backward, arg, act, BACKWARD_M2, t);
@@ -313,7 +368,13 @@ typedef struct {
         gz_acc_below;
     int64_t ts[SPREAD_M2];
 } Spread;
+M2_RUN(Spread, gx, gz_acc_below, SPREAD_M2);
 const int64_t hm_spread_size = sizeof(Spread); /* checked by library.py */
+FIELDS(hm_spread, FIELD(Spread, N), FIELD(Spread, H), FIELD(Spread, Ha),
+       FIELD(Spread, Hb), FIELD(Spread, gx), FIELD(Spread, gh_acc),
+       FIELD(Spread, h_above), FIELD(Spread, z_prev), FIELD(Spread, gh_acc_above),
+       FIELD(Spread, gz_acc), FIELD(Spread, h_below), FIELD(Spread, z_below),
+       FIELD(Spread, gh_acc_below), FIELD(Spread, gz_acc_below), FIELD(Spread, ts));
 
 static inline void hm_spread_gated(const float *g, const float *h, float gate, int64_t D,
                                    float *gh_acc, float *gz_acc) {
@@ -348,6 +409,9 @@ void hm_spread(const Spread *arg, int64_t t) {
 typedef struct {
     M2 proj, stats, g_proj, w, b;
 } TermGrad;
+const int64_t hm_term_grad_size = sizeof(TermGrad);
+FIELDS(hm_term_grad, FIELD(TermGrad, proj), FIELD(TermGrad, stats),
+       FIELD(TermGrad, g_proj), FIELD(TermGrad, w), FIELD(TermGrad, b));
 
 #define TERMS_BACKWARD_M2 20
 typedef struct {
@@ -356,7 +420,13 @@ typedef struct {
     TermGrad rec, td, bu;
     int64_t ts[TERMS_BACKWARD_M2];
 } TermsBackward;
+M2_RUN(TermsBackward, gs, bu.b, TERMS_BACKWARD_M2);
 const int64_t hm_terms_backward_size = sizeof(TermsBackward); /* checked by library.py */
+FIELDS(hm_terms_backward, FIELD(TermsBackward, N), FIELD(TermsBackward, R),
+       FIELD(TermsBackward, gs), FIELD(TermsBackward, z_prev),
+       FIELD(TermsBackward, z_below), FIELD(TermsBackward, gz_acc),
+       FIELD(TermsBackward, gz_acc_below), FIELD(TermsBackward, rec),
+       FIELD(TermsBackward, td), FIELD(TermsBackward, bu), FIELD(TermsBackward, ts));
 
 static inline void hm_term_backward(const TermGrad *t, const float *gs, int64_t n, int64_t R,
                                     float gate, float *gz_acc) {
@@ -394,7 +464,12 @@ typedef struct {
     M2 x, h_prev, h_above, z_prev, h_below, z_below;
     int64_t ts[GATHER_M2];
 } Gather;
+M2_RUN(Gather, x, z_below, GATHER_M2);
 const int64_t hm_gather_size = sizeof(Gather); /* checked by library.py */
+FIELDS(hm_gather, FIELD(Gather, N), FIELD(Gather, H), FIELD(Gather, Ha),
+       FIELD(Gather, Hb), FIELD(Gather, x), FIELD(Gather, h_prev), FIELD(Gather, h_above),
+       FIELD(Gather, z_prev), FIELD(Gather, h_below), FIELD(Gather, z_below),
+       FIELD(Gather, ts));
 
 void hm_gather(const Gather *arg, int64_t t) {
     AT_STEP(Gather, arg, x, GATHER_M2, t);
