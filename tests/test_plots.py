@@ -11,9 +11,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from matplotlib.colors import to_rgb
 
 from hmrnn.analysis.boundaries import Op, operation_counts, operations, text_boundaries
-from hmrnn.analysis.figures import boundary_map, display_char, hidden_norm_map
+from hmrnn.analysis.figures import (
+    BLANK,
+    MARK,
+    PAGE_WIDTH_IN,
+    TICK,
+    boundary_map,
+    display_char,
+    hidden_norm_map,
+)
 from hmrnn.analysis.report import html_report, inspect_sequence
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -47,29 +56,73 @@ def test_display_char() -> None:
     assert display_char("\x00") == "\u00b7"
 
 
-def test_boundary_map_png_svg_and_wrapping(tmp_path: Path) -> None:
+def _cell_bands(path: Path) -> int:
+    """The number of stacked bands of cells (one per layer row per wrapped panel): runs of
+    image rows mostly in the colours of a boundary map's cells."""
+    from matplotlib.image import imread
+
+    rgb = imread(path)[..., :3]
+    cells = np.zeros(rgb.shape[:2], bool)
+    for colour in (MARK, BLANK):
+        cells |= (np.abs(rgb - np.asarray(to_rgb(colour))) < 0.03).all(axis=-1)
+    rows = cells.mean(axis=1) > 0.3
+    return int(np.count_nonzero(rows[1:] & ~rows[:-1]) + rows[0])
+
+
+def _share(path: Path, colour: str) -> float:
+    from matplotlib.image import imread
+
+    rgb = imread(path)[..., :3]
+    return float((np.abs(rgb - np.asarray(to_rgb(colour))) < 0.03).all(axis=-1).mean())
+
+
+def test_boundary_map_png_svg_pdf_and_wrapping(tmp_path: Path) -> None:
     b = make_boundary()
     png = boundary_map(TEXT, b, tmp_path / "map.png", width=8)
     data = png.read_bytes()
     assert data.startswith(PNG_SIGNATURE) and len(data) > 1000
     one_panel = boundary_map(TEXT, b, tmp_path / "one.png", width=30)
-    # 21 characters at width 8 wrap into 3 stacked panels, at width 30 into one.
-    assert read_png_shape(png)[0] > 2 * read_png_shape(one_panel)[0]
+    # 21 characters at width 8 wrap into 3 stacked panels of 2 layer rows, at width 30 into one
+    assert _cell_bands(png) == 6 and _cell_bands(one_panel) == 2
+    assert read_png_shape(png)[0] > 1.5 * read_png_shape(one_panel)[0]
     svg = boundary_map(TEXT, b, tmp_path / "map.svg", width=8)
     assert "<svg" in svg.read_text(encoding="utf-8")[:2000]
+    # the format and dpi parameters; the path gets the format's suffix
+    pdf = boundary_map(TEXT, b, tmp_path / "map", width=8, format="pdf")
+    assert pdf == tmp_path / "map.pdf" and pdf.read_bytes().startswith(b"%PDF")
+    low = boundary_map(TEXT, b, tmp_path / "low.png", width=8, dpi=50)
+    assert read_png_shape(low)[0] < read_png_shape(png)[0] / 2
 
 
-def test_boundary_map_lights_cells(tmp_path: Path) -> None:
-    from matplotlib.image import imread
+def test_figures_fit_a_page_and_explain_themselves(tmp_path: Path) -> None:
+    text = (TEXT * 13)[:270]
+    b = make_boundary(text)
+    norms = make_norms(b)
+    for path in (boundary_map(text, b, tmp_path / "map.png", width=90, dpi=100),
+                 hidden_norm_map(text, norms, b, tmp_path / "norms.png", width=90, dpi=100)):
+        height, width = read_png_shape(path)
+        assert width <= PAGE_WIDTH_IN * 100 + 1, "90 characters a row fit a page's width"
+    assert _cell_bands(tmp_path / "map.png") == 3 * 2  # three rows of 90
+    svg = boundary_map(text, b, tmp_path / "map.svg").read_text(encoding="utf-8")
+    # a title, a legend for both kinds of cell and the positions of every row
+    for words in ("Boundary detectors", "boundary, layer", "no boundary", "0\u201389",
+                  "180\u2013269", "space"):
+        assert words in svg, words
+    svg = hidden_norm_map(text, norms, b, tmp_path / "norms.svg").read_text(encoding="utf-8")
+    for words in ("Hidden-state norms", "segment ends with this character", "COPYs"):
+        assert words in svg, words
 
-    dark = imread(boundary_map(TEXT, np.zeros((21, 3)), tmp_path / "dark.png", width=21))
+
+def test_boundary_map_marks_cells(tmp_path: Path) -> None:
+    blank = boundary_map(TEXT, np.zeros((21, 3)), tmp_path / "blank.png", width=21)
     lit = np.zeros((21, 3))
     lit[:, :2] = 1
-    light = imread(boundary_map(TEXT, lit, tmp_path / "light.png", width=21))
-    assert dark.shape == light.shape
-    black = (dark[..., :3] < 0.1).all(axis=-1).mean()
-    assert black > 0.3, "unlit cells are black"
-    assert (light[..., :3] < 0.1).all(axis=-1).mean() < 0.1 * black, "lit cells are white"
+    marked = boundary_map(TEXT, lit, tmp_path / "marked.png", width=21)
+    assert read_png_shape(blank) == read_png_shape(marked)
+    assert _share(blank, BLANK) > 0.1, "cells where z = 0 are light"
+    assert _share(marked, MARK) > 0.1, "cells where z = 1 are filled"
+    assert _share(marked, BLANK) < 0.1 * _share(blank, BLANK)
+    assert _share(blank, MARK) < 0.1 * _share(marked, MARK)  # the legend's swatch only
 
 
 def test_hidden_norm_map(tmp_path: Path) -> None:
@@ -81,12 +134,22 @@ def test_hidden_norm_map(tmp_path: Path) -> None:
     # constant norms must not break the colour scale
     flat = hidden_norm_map(TEXT, np.ones(b.shape), b, tmp_path / "flat.png")
     assert flat.stat().st_size > 0
+    # boundary ticks: more red with boundaries than without (the legend's line only)
+    none = hidden_norm_map(TEXT, make_norms(b), np.zeros(b.shape), tmp_path / "none.png",
+                           width=10)
+    assert _share(png, TICK) > 3 * _share(none, TICK)
+    pdf = hidden_norm_map(TEXT, make_norms(b), b, tmp_path / "n", format="pdf")
+    assert pdf.suffix == ".pdf" and pdf.read_bytes().startswith(b"%PDF")
 
 
 def test_plot_errors(tmp_path: Path) -> None:
     b = make_boundary()
-    with pytest.raises(ValueError, match=r"\.png or \.svg"):
+    with pytest.raises(ValueError, match=r"\.png, \.pdf or \.svg"):
         boundary_map(TEXT, b, tmp_path / "map.jpg")
+    with pytest.raises(ValueError, match="format must be one of png, pdf, svg"):
+        boundary_map(TEXT, b, tmp_path / "map.png", format="jpg")
+    with pytest.raises(ValueError, match="dpi must be"):
+        hidden_norm_map(TEXT, np.ones(b.shape), b, tmp_path / "n.png", dpi=0)
     with pytest.raises(ValueError, match="20 characters but the arrays have 21 steps"):
         boundary_map(TEXT[:-1], b, tmp_path / "map.png")
     with pytest.raises(ValueError, match="at least 2 layers"):
@@ -214,6 +277,33 @@ def test_inspect_sequence_bundle(tmp_path: Path) -> None:
         "phrase",
     }
     assert loaded["warnings"] == []
+    assert loaded["checkpoint"] is None and loaded["source"] is None
+
+
+def test_inspect_page_names_checkpoint_truth_scores_and_saving(tmp_path: Path) -> None:
+    b = make_boundary()
+    word = text_boundaries(TEXT)
+    summary = inspect_sequence(
+        TEXT, b, make_norms(b), tmp_path, references={"word": word},
+        checkpoint="runs/<x>/best.pt", source="a test text", format="svg", dpi=80,
+    )
+    assert summary["files"]["boundary_map"] == "boundary_map.svg"
+    assert "<svg" in (tmp_path / "boundary_map.svg").read_text(encoding="utf-8")[:2000]
+    assert summary["checkpoint"] == "runs/<x>/best.pt" and summary["source"] == "a test text"
+    page = (tmp_path / "segments.html").read_text(encoding="utf-8")
+    assert "runs/&lt;x&gt;/best.pt" in page and "a test text" in page
+    comp = summary["computation"]
+    assert f"{comp['total_updates']:,} layer updates" in page
+    assert f"{comp['saved_fraction']:.1%} saved" in page
+    f1 = summary["segmentation"]["layers"]["layer1"]["word"]["tol0"]["f1"]
+    assert f"<td>{f1:.3f}</td>" in page and "<th>F1</th>" in page
+    # the true word boundaries, as segments ending exactly at them
+    parser = _Segments()
+    parser.feed(page)
+    truth = ["".join(seg).replace("\u23ce", "") for seg in parser.layers["truth-word"]]
+    ends = np.flatnonzero(word)
+    assert truth[: len(ends)] == [TEXT[a + 1 : e + 1] for a, e in zip(np.r_[-1, ends[:-1]], ends,
+                                                                      strict=True)]
 
 
 def test_inspect_sequence_without_references_warns_on_collapse(tmp_path: Path) -> None:
