@@ -92,7 +92,7 @@ RESUME_SETTINGS = {
     "model.hidden_size": "6,5,4", "model.embedding_size": "4", "model.output_size": "7",
     "model.boundary": "sample", "train.batch_size": "3", "train.seq_len": "8",
     "train.eval_every": "4", "train.eval_batch_size": "5", "train.patience": "1",
-    "train.lr": "0.01", "train.slope_rate": "0.5", "run.progress": "false",
+    "train.lr": "0.05", "train.slope_rate": "0.5", "run.progress": "false",
     "run.tensorboard": "false", "train.max_minutes": "0",
 }
 

@@ -1,36 +1,44 @@
-"""Findings about docs/model.md that the code follows but users should know (see
-docs/design-notes.md).
+"""docs/model.md decision 7: the layer-normalised HM-LSTM starts sane.
 
-Decision 7 normalises each of the three terms of ``s`` separately. At initialisation this
-makes the HM-LSTM's gradient grow exponentially with the sequence length, while the same
-stack without layer norm, or with only ``LN(c)``, and a LayerNorm LSTM stay bounded.
-Training still works with gradient clipping (the paper clips at 1), but the clipped
-direction is dominated by this growth. If a change to decision 7 removes it, this test
-fails and the note must be updated.
+Each of the three terms of ``s`` is normalised on its own. With gains 1 this made the
+gradient at initialisation 1e14-1e22 times the no-LN model's at T = 100 (LN's Jacobian
+is gain / std of its input, and the terms are small at initialisation). The gains now
+start small (:data:`hmrnn.model.cell.LN_GAINS`); this holds them to it at the default
+model's sizes, over seeds and slopes (docs/design-notes.md, scripts/ln_init_study.py).
 """
 
 from __future__ import annotations
 
+import pytest
 import torch
 
+from hmrnn.model.cell import LN_GAINS, HMLSTMCell
 from hmrnn.tasks.charlm.build import build_charlm
 from hmrnn.training.config import ModelConfig
 
 
-def _grad_norm(config: ModelConfig, steps: int) -> float:
-    torch.manual_seed(0)
-    model = build_charlm(config, 20)
-    x = torch.randint(0, 20, (steps, 4), generator=torch.Generator().manual_seed(1))
-    out = model(x)
-    torch.nn.functional.cross_entropy(out.logits.flatten(0, 1), x.flatten()).backward()
-    return float(torch.sqrt(sum(p.grad.pow(2).sum() for p in model.parameters()
+def _grad_norm(config: ModelConfig, seed: int, slope: float, steps: int = 100) -> float:
+    torch.manual_seed(seed)
+    model = build_charlm(config, 26)
+    model.rnn.set_slope(slope)
+    x = torch.randint(0, 26, (steps + 1, 8), generator=torch.Generator().manual_seed(seed))
+    out = model(x[:-1])
+    torch.nn.functional.cross_entropy(out.logits.flatten(0, 1), x[1:].flatten()).backward()
+    return float(torch.sqrt(sum(p.grad.double().pow(2).sum() for p in model.parameters()
                                 if p.grad is not None)))
 
 
-def test_layer_norm_on_each_term_makes_initial_gradients_explode() -> None:
-    small = {"hidden_size": (32,), "embedding_size": 16, "output_size": 32}
-    ln_hm = [_grad_norm(ModelConfig(layer_norm=True, **small), t) for t in (10, 60)]
-    plain_hm = [_grad_norm(ModelConfig(layer_norm=False, **small), t) for t in (10, 60)]
-    ln_lstm = [_grad_norm(ModelConfig(rnn="lstm", layer_norm=True, **small), t) for t in (10, 60)]
-    assert ln_hm[1] > 1e3 * ln_hm[0]  # exponential growth with T
-    assert plain_hm[1] < 10 * plain_hm[0] and ln_lstm[1] < 10 * ln_lstm[0]
+@pytest.mark.parametrize("slope", [1.0, 5.0])
+def test_initial_gradient_stays_within_10x_of_the_model_without_layer_norm(slope: float) -> None:
+    torch.set_num_threads(1)
+    ratios = [_grad_norm(ModelConfig(layer_norm=True), seed, slope)
+              / _grad_norm(ModelConfig(layer_norm=False), seed, slope) for seed in range(5)]
+    assert max(ratios) < 10, ratios
+    assert min(ratios) > 0.1, ratios  # not tamed by vanishing either
+
+
+def test_gains_start_as_decision_7_says() -> None:
+    cell = HMLSTMCell(6, 5, 4, layer_norm=True)
+    for key, gain in LN_GAINS.items():
+        assert torch.all(getattr(cell, f"ln_{key}").weight == gain)
+        assert torch.all(getattr(cell, f"ln_{key}").bias == 0)

@@ -37,6 +37,10 @@ FRACTIONS = (0.8, 0.1, 0.1)
 # rounding differences of DDP's sums flip a hard boundary within a few steps, and the
 # runs then part ways (as two single-process runs on different hardware would).
 TINY = {
+    # without layer norm: its small initial gains (docs/model.md decision 7) leave a tiny
+    # model's boundaries at their biases' signs for the few steps these runs take, and the
+    # comparisons below need boundaries that depend on the input
+    "model.layer_norm": "false",
     "model.hidden_size": "6,5,4", "model.embedding_size": "4", "model.output_size": "7",
     "train.batch_size": "4", "train.seq_len": "8", "train.eval_every": "3",
     "train.eval_batch_size": "3", "train.log_every": "2", "train.clip": "0.1",
@@ -167,7 +171,8 @@ def test_evaluation_over_ranks_equals_one_process_with_all_streams(two) -> None:
         assert np.array_equal(rank["boundary"].numpy(), single.boundary)
     assert 0 < single.boundary_rates()[0] < 1  # the boundaries say something
     valid = one.task.evaluate("valid")
-    assert valid.keys() == ranks[0]["valid"].keys() >= {"loss", "bpc", "z", "f1_word"}
+    trained = {"dead0", "dead1", "zgrad"}  # the detectors as last measured in training
+    assert valid.keys() == ranks[0]["valid"].keys() - trained >= {"loss", "bpc", "z", "f1_word"}
     for rank in ranks:
         assert rank["valid"]["loss"] == pytest.approx(valid["loss"], rel=1e-6)
         assert rank["valid"]["z"] == pytest.approx(valid["z"])
@@ -221,7 +226,8 @@ def test_torchrun_command_line_then_resume_on_one_process(tmp_path: Path, capsys
     )
     assert proc.returncode == 0, _failed_run(proc)
     for line in ("# resolved config", f"{WORLD} process(es)", "stopped after step 4",
-                 "test: ", "boundaries against the true segmentation", "sample:"):
+                 "test: ", "boundaries against the true segmentation", "hierarchy (test split):",
+                 "hierarchy formed", "of the layer updates a stacked RNN makes", "sample:"):
         assert proc.stdout.count(line) == 1, line
     assert sorted(p.name for p in out.iterdir()) == ["best.pt", "last.pt", "metrics.jsonl"]
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

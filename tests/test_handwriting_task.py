@@ -162,7 +162,9 @@ def test_training_loss_is_the_mean_nll_per_real_step(strokes: Path) -> None:
 def test_pen_up_counts_follow_the_line_alignment(strokes: Path) -> None:
     data, _ = load_handwriting_data(strokes, (0.6, 0.2, 0.2))
     torch.manual_seed(3)
-    model = build_handwriting_model(tiny_config().model)
+    # without layer norm, whose small initial gains (docs/model.md decision 7) leave an
+    # untrained stack's boundaries at their biases' signs: layer 2 must fire here
+    model = build_handwriting_model(tiny_config(**{"model.layer_norm": "false"}).model)
     lines = data.valid + data.test
     # One line at a time, as offset_boundaries reads it: in a batch the last-bit rounding
     # differs, and this untrained stack is chaotic enough (even in float64) that such

@@ -9,6 +9,7 @@ non-zero exit, never a stack trace.
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from collections.abc import Sequence
 
@@ -31,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_parser(sub)
     inspect.add_parser(sub)
     data.add_parser(sub)
+    from hmrnn.cli import plot
+
+    plot.add_parser(sub)
 
     from hmrnn.cli.bench import add_arguments as add_bench_arguments
     from hmrnn.cli.bench import run as run_bench
@@ -47,8 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``hmrnn`` on ``argv`` (default: the process's); returns the exit status: 0, 2 for a
-    user error (bad data, config, checkpoint, file or value), 1 when training cannot go on,
-    130 when interrupted."""
+    user error (bad data, config, checkpoint, file or value; a path that cannot be written),
+    1 when training cannot go on (also a full disk), 130 when interrupted."""
     from hmrnn.data import DataError
     from hmrnn.training.checkpoint import CheckpointError
     from hmrnn.training.config import ConfigError
@@ -63,7 +67,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     name = " ".join(["hmrnn", args.command, *([args.action] if "action" in args else [])])
     try:
         return int(args.func(args))
-    except (DataError, ConfigError, CheckpointError, FileNotFoundError, ValueError) as e:
+    except BrokenPipeError:
+        return 0
+    except OSError as e:  # an output (or input) path that cannot be used: say which, and why
+        print(f"{name}: error: {_os_error(e)}", file=sys.stderr)
+        return EXIT_FAILED if e.errno in (errno.ENOSPC, errno.EDQUOT) else EXIT_USAGE
+    except (DataError, ConfigError, CheckpointError, ValueError) as e:
         print(f"{name}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except TrainingError as e:
@@ -72,8 +81,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{name}: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:
-        return 0
+
+
+def _os_error(e: OSError) -> str:
+    """``PATH: reason`` of an OSError (``str(e)`` when it names no path)."""
+    if e.filename is None or not e.strerror:
+        return " ".join(str(e).split())
+    return f"{e.filename}: {e.strerror}"
 
 
 if __name__ == "__main__":

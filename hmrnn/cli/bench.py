@@ -446,6 +446,9 @@ def run(args: argparse.Namespace) -> int:
     args.train = args.train or [(128, 32), (512, 64)]
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else "cpu" if args.device == "auto" else args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device}: CUDA is not available on this machine; "
+                         "use --device cpu (or auto)")
     if args.cuda_graph and device.type != "cuda":
         raise ValueError(f"--cuda-graph needs a CUDA device; this run is on {device}")
     threads = torch.get_num_threads()

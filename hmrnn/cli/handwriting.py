@@ -104,7 +104,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     return run_training(args.config, args.overrides, kind=KIND, resume=args.resume,
                         make_task=make_task, report=None if args.no_report else report,
-                        adjust_config=adjust)
+                        adjust_config=adjust, overwrite=args.overwrite)
 
 
 # -- eval -----------------------------------------------------------------------------
@@ -155,6 +155,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise ValueError(f"--steps must be positive, got {args.steps}")
     if args.bias < 0:
         raise ValueError(f"--bias must be >= 0, got {args.bias}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)  # a folder that cannot be made: say so first
     model, normalizer, config, checkpoint = load_handwriting_checkpoint(args.checkpoint)
     prime = None
     title = f"sample: {args.steps} steps, bias {args.bias:g}, seed {args.seed}"
@@ -166,8 +168,6 @@ def cmd_sample(args: argparse.Namespace) -> int:
     generator = torch.Generator().manual_seed(args.seed)
     new = sample_strokes(model, args.steps, args.bias, prime, generator)[:, 0].numpy()  # (S, 3)
     offsets = new if prime is None else np.concatenate([prime, new])
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     draw_strokes(normalizer.denormalize(offsets), out, offsets=True, title=title)
     echo(f"wrote {out}: {title} ({int(new[:, 2].sum())} pen-ups written)")
     return 0
@@ -249,6 +249,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         "(default iamondb)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in run.out_dir from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in run.out_dir (without it, a new run goes "
+                        "to a numbered folder beside it)")
     p.add_argument("--no-report", action="store_true", help="skip the final test evaluation")
     p.add_argument("overrides", nargs="*", metavar="section.field=value",
                    help="config overrides, e.g. train.seq_len=300 run.out_dir=runs/hw")

@@ -13,6 +13,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     from hmrnn.tasks.charlm.task import load_charlm, sample_text
 
+    if args.length < 0:
+        raise ValueError(f"--length must be >= 0, got {args.length}")
+    if not 0 < args.temperature < float("inf"):
+        raise ValueError(f"--temperature must be a finite number > 0, got {args.temperature}")
     model, vocab, _, _ = load_charlm(args.checkpoint)
     torch.manual_seed(args.seed)
     generator = torch.Generator().manual_seed(args.seed)

@@ -35,14 +35,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         _final_report(trainer, task.corpus, say)
 
     return run_training(args.config, args.overrides, kind="charlm", resume=args.resume,
-                        make_task=make_task, report=None if args.no_report else report)
+                        make_task=make_task, report=None if args.no_report else report,
+                        overwrite=args.overwrite)
 
 
 def _final_report(trainer: Any, corpus: Any, say: Any) -> None:
-    """Test BPC of the best model, its boundaries against true word ends, and a sample."""
+    """Test BPC of the best model, its boundaries against the true segmentation, whether
+    a hierarchy formed (in words), and a sample."""
     import torch
 
-    from hmrnn.analysis.boundaries import collapse_warnings, format_scores, segmentation_scores
+    from hmrnn.analysis.boundaries import format_scores, segmentation_scores, text_boundaries
+    from hmrnn.analysis.verdict import hierarchy_summary, hierarchy_verdict
     from hmrnn.tasks.charlm.task import evaluate_lm, sample_text
     from hmrnn.training.checkpoint import load_checkpoint
 
@@ -63,13 +66,17 @@ def _final_report(trainer: Any, corpus: Any, say: Any) -> None:
         z = result.boundary > 0.5
         if corpus.boundaries is not None:  # the synthetic corpus's true word and phrase ends
             truth = corpus.boundaries["test"]
-            scores = segmentation_scores(z, None, {k: truth[k][:-1] for k in ("word", "phrase")})
+            references = {k: truth[k][:-1] for k in ("word", "phrase")}
+            scores = segmentation_scores(z, None, references)
         else:
-            scores = segmentation_scores(z, corpus.vocab.decode(corpus.splits["test"][:-1]))
+            text = corpus.vocab.decode(corpus.splits["test"][:-1])
+            references = {"word": text_boundaries(text, convention="last")}
+            scores = segmentation_scores(z, text)
         say("boundaries against the true segmentation (test split; tol1 allows one step):")
         say(format_scores(scores))
-        for warning in collapse_warnings(result.boundary_rates(), low=0.02, high=0.98):
-            say(f"warning: {warning}")
+        say("hierarchy (test split):")
+        for line in hierarchy_verdict(hierarchy_summary(z, references)):
+            say(f"  {line}")
     if context.is_main:
         say("sample:")
         text = "".join(sample_text(trainer.model, corpus.vocab, length=300, device=device,
@@ -89,6 +96,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--config", help="a config name from configs/ (e.g. ptb) or a .toml path")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in run.out_dir from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in run.out_dir (without it, a new run goes "
+                        "to a numbered folder beside it: runs/default-2, ...)")
     p.add_argument("--no-report", action="store_true",
                    help="skip the final test evaluation and sample")
     p.add_argument("overrides", nargs="*", metavar="section.field=value",

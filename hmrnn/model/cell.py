@@ -25,6 +25,16 @@ class LayerState(NamedTuple):
     z: Tensor
 
 
+# Initial layer-norm gains (docs/model.md decision 7). With gains 1 the gradient at
+# initialisation grows by a factor of about 20-100 per step along the loops through the
+# normalised terms (LN's Jacobian is gain / std of its input, and the unnormalised terms are
+# 0.01-0.06 at initialisation): 1e14-1e22 times the no-LN model's at T = 100. With the
+# terms' gains at 0.01 it stays within 1.6-3.3x for every draw measured
+# (scripts/ln_init_study.py); the boundary units then start close to their biases, where
+# boundary-rate control (decision 9) steers them best (docs/hierarchy.md).
+LN_GAINS = {"recurrent": 0.01, "top_down": 0.01, "bottom_up": 0.01, "cell": 1.0}
+
+
 class HMLSTMCell(nn.Module):
     r"""One HM-LSTM layer for one time step (Chung et al. 2017, Eq. 2-10; docs/model.md).
 
@@ -85,16 +95,19 @@ class HMLSTMCell(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Uniform(-1/sqrt(H), 1/sqrt(H)) for every weight and bias, as torch's LSTM does."""
+        """Uniform(-1/sqrt(H), 1/sqrt(H)) for every weight and bias, as torch's LSTM does;
+        layer-norm biases 0 and gains from :data:`LN_GAINS` (docs/model.md decision 7)."""
         bound = 1.0 / math.sqrt(self.hidden_size)
         for name in ("W", "U", "U_td", "bias"):
             p = getattr(self, name)
             if p is not None:
                 nn.init.uniform_(p, -bound, bound)
         if self.layer_norm:
-            for m in self.modules():
-                if isinstance(m, nn.LayerNorm):
-                    m.reset_parameters()
+            for key, gain in LN_GAINS.items():
+                norm = getattr(self, f"ln_{key}", None)
+                if norm is not None:
+                    nn.init.constant_(norm.weight, gain)
+                    nn.init.zeros_(norm.bias)
 
     def bottom_up(self, h_below: Tensor) -> Tensor:
         """``W h^{below}`` (normalised when ``layer_norm``): ``(*, Hb) -> (*, R)``.

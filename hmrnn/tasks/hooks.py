@@ -1,16 +1,28 @@
 """What every task tells the trainer besides its losses: the per-step slope annealing of
-an HM-LSTM stack and the warnings an evaluation deserves (boundary collapse)."""
+an HM-LSTM stack, the warnings an evaluation deserves (boundary collapse), and the
+boundary options and instruments of a training step (:class:`BoundaryTraining`)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from hmrnn.analysis.boundaries import collapse_warnings
-from hmrnn.model.hmlstm import HMLSTM
+from hmrnn.model.boundary_control import (
+    RateController,
+    boundary_grad_norms,
+    boundary_preactivation,
+    cap_boundary_rows,
+    detector_shares,
+    ratio_loss,
+)
+from hmrnn.model.hmlstm import HMLSTM, HMLSTMState
+from hmrnn.model.types import RNNOutput
 from hmrnn.training.config import TrainConfig
+from hmrnn.training.distributed import DistContext
 
 COLLAPSE_LOW = 0.02
 COLLAPSE_HIGH = 0.98
@@ -34,3 +46,56 @@ def anneal_slope(rnn: nn.Module, epoch: float, train: TrainConfig) -> dict[str, 
 def boundary_warnings(metrics: Mapping[str, Any]) -> list[str]:
     """Collapse warnings for the boundary rates ``metrics["z"]`` (none without them)."""
     return collapse_warnings(metrics.get("z", []), low=COLLAPSE_LOW, high=COLLAPSE_HIGH)
+
+
+class BoundaryTraining:
+    """A task's share of the boundary options and instruments of an HM-LSTM stack
+    (docs/model.md decision 9; :mod:`hmrnn.model.boundary_control`), from ``train``.
+
+    :meth:`loss` is added to the task's loss (the ratio loss, when ``rate_control`` is
+    ``"loss"``); :meth:`after_step` runs after each accepted optimiser step (the bias
+    controller, the row cap) with the step's rates averaged over every process;
+    :meth:`instruments` measures the detectors (dead shares, gradient norms). A stack
+    without boundaries gets none of it.
+    """
+
+    def __init__(self, rnn: nn.Module, train: TrainConfig, context: DistContext) -> None:
+        self.rnn = rnn if isinstance(rnn, HMLSTM) else None
+        self.train = train
+        self.context = context
+        self.controller = None
+        if self.rnn is not None and train.rate_control != "none":
+            if train.rate_control == "bias":
+                self.controller = RateController(self.rnn, train.boundary_rate, train.rate_gain)
+            else:  # validated like the controller's targets
+                RateController(self.rnn, train.boundary_rate, 1.0)
+
+    def loss(self, boundary: Tensor | None) -> Tensor | None:
+        """The rate loss to add for a step's ``boundary (T, N, L)``, or None."""
+        train = self.train
+        if self.rnn is None or boundary is None or train.rate_control != "loss":
+            return None
+        return train.rate_gain * ratio_loss(boundary, train.boundary_rate)
+
+    def after_step(self, rates: Sequence[float]) -> None:
+        """After an accepted step whose boundary rates (this process's) were ``rates``."""
+        if self.rnn is None:
+            return
+        if self.controller is not None:
+            mean = self.context.all_reduce_sum(
+                torch.tensor(list(rates), dtype=torch.float64, device=self.context.device))
+            self.controller.update((mean / self.context.world_size).tolist())
+        if self.train.boundary_cap > 0:
+            cap_boundary_rows(self.rnn, self.train.boundary_cap)
+
+    def instruments(
+        self, input: Tensor, state: HMLSTMState | None, output: RNNOutput
+    ) -> dict[str, list[float]]:
+        """``dead0`` / ``dead1``: per boundary layer, the share of the step's detectors at or
+        below 0 / at or above 1 of the hard sigmoid; ``zgrad``: the norm of the gradient
+        (after clipping) held by each detector's parameters. Call after the step."""
+        if self.rnn is None:
+            return {}
+        s_z = boundary_preactivation(self.rnn, input, state, output)
+        dead0, dead1 = detector_shares(s_z, self.rnn.slope_value)
+        return {"dead0": dead0, "dead1": dead1, "zgrad": boundary_grad_norms(self.rnn)}

@@ -6,16 +6,18 @@ A checkpoint is one ``torch.save`` file holding only tensors and plain Python da
     {"format": "hmrnn", "version": 1, "kind": "charlm", "config": {...},
      "model": state_dict, ...task- and trainer-specific entries...}
 
-Writes go to a temporary file in the same folder, are flushed to disk, and then
-atomically renamed over the target: a crash, Ctrl-C or a full disk mid-write leaves
-the previous checkpoint intact.
+Writes go to a temporary file in the same folder (``.NAME.PID.RANDOM.tmp``, with the mode
+the umask gives), are flushed to disk, and then atomically renamed over the target: a
+crash, Ctrl-C or a full disk mid-write leaves the previous checkpoint intact and removes
+the temporary file; one left by a killed process is removed by the next run in the folder.
 """
 
 from __future__ import annotations
 
 import io
 import os
-import tempfile
+import re
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -33,24 +35,98 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be read (one line, for the CLI)."""
 
 
-def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
-    """Atomically write ``payload`` (plus format and version) to ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = {"format": FORMAT, "version": VERSION, **payload}
+def serialize_checkpoint(payload: dict[str, Any]) -> bytes:
+    """The bytes :func:`save_checkpoint` writes for ``payload`` (plus format and version)."""
     buffer = io.BytesIO()
-    torch.save(data, buffer)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    torch.save({"format": FORMAT, "version": VERSION, **payload}, buffer)
+    return buffer.getvalue()
+
+
+def temporary_name(path: Path, tag: str = "") -> Path:
+    """``.NAME.PID.RANDOM.tmp`` beside ``path``: the pid tells a later run whether the
+    writer is still alive (:func:`remove_stale_temporaries`)."""
+    return path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}{tag}.tmp"
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any] | bytes) -> Path:
+    """Atomically write ``payload`` (a dict, plus format and version; or the bytes of
+    :func:`serialize_checkpoint`) to ``path``.
+
+    The file gets the mode the umask gives a new file (as ``open`` would). Any failure
+    (a full disk, a read-only folder) removes the temporary file, leaves an earlier
+    ``path`` untouched and raises ``OSError`` whose ``filename`` is ``path``.
+    """
+    path = Path(path)
+    data = payload if isinstance(payload, bytes) else serialize_checkpoint(payload)
+    tmp = temporary_name(path)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(buffer.getbuffer())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # umask applies
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    except OSError as e:
+        raise OSError(e.errno, f"cannot write checkpoint: {e.strerror or e}", str(path)) from None
     return path
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+_OURS = re.compile(r"\.(.+)\.(\d+)\.[0-9a-f]{8}(\.prev)?\.tmp")  # .NAME.PID.RANDOM.tmp
+_LEGACY = re.compile(r"\.(last|best)\.pt\.\w{8}\.tmp")  # mkstemp's, before pids
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the temporary files in ``folder`` left by writers that died (``kill -9``, a
+    crash, a power cut); returns what was removed.
+
+    A file named ``.NAME.PID.RANDOM.tmp`` is removed when its pid is not alive (or is this
+    process's, which keeps none between writes); an older checkpoint temporary without a
+    pid (``.last.pt.XXXXXXXX.tmp``, from hmrnn versions that used ``mkstemp``) always is.
+    """
+    removed: list[Path] = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for tmp in folder.glob(".*.tmp"):
+        ours = _OURS.fullmatch(tmp.name)
+        if ours is not None:
+            pid = int(ours.group(2))
+            stale = pid == os.getpid() or not _pid_alive(pid)
+        else:
+            stale = _LEGACY.fullmatch(tmp.name) is not None
+        if stale:
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+def nonfinite_tensors(tree: Any, prefix: str = "") -> list[str]:
+    """Names of the floating-point tensors in a nested dict / list that hold NaN or inf."""
+    if isinstance(tree, torch.Tensor):
+        if tree.is_floating_point() or tree.is_complex():
+            finite = bool(torch.isfinite(tree).all())
+            return [] if finite else [prefix.rstrip(".") or "tensor"]
+        return []
+    if isinstance(tree, dict):
+        return [n for k, v in tree.items() for n in nonfinite_tensors(v, f"{prefix}{k}.")]
+    if isinstance(tree, list | tuple):
+        return [n for i, v in enumerate(tree) for n in nonfinite_tensors(v, f"{prefix}{i}.")]
+    return []
 
 
 def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:

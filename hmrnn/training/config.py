@@ -14,7 +14,11 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import operator
+import re
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -26,6 +30,49 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 class ConfigError(ValueError):
     """A config file or override that cannot be used (one line, for the CLI)."""
+
+
+# -- allowed values ------------------------------------------------------------------------
+#
+# One table per section: field name -> Rule (a test of the coerced value, and the allowed
+# range in words for the message). validate_config() checks every field that has a rule; a
+# new field gets its rule in its section's table (tests/test_config.py checks that every
+# field has one). Tuple fields are checked item by item.
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A field's allowed values: ``test(value)`` is true for them; ``allowed`` says which."""
+
+    test: Callable[[Any], bool]
+    allowed: str
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, int | float) and math.isfinite(v)
+
+
+def at_least(low: float) -> Rule:
+    return Rule(lambda v: _finite(v) and v >= low, f">= {low:g}")
+
+
+def positive(high: float | None = None) -> Rule:
+    if high is None:
+        return Rule(lambda v: _finite(v) and v > 0, "> 0 (and finite)")
+    return Rule(lambda v: _finite(v) and 0 < v <= high, f"in (0, {high:g}]")
+
+
+def one_of(*choices: str) -> Rule:
+    return Rule(lambda v: v in choices, "one of " + ", ".join(c or "'' (empty)" for c in choices))
+
+
+def matches(pattern: str, allowed: str) -> Rule:
+    return Rule(lambda v: isinstance(v, str) and re.fullmatch(pattern, v) is not None, allowed)
+
+
+ANY = Rule(lambda v: True, "any value")
+OPEN_UNIT = Rule(lambda v: _finite(v) and 0 < v < 1, "in (0, 1)")
+NON_EMPTY = Rule(lambda v: isinstance(v, str) and v.strip() != "", "a non-empty string")
 
 
 @dataclass(frozen=True)
@@ -42,6 +89,18 @@ class DataConfig:
     seed: int = 0  # synthetic corpus seed
 
 
+DATA_RULES: dict[str, Rule] = {
+    "corpus": NON_EMPTY,
+    "data_dir": ANY,
+    "cache_dir": ANY,
+    "download": ANY,
+    "fractions": Rule(lambda v: _finite(v) and 0 <= v <= 1, "in [0, 1]"),
+    "synthetic_chars": at_least(1),
+    "spaces": ANY,
+    "seed": at_least(0),
+}
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """The recurrent stack and the layers around it."""
@@ -54,6 +113,18 @@ class ModelConfig:
     boundary: str = "step"  # step | sample | soft
     layer_norm: bool = True
     mixture_components: int = 20  # handwriting: Gaussians of the mixture density head
+
+
+MODEL_RULES: dict[str, Rule] = {
+    "rnn": one_of("hmlstm", "lstm", "cwrnn"),  # hmrnn.model.registry.RNN_KINDS
+    "num_layers": at_least(1),
+    "hidden_size": at_least(1),
+    "embedding_size": at_least(1),
+    "output_size": at_least(1),
+    "boundary": one_of("step", "sample", "soft"),
+    "layer_norm": ANY,
+    "mixture_components": at_least(1),
+}
 
 
 @dataclass(frozen=True)
@@ -77,6 +148,40 @@ class TrainConfig:
     log_every: int = 20  # steps between metric records
     max_nonfinite: int = 5  # consecutive non-finite steps that stop the run
     seed: int = 0
+    adam_beta2: float = 0.999  # the authors' code: 0.99
+    weight_decay: float = 0.0  # Adam's (L2); the authors' code: 5e-4
+    # Boundary-rate control (docs/model.md decision 9; not the paper's, off in its configs):
+    rate_control: str = "bias"  # none | bias: integral control of the boundary bias | loss
+    boundary_rate: tuple[float, ...] = (0.2, 0.05)  # target rate per layer below the top
+    rate_gain: float = 0.01  # bias step per unit of rate error (bias), or the loss's weight
+    boundary_cap: float = 0.0  # norm cap of each weight's boundary row (authors: 1.9365); 0: off
+
+
+TRAIN_RULES: dict[str, Rule] = {
+    "batch_size": at_least(1),
+    "seq_len": at_least(0),  # 0: whole sequences (handwriting); a character model needs >= 1
+    "lr": positive(10.0),
+    "clip": at_least(0),  # 0: no clipping
+    "lr_decay": at_least(1),
+    "patience": at_least(1),
+    "max_lr_drops": at_least(0),
+    "slope_rate": at_least(0),
+    "slope_max": at_least(1),
+    "max_steps": at_least(0),
+    "max_epochs": at_least(0),
+    "max_minutes": at_least(0),
+    "eval_every": at_least(1),
+    "eval_batch_size": at_least(1),
+    "log_every": at_least(1),
+    "max_nonfinite": at_least(1),
+    "seed": at_least(0),
+    "adam_beta2": OPEN_UNIT,
+    "weight_decay": at_least(0),
+    "boundary_rate": OPEN_UNIT,
+    "rate_control": one_of("none", "bias", "loss"),
+    "rate_gain": positive(),
+    "boundary_cap": at_least(0),
+}
 
 
 @dataclass(frozen=True)
@@ -90,6 +195,21 @@ class RunConfig:
     tensorboard: bool = True  # also log to TensorBoard when it is installed
     backend: str = ""  # DDP backend; empty: nccl on CUDA, gloo on CPU
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast on CUDA)
+
+
+RUN_RULES: dict[str, Rule] = {
+    "out_dir": NON_EMPTY,
+    "device": matches(r"auto|cpu|cuda(:\d+)?", "auto, cpu, cuda or cuda:N"),
+    "threads": at_least(0),
+    "progress": ANY,
+    "tensorboard": ANY,
+    "backend": one_of("", "nccl", "gloo", "mpi"),
+    "precision": one_of("fp32", "bf16", "fp16"),
+}
+
+RULES: dict[str, dict[str, Rule]] = {
+    "data": DATA_RULES, "model": MODEL_RULES, "train": TRAIN_RULES, "run": RUN_RULES,
+}
 
 
 @dataclass(frozen=True)
@@ -209,6 +329,74 @@ def apply_overrides(config: Config, overrides: dict[str, Any]) -> Config:
     )
 
 
+def validate_config(config: Config) -> Config:
+    """Check every field against its section's rule (and the few that depend on each
+    other); return ``config``, or raise ConfigError naming the field and its allowed range."""
+    for section in fields(config):
+        values = getattr(config, section.name)
+        for name, rule in RULES.get(section.name, {}).items():
+            value = getattr(values, name)
+            items = value if isinstance(value, tuple) else (value,)
+            for item in items:
+                if not rule.test(item):
+                    where = f"{section.name}.{name}"
+                    if isinstance(value, tuple):
+                        raise ConfigError(f"every item of {where} must be {rule.allowed}, "
+                                          f"got {item!r} in {list(value)!r}")
+                    raise ConfigError(f"{where} must be {rule.allowed}, got {value!r}")
+    model = config.model
+    if len(model.hidden_size) not in (1, model.num_layers):
+        raise ConfigError(
+            f"model.hidden_size must give one size or one per layer (model.num_layers="
+            f"{model.num_layers}), got {len(model.hidden_size)} sizes")
+    if len(config.data.fractions) != 3 or not math.isclose(sum(config.data.fractions), 1.0,
+                                                           abs_tol=1e-6):
+        raise ConfigError(f"data.fractions must be three fractions (train, valid, test) "
+                          f"summing to 1, got {list(config.data.fractions)}")
+    return config
+
+
+# Fields a resumed run cannot change: they fix the model's shape or the data position of a
+# step (whole sections by "section.*"). Any other override takes effect on --resume.
+FIXED_ON_RESUME = (
+    "model.*", "data.corpus", "data.fractions", "data.synthetic_chars", "data.spaces",
+    "data.seed", "train.batch_size", "train.seq_len", "train.seed",
+)
+
+
+def _corpus_kind(corpus: str) -> str:
+    """A corpus name (``ptb``, ``synthetic``...), or ``"a file"`` for a path to one."""
+    if corpus.startswith("file:") or "/" in corpus or "\\" in corpus or "." in corpus:
+        return "a file"
+    return corpus
+
+
+# How a fixed field is compared on resume, where not by ==: a text corpus may move (its
+# vocabulary is checked against the checkpoint's when it is read).
+RESUME_SAME: dict[str, Callable[[Any, Any], bool]] = {
+    "data.corpus": lambda old, new: _corpus_kind(old) == _corpus_kind(new),
+}
+
+
+def _show(value: Any) -> str:
+    return ",".join(map(str, value)) if isinstance(value, tuple) else repr(value)
+
+
+def check_resume_overrides(saved: Config, resumed: Config, keys: typing.Iterable[str]) -> None:
+    """Refuse (ConfigError, one line) an override of ``keys`` that changes a field fixed on
+    resume: its value in ``resumed`` differs from the checkpoint's config ``saved``."""
+    for key in keys:
+        section, _, name = key.partition(".")
+        if key not in FIXED_ON_RESUME and f"{section}.*" not in FIXED_ON_RESUME:
+            continue
+        old = getattr(getattr(saved, section), name)
+        new = getattr(getattr(resumed, section), name)
+        if not RESUME_SAME.get(key, operator.eq)(old, new):
+            raise ConfigError(
+                f"--resume: {key} cannot change on resume (the checkpoint has {_show(old)}, "
+                f"asked {_show(new)}); start a new run in another run.out_dir instead")
+
+
 def config_path(name_or_path: str) -> Path:
     """A config file by path, or by name from the packaged ``configs/`` folder."""
     path = Path(name_or_path)
@@ -266,5 +454,6 @@ def parse_overrides(args: list[str]) -> dict[str, str]:
 
 __all__ = [
     "Config", "ConfigError", "DataConfig", "ModelConfig", "RunConfig", "TrainConfig",
-    "apply_overrides", "load_config", "parse_overrides", "valid_keys",
+    "FIXED_ON_RESUME", "RULES", "Rule", "apply_overrides", "check_resume_overrides",
+    "load_config", "parse_overrides", "valid_keys", "validate_config",
 ]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +16,18 @@ class MetricsWriter:
     Each record is ``{"kind": "train" | "valid" | "test" | ..., "step": int, ...values}``.
     Lists of numbers (e.g. one boundary rate per layer) are kept as lists in JSON and
     written as ``name/0``, ``name/1`` ... scalars to TensorBoard.
+
+    Args:
+        keep_until: drop the records of an existing file after this step first (a resumed
+            run replays the steps after its checkpoint; 0 starts the file afresh).
     """
 
-    def __init__(self, out_dir: str | Path, *, tensorboard: bool = True) -> None:
+    def __init__(self, out_dir: str | Path, *, tensorboard: bool = True,
+                 keep_until: int | None = None) -> None:
         self.path = Path(out_dir) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if keep_until is not None and self.path.exists():
+            _truncate(self.path, keep_until)
         self._file = self.path.open("a", encoding="utf-8")
         self._tb: Any = None
         if tensorboard:
@@ -45,6 +54,25 @@ class MetricsWriter:
         self._file.close()
         if self._tb is not None:
             self._tb.close()
+
+
+def _truncate(path: Path, step: int) -> None:
+    """Keep the records of ``path`` up to ``step`` (and drop a torn last line), atomically."""
+    kept = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if line.endswith("\n") and isinstance(record, dict) and record.get("step", 0) <= step:
+            kept.append(line)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(kept)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _jsonable(value: Any) -> Any:

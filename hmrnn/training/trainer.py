@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import signal
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -27,8 +28,15 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from hmrnn.training.checkpoint import save_checkpoint
-from hmrnn.training.config import Config
+from hmrnn.training.checkpoint import (
+    CheckpointError,
+    nonfinite_tensors,
+    remove_stale_temporaries,
+    save_checkpoint,
+    serialize_checkpoint,
+    temporary_name,
+)
+from hmrnn.training.config import Config, validate_config
 from hmrnn.training.distributed import DistContext
 from hmrnn.training.metrics_log import MetricsWriter
 
@@ -43,12 +51,15 @@ def clip_gradients(parameters: Iterable[nn.Parameter], max_norm: float) -> Tenso
     reported as an infinite norm (which skips the step). The layer-normalised HM-LSTM's
     gradient at initialisation reaches such sizes (docs/design-notes.md); a float32 sum of
     squares overflowed on an H100 at 3 x 512, and training stopped after 20 skipped steps.
+    ``max_norm`` 0 (``train.clip=0``) only measures: no clipping.
     """
     grads = [p.grad for p in parameters if p.grad is not None]
     if not grads:
         return torch.zeros(())
     norm = torch.linalg.vector_norm(torch.stack(
         [torch.linalg.vector_norm(g, dtype=torch.float64) for g in grads]))
+    if max_norm <= 0:
+        return norm
     scale = (max_norm / (norm + 1e-6)).clamp(max=1.0)
     for g in grads:
         g.mul_(scale.to(g.dtype))
@@ -141,7 +152,7 @@ class FitResult:
     stopped_by: str
     step: int
     best_valid: float
-    last_checkpoint: Path
+    last_checkpoint: Path | None  # the newest good last.pt (None: none was ever written)
     best_checkpoint: Path | None
     valid: dict[str, Any] | None
 
@@ -155,9 +166,13 @@ class Trainer:
         context: this process's place in a data-parallel run.
         echo: where one-line messages go (only the main process echoes).
 
+    Checkpoints are never written with a non-finite tensor, nor at an evaluation whose
+    validation loss is not finite; ``last.pt`` is written before the final validation.
+
     Raises:
-        ValueError: if ``run.precision`` is unknown, or not fp32 on a device other than
-            CUDA (autocast is only used on CUDA).
+        ConfigError: a config field outside its allowed range.
+        ValueError: if ``run.precision`` is not fp32 on a device other than CUDA (autocast
+            is only used on CUDA).
     """
 
     def __init__(
@@ -169,7 +184,7 @@ class Trainer:
         echo: Callable[[str], None] = print,
     ) -> None:
         self.task = task
-        self.config = config
+        self.config = validate_config(config)
         self.train_cfg = config.train
         self.context = context or DistContext()
         precision = config.run.precision
@@ -184,11 +199,16 @@ class Trainer:
         self.echo = echo if self.context.is_main else (lambda _msg: None)
         self.model = task.model
         self.wrapped = self.context.wrap(self.model)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.train_cfg.lr)
+        self.optimizer = torch.optim.Adam(
+            self.model.parameters(), lr=self.train_cfg.lr, betas=(0.9, self.train_cfg.adam_beta2),
+            weight_decay=self.train_cfg.weight_decay)
         self.state = TrainerState()
         self.scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
         self._signal: int | None = None
+        self._interrupt_now = False  # a signal raises KeyboardInterrupt at once
         self._writer: MetricsWriter | None = None
+        self._good: tuple[Path, int] | None = None  # the newest last.pt written, its step
+        self._saved_step = -1  # the step last.pt was last settled at (written or refused)
 
     # -- checkpoints -------------------------------------------------------------------
 
@@ -218,17 +238,62 @@ class Trainer:
             payload["scaler"] = self.scaler.state_dict()
         return payload
 
-    def save(self, path: Path) -> None:
-        """Write a checkpoint (every process takes part; only the main one writes)."""
+    def good_checkpoint(self) -> str:
+        """Where the newest good ``last.pt`` is, in words, for messages."""
+        if self._good is None:
+            return "none was written"
+        return f"{self._good[0]} (step {self._good[1]})"
+
+    def _checkpoint_bytes(self) -> bytes | None:
+        """The serialised checkpoint (every process takes part in gathering it), on the
+        main process; None elsewhere, and when a tensor of it is not finite."""
         payload = self._payload()
-        if self.context.is_main:
-            save_checkpoint(path, payload)
-        self.context.barrier()
+        if not self.context.is_main:
+            return None
+        bad = nonfinite_tensors(
+            {k: payload[k] for k in ("model", "optimizer", "task") if k in payload})
+        if bad:
+            self.echo(f"warning: no checkpoint written at step {self.state.step}: {len(bad)} "
+                      f"tensor(s) hold NaN or inf ({bad[0]}, ...); the last good one is "
+                      f"{self.good_checkpoint()}")
+            return None
+        return serialize_checkpoint(payload)
+
+    def save(self, path: Path) -> bool:
+        """Write a checkpoint (every process takes part; only the main one writes);
+        returns whether it was written (never with a non-finite tensor)."""
+        data = self._checkpoint_bytes()
+        if data is not None:
+            save_checkpoint(path, data)
+            if path == self.last_path:
+                self._good = (path, self.state.step)
+        return self.context.broadcast_flag(data is not None)  # the main process's, everywhere
+
+    def _save_last(self, best: bool = False) -> bool:
+        """``last.pt`` (and the same bytes as ``best.pt`` when ``best``); False when the
+        state is not finite and nothing was written."""
+        data = self._checkpoint_bytes()
+        if data is not None:
+            save_checkpoint(self.last_path, data)
+            self._good = (self.last_path, self.state.step)
+            if best:
+                save_checkpoint(self.best_path, data)
+        self._saved_step = self.state.step
+        return self.context.broadcast_flag(data is not None)  # the main process's, everywhere
 
     def restore(self, checkpoint: dict[str, Any]) -> None:
-        """Continue from a checkpoint of the same run (model, optimiser, counters, RNG)."""
-        self.model.load_state_dict(checkpoint["model"])
-        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        """Continue from a checkpoint of the same run (model, optimiser, counters, RNG).
+
+        Raises:
+            CheckpointError: the checkpoint's model or optimiser does not fit this one.
+        """
+        try:
+            self.model.load_state_dict(checkpoint["model"])
+            self.optimizer.load_state_dict(checkpoint["optimizer"])
+        except (KeyError, RuntimeError, ValueError) as e:
+            raise CheckpointError(
+                "--resume: the checkpoint does not fit this model: "
+                f"{str(e).strip().splitlines()[0]}") from None
         for group in self.optimizer.param_groups:  # the checkpoint's lr, not the config's
             group["lr"] = checkpoint["optimizer"]["param_groups"][0]["lr"]
         self.state = TrainerState(**checkpoint["trainer"])
@@ -238,6 +303,12 @@ class Trainer:
             torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
         if self.scaler is not None and "scaler" in checkpoint:
             self.scaler.load_state_dict(checkpoint["scaler"])
+        self._good = (self.last_path, self.state.step)
+
+    def set_lr(self, lr: float) -> None:
+        """Set the learning rate (e.g. a ``train.lr`` override on resume)."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -287,9 +358,30 @@ class Trainer:
             return self.task.evaluate(split)
 
     def _after_eval(self, valid: dict[str, Any]) -> str | None:
-        """Best checkpoint, learning-rate drop and early stop; returns a stop reason."""
+        """Checkpoints, learning-rate drop and early stop; returns a stop reason.
+
+        ``last.pt`` (and ``best.pt`` when the loss is the best yet) are written after the
+        schedule has moved, unless the validation loss is not finite: then none is.
+        """
         loss = float(valid["loss"])
-        self._save_if_best(loss)
+        stop = self._schedule(loss)
+        self._checkpoint_after(loss)
+        return stop
+
+    def _checkpoint_after(self, loss: float) -> None:
+        if not math.isfinite(loss):
+            self.echo(f"warning: the validation loss at step {self.state.step} is not finite: "
+                      f"no checkpoint written; the last good one is {self.good_checkpoint()}")
+            self._saved_step = self.state.step
+            return
+        previous = self.state.best_saved
+        best = loss < previous
+        if best:
+            self.state.best_saved = loss
+        if not self._save_last(best=best):
+            self.state.best_saved = previous
+
+    def _schedule(self, loss: float) -> str | None:
         if loss < self.state.best_valid:
             self.state.best_valid = loss
             self.state.bad_evals = 0
@@ -307,11 +399,6 @@ class Trainer:
                   f"{self.train_cfg.lr_decay:g} to {self.lr:.3g}")
         return None
 
-    def _save_if_best(self, loss: float) -> None:
-        if loss < self.state.best_saved:
-            self.state.best_saved = loss
-            self.save(self.best_path)
-
     def _budget_reason(self) -> str | None:
         cfg = self.train_cfg
         if cfg.max_steps and self.state.step >= cfg.max_steps:
@@ -327,7 +414,8 @@ class Trainer:
         """Ctrl-C / SIGTERM finish the current step, then the loop checkpoints and stops."""
 
         def handler(signum: int, _frame: Any) -> None:
-            if self._signal is not None:  # a second signal: stop at once
+            if self._signal is not None or self._interrupt_now:  # stop at once
+                self._signal = signum
                 raise KeyboardInterrupt
             self._signal = signum
             self.echo(f"\n{signal.Signals(signum).name} received: finishing this step, "
@@ -345,16 +433,32 @@ class Trainer:
                 signal.signal(s, h)
 
     def fit(self) -> FitResult:
-        """Train until a budget, early stop or signal; always leaves ``last.pt`` behind."""
+        """Train until a budget, early stop or signal; leaves the newest good ``last.pt``.
+
+        Raises:
+            TrainingError: too many non-finite steps in a row.
+            OSError: a checkpoint or log cannot be written (the earlier checkpoints stay).
+        """
         if self.context.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            self._writer = MetricsWriter(self.out_dir, tensorboard=self.config.run.tensorboard)
+            remove_stale_temporaries(self.out_dir)
+            self._writer = MetricsWriter(self.out_dir, tensorboard=self.config.run.tensorboard,
+                                         keep_until=self.state.step)
+        try:
+            return self._fit()
+        finally:
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
+
+    def _fit(self) -> FitResult:
         cfg = self.train_cfg
         self.context.decorrelate_rng()  # after restore(): sampled boundaries differ by rank
         progress = self._progress()
         valid: dict[str, Any] | None = None
         consecutive_bad = 0
         stopped_by = self._budget_reason()
+        self._saved_step = -1
         rate = _Rate()
         try:
             with self._signals():
@@ -376,7 +480,8 @@ class Trainer:
                             raise TrainingError(
                                 f"stopped: {consecutive_bad} steps in a row had a non-finite "
                                 f"loss or gradient (last at step {self.state.step}); the last "
-                                f"good checkpoint is in {self.out_dir}; try a lower train.lr"
+                                f"good checkpoint is {self.good_checkpoint()}; try a lower "
+                                "train.lr"
                             )
                     shown = {"loss": loss, **stats, "lr": self.lr, "chars/s": rate.value,
                              **hooked}
@@ -390,24 +495,67 @@ class Trainer:
                         valid = self._evaluate("valid")
                         self._log_eval("valid", valid)
                         stopped_by = self._after_eval(valid) or stopped_by
-                        self.save(self.last_path)
                     requested = self.context.broadcast_flag(self._signal is not None)
                     if requested and stopped_by is None:
                         stopped_by = "signal"
         finally:
             if progress is not None:
                 progress.close()
-        if stopped_by != "signal" and (self.state.step % cfg.eval_every != 0 or valid is None):
-            valid = self._evaluate("valid")  # off the schedule: it only updates best.pt
-            self._log_eval("valid", valid)
-            self._save_if_best(float(valid["loss"]))
-        self.save(self.last_path)
-        if self._writer is not None:
-            self._writer.close()
+        if stopped_by == "signal" or self._saved_step == self.state.step:
+            if self._saved_step != self.state.step:
+                self._save_last()
+        else:
+            stopped_by, valid = self._final_validation(stopped_by)
         return FitResult(
-            stopped_by, self.state.step, self.state.best_saved, self.last_path,
+            stopped_by, self.state.step, self.state.best_saved,
+            self._good[0] if self._good is not None else None,
             self.best_path if self.best_path.exists() else None, valid,
         )
+
+    def _final_validation(self, stopped_by: str) -> tuple[str, dict[str, Any] | None]:
+        """Off the schedule: write ``last.pt`` first, then validate (a signal interrupts at
+        once, and ``last.pt`` is there); the result only moves ``best.pt``. A non-finite
+        validation loss puts the previous ``last.pt`` back."""
+        backup = None
+        previous = self._good
+        if self.context.is_main and self.last_path.exists():
+            backup = temporary_name(self.last_path, ".prev")
+            try:
+                os.link(self.last_path, backup)
+            except OSError:
+                backup = None
+        try:
+            written = self._save_last()
+            try:
+                self._interrupt_now = True
+                with self._signals():
+                    valid = self._evaluate("valid")
+            except KeyboardInterrupt:
+                self.echo("interrupted during the final validation; last.pt holds step "
+                          f"{self.state.step}")
+                return "signal", None
+            finally:
+                self._interrupt_now = False
+            self._log_eval("valid", valid)
+            loss = float(valid["loss"])
+            if not math.isfinite(loss):
+                if written and self.context.is_main:
+                    if backup is not None:
+                        os.replace(backup, self.last_path)
+                        backup = None
+                    else:
+                        self.last_path.unlink(missing_ok=True)
+                    self._good = previous
+                self.echo(f"warning: the validation loss at step {self.state.step} is not "
+                          f"finite: last.pt not updated; the last good checkpoint is "
+                          f"{self.good_checkpoint()}")
+            elif written and loss < self.state.best_saved:
+                self.state.best_saved = loss
+                self._save_last(best=True)
+            return stopped_by, valid
+        finally:
+            if backup is not None:
+                backup.unlink(missing_ok=True)
 
     def _log_eval(self, split: str, metrics: dict[str, Any]) -> None:
         if self._writer is not None:

@@ -23,7 +23,7 @@ from hmrnn.data import Corpus, StreamBatcher, Vocab, eval_batches
 from hmrnn.model.charlm import CharLM
 from hmrnn.model.types import detach_state, map_state, state_from_plain, state_to_plain
 from hmrnn.tasks.charlm.build import build_charlm
-from hmrnn.tasks.hooks import anneal_slope, boundary_warnings
+from hmrnn.tasks.hooks import BoundaryTraining, anneal_slope, boundary_warnings
 from hmrnn.training.checkpoint import load_model
 from hmrnn.training.config import Config
 from hmrnn.training.distributed import DistContext
@@ -142,6 +142,10 @@ class CharLMTask:
         self._references = {
             split: word_reference(corpus, split) for split in ("valid", "test")
         }
+        self.boundaries = BoundaryTraining(model.rnn, cfg, self.context)
+        self._step_stats: dict[str, Any] = {}
+        self._probe: tuple[Tensor, Any, Any] | None = None
+        self._instruments: dict[str, list[float]] = {}
 
     def on_step(self, epoch: float) -> dict[str, float]:
         """Anneal an HM-LSTM's slope for ``epoch``; ``{"slope": a}`` to show (else ``{}``)."""
@@ -160,16 +164,28 @@ class CharLMTask:
         x, y = x[:, self.cols].to(device), y[:, self.cols].to(device)
         out = model(x, self.state)
         loss = F.cross_entropy(_wide(out.logits), y.flatten())
-        self._pending = detach_state(out.state)
         stats: dict[str, Any] = {"bpc": float(loss.detach()) / LN2}
+        rate_loss = self.boundaries.loss(out.rnn.boundary)
+        if rate_loss is not None:
+            loss = loss + rate_loss
         if out.rnn.boundary is not None:
             stats["z"] = out.rnn.boundary[..., :-1].float().mean(dim=(0, 1)).tolist()
+        self._probe = None
+        if (step + 1) % self.config.train.log_every == 0:  # a step the trainer logs
+            self._probe = (self.model.embedding(x).detach(), self.state,
+                           detach_state(out.rnn))
+        self._pending = detach_state(out.state)
+        self._step_stats = stats
         return loss, stats
 
     def end_step(self, accepted: bool) -> None:
         if accepted:
             self.state = self._pending
-        self._pending = None
+            self.boundaries.after_step(self._step_stats.get("z", []))
+        if self._probe is not None:  # the detectors' instruments, logged with this step
+            self._instruments = self.boundaries.instruments(*self._probe)
+            self._step_stats.update(self._instruments)
+        self._pending = self._probe = None
 
     def evaluate(self, split: str) -> dict[str, Any]:
         cfg = self.config.train
@@ -182,7 +198,7 @@ class CharLMTask:
             metrics["z"] = result.boundary_rates()
             ref = self._references[split]
             metrics["f1_word"] = boundary_prf(result.boundary[:, 0] > 0.5, ref, tolerance=1).f1
-        return metrics
+        return {**metrics, **self._instruments}  # the detectors as last measured in training
 
     def state_dict(self) -> dict[str, Any]:
         """The carried state of every stream (gathered from all processes)."""
@@ -201,6 +217,15 @@ class CharLMTask:
             return
         template = self.model.initial_state(1)
         device = self.context.device
+        batches: set[int] = set()
+        map_state(lambda t: batches.add(t.shape[0]) if t.dim() > 0 else None,
+                  state_from_plain(template, plain))
+        if batches != {self.config.train.batch_size}:
+            # the C step would read past a state of another batch: never carry one over
+            raise ValueError(
+                f"--resume: the checkpoint carries the state of train.batch_size="
+                f"{'/'.join(map(str, sorted(batches)))} streams, but this run has "
+                f"train.batch_size={self.config.train.batch_size}; keep the batch size")
         self.state = map_state(
             lambda t: (t[self.cols] if t.dim() > 0 else t).to(device),
             state_from_plain(template, plain),
@@ -243,8 +268,10 @@ def sample_text(
         top_k: sample among the k most likely characters only (0: all).
         generator: random generator, for reproducible samples.
     """
-    if temperature <= 0:
-        raise ValueError(f"temperature must be positive, got {temperature}")
+    if not 0 < temperature < math.inf:  # NaN too
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
+    if length < 0:
+        raise ValueError(f"length must be >= 0, got {length}")
     if top_k < 0:
         raise ValueError(f"top_k must be >= 0, got {top_k}")
     model.eval()

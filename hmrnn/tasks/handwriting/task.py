@@ -45,6 +45,7 @@ import torch
 from torch import Tensor, nn
 
 from hmrnn.data import SPLIT_FRACTIONS, DataError, split_sizes
+from hmrnn.model.types import detach_state
 from hmrnn.tasks.handwriting import mdn
 from hmrnn.tasks.handwriting.data import (
     MIN_LENGTH,
@@ -63,7 +64,7 @@ from hmrnn.tasks.handwriting.model import (
     build_handwriting_model,
     evaluation_totals,
 )
-from hmrnn.tasks.hooks import anneal_slope, boundary_warnings
+from hmrnn.tasks.hooks import BoundaryTraining, anneal_slope, boundary_warnings
 from hmrnn.training.checkpoint import CheckpointError, load_model
 from hmrnn.training.config import Config
 from hmrnn.training.distributed import DistContext
@@ -239,6 +240,9 @@ class HandwritingTask:
             steps = np.minimum(steps, self.seq_len)
         self.symbols_per_step = round(cfg.batch_size * float(steps.mean()))
         self._plan: tuple[int, np.ndarray, np.ndarray] | None = None  # epoch, order, starts
+        self.boundaries = BoundaryTraining(model.rnn, cfg, self.context)
+        self._step_stats: dict[str, Any] = {}
+        self._probe: tuple[Tensor, Any, Any] | None = None
 
     # -- batches ---------------------------------------------------------------------
 
@@ -289,13 +293,25 @@ class HandwritingTask:
         count = self.context.all_reduce_sum(mask.sum().to(total.dtype))
         loss = total * (self.context.world_size / count)
         stats: dict[str, Any] = {}
+        rate_loss = self.boundaries.loss(output.boundary)
+        if rate_loss is not None:
+            loss = loss + rate_loss
         if output.boundary is not None:
             z = output.boundary[..., :-1].float() * mask.unsqueeze(-1)  # (T, N, L - 1)
             stats["z"] = (z.sum(dim=(0, 1)) / mask.sum()).tolist()
+        self._probe = None
+        if (step + 1) % self.config.train.log_every == 0:  # a step the trainer logs
+            self._probe = (inputs, None, detach_state(output))
+        self._step_stats = stats
         return loss, stats
 
     def end_step(self, accepted: bool) -> None:
-        """Nothing is carried from one batch to the next."""
+        """The boundary options and instruments; nothing is carried to the next batch."""
+        if accepted:
+            self.boundaries.after_step(self._step_stats.get("z", []))
+        if self._probe is not None:
+            self._step_stats.update(self.boundaries.instruments(*self._probe))
+        self._probe = None
 
     def summarize(self, split: str) -> dict[str, Any]:
         """Every figure of :func:`hmrnn.tasks.handwriting.model.evaluate` on the whole lines of

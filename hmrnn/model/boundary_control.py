@@ -1,0 +1,170 @@
+"""Boundary-rate control and the boundary detectors' instruments (docs/model.md decision 9).
+
+The paper poses "no constraint on the number of boundaries". Left alone, the detectors of
+a small model drift to firing at almost every step (every layer UPDATEs, nothing is
+saved) or to never firing, and a detector saturated for every input gets no
+straight-through gradient to come back (the hard sigmoid is flat outside its linear
+region). The options here are not the paper's; each is named, off in the paper's
+configs, and measured in docs/hierarchy.md:
+
+- :class:`RateController`: holds each boundary layer's rate at a target by integral
+  control of the boundary unit's bias, ``b_z += gain * (target - rate)`` after each
+  optimiser step. It acts on the bias directly, not through a gradient, so it revives a
+  detector that has saturated at 0 or at 1;
+- :func:`ratio_loss`: the H-Net form of a rate loss (a differentiable alternative, which
+  only reaches detectors inside the linear region);
+- :func:`cap_boundary_rows`: the authors' code caps the norm of each weight's boundary row.
+
+Instruments: :func:`boundary_preactivation` recomputes ``s_z`` of every step from a
+forward pass's states, :func:`detector_shares` the share of detectors outside the hard
+sigmoid's linear region ("dead" at 0 or at 1), :func:`boundary_grad_norms` the norm of
+the gradient that reached each detector's parameters.
+
+Shape legend: T time, N batch, L layers (L - 1 of them with a boundary detector), H_l
+hidden size of layer l.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from hmrnn.model.cell import HMLSTMCell
+from hmrnn.model.hmlstm import HMLSTM, HMLSTMState
+from hmrnn.model.types import RNNOutput
+
+AUTHORS_ROW_CAP = 1.9365
+"""The boundary-row norm cap of the authors' code (with slope annealing)."""
+
+
+def _detectors(rnn: HMLSTM) -> list[HMLSTMCell]:
+    """The layers with a boundary detector (all but the top one), bottom first."""
+    return [cell for cell in rnn.cells if cell.has_boundary]
+
+
+def _check_targets(rnn: HMLSTM, targets: Sequence[float]) -> tuple[float, ...]:
+    targets = tuple(float(t) for t in targets)
+    if len(targets) != rnn.num_layers - 1:
+        raise ValueError(f"boundary-rate targets: one per layer below the top, "
+                         f"{rnn.num_layers - 1} here, got {len(targets)}")
+    if not all(0.0 < t < 1.0 for t in targets):
+        raise ValueError(f"boundary-rate targets must lie in (0, 1), got {list(targets)}")
+    return targets
+
+
+class RateController:
+    """Integral control of each boundary layer's rate through its boundary bias.
+
+    After each optimiser step, :meth:`update` moves the bias of layer ``l``'s boundary
+    unit (row z of ``layers.{l}.bias``) by ``gain * (target_l - rate_l)``, ``rate_l`` the
+    share of the step's ``(t, n)`` at which layer ``l`` fired. In steady state the rate
+    equals the target; where the detector fires is left to the gradient. Stateless: the
+    bias is a parameter, so checkpoints and resume carry the controller with the model.
+
+    Args:
+        rnn: the HM-LSTM stack.
+        targets: one rate in (0, 1) per layer below the top.
+        gain: bias change per unit of rate error and step (> 0).
+    """
+
+    def __init__(self, rnn: HMLSTM, targets: Sequence[float], gain: float) -> None:
+        if not gain > 0:
+            raise ValueError(f"the rate controller's gain must be positive, got {gain}")
+        self.rnn = rnn
+        self.targets = _check_targets(rnn, targets)
+        self.gain = float(gain)
+
+    @torch.no_grad()
+    def update(self, rates: Sequence[float]) -> None:
+        """Move each boundary bias towards its target; ``rates``: one per boundary layer."""
+        for cell, target, rate in zip(_detectors(self.rnn), self.targets, rates, strict=True):
+            cell.bias[-1] += self.gain * (target - float(rate))
+
+
+def ratio_loss(boundary: Tensor, targets: Sequence[float]) -> Tensor:
+    """The H-Net ratio loss, summed over the boundary layers: minimal at each target rate.
+
+    With ``F`` the share of steps a layer fired and ``alpha = 1 / target``::
+
+        alpha / (alpha - 1) * ((alpha - 1) F F' + (1 - F)(1 - F'))
+
+    where ``F'`` is ``F`` without gradient; its gradient in ``F`` is 0 at ``F = target``.
+    ``boundary (T, N, L)``; the straight-through gradient carries it to the detectors.
+    """
+    rates = boundary[..., :-1].float().mean(dim=(0, 1))  # (L-1,)
+    alpha = 1.0 / torch.tensor(targets, dtype=rates.dtype, device=rates.device)
+    held = rates.detach()
+    return (alpha / (alpha - 1) * ((alpha - 1) * rates * held
+                                   + (1 - rates) * (1 - held))).sum()
+
+
+@torch.no_grad()
+def cap_boundary_rows(rnn: HMLSTM, max_norm: float) -> None:
+    """Scale the boundary row (row z) of each ``W``, ``U``, ``U_td`` to a norm of at most
+    ``max_norm``, as the authors' code does after each update."""
+    for cell in _detectors(rnn):
+        for weight in (cell.W, cell.U, cell.U_td):
+            if weight is not None:
+                row = weight[-1]
+                norm = float(row.norm())
+                if norm > max_norm:
+                    row.mul_(max_norm / norm)
+
+
+@torch.no_grad()
+def boundary_preactivation(
+    rnn: HMLSTM, input: Tensor, state: HMLSTMState | None, output: RNNOutput
+) -> Tensor:
+    """``s_z`` of every boundary layer at every step, recomputed from a forward pass.
+
+    Args:
+        input: the stack's input ``(T, N, D)`` (time-major).
+        state: the state the pass started from (None: zeros).
+        output: what the pass returned (time-major).
+
+    Returns:
+        ``(T, N, L - 1)``: the boundary unit's pre-activation (Eq. 4-7 with the bias,
+        layer-normalised terms where the stack uses layer norm).
+    """
+    T, N = input.shape[0], input.shape[1]
+    state = state if state is not None else rnn.initial_state(N)
+    z = output.boundary
+    assert z is not None
+    z_prev = torch.cat([torch.cat(state.z, dim=1)[None], z[:-1]])  # (T, N, L): z_{t-1}
+    h_prev = [torch.cat([h0[None], h[:-1]]) for h0, h in zip(state.h, output.hidden, strict=True)]
+    columns = []
+    for l, cell in enumerate(_detectors(rnn)):
+        below = input if l == 0 else output.hidden[l - 1]
+        z_below = 1.0 if l == 0 else z[..., l - 1 : l]
+        assert cell.U_td is not None  # a layer with a detector has a layer above
+        recurrent = F.linear(h_prev[l], cell.U)
+        top_down = F.linear(h_prev[l + 1], cell.U_td)
+        if cell.layer_norm:
+            recurrent, top_down = cell.ln_recurrent(recurrent), cell.ln_top_down(top_down)
+        s = (recurrent + z_prev[..., l : l + 1] * top_down
+             + z_below * cell.bottom_up(below) + cell.bias)
+        columns.append(s[..., -1])
+    return torch.stack(columns, dim=-1).reshape(T, N, -1)
+
+
+def detector_shares(preactivation: Tensor, slope: float) -> tuple[list[float], list[float]]:
+    """Per boundary layer, the share of ``(t, n)`` whose hard sigmoid ``(a s_z + 1) / 2``
+    lies at or below 0 and at or above 1: outside its linear region, where the
+    straight-through gradient is 0 ("dead" at 0 and at 1). ``preactivation (T, N, L-1)``."""
+    u = (slope * preactivation.double() + 1) / 2
+    return ((u <= 0).double().mean(dim=(0, 1)).tolist(),
+            (u >= 1).double().mean(dim=(0, 1)).tolist())
+
+
+def boundary_grad_norms(rnn: HMLSTM) -> list[float]:
+    """Per boundary layer, the norm of the gradient held by its detector's parameters (row
+    z of ``W``, ``U``, ``U_td`` and ``bias``); 0 where there is none."""
+    norms = []
+    for cell in _detectors(rnn):
+        rows = [p.grad[-1].reshape(-1) for p in (cell.W, cell.U, cell.U_td, cell.bias)
+                if p is not None and p.grad is not None]
+        norms.append(float(torch.cat(rows).norm()) if rows else 0.0)
+    return norms

@@ -1,0 +1,141 @@
+"""What makes the HM-LSTM's hierarchy emerge: the ablation rows of docs/hierarchy.md.
+
+Each row is ``hmrnn train`` on the embedded synthetic corpus (the main job's model and
+data) with a fixed number of steps and the row's overrides, once per seed; each trained
+model is then scored on the test split: bits per character, boundary rates, computation
+saved, and the exact F1 of layer 1 against word ends and of layer 2 against phrase ends
+(the better of the two alignment conventions, :mod:`hmrnn.analysis.verdict`). Runs go two
+at a time with one thread each; every result is appended to ``OUT/results.jsonl`` as it
+lands, and the table (mean and spread over seeds) is printed from that file.
+
+    python scripts/hierarchy_study.py --rows control none --seeds 0 1 2
+    python scripts/hierarchy_study.py --table-only        # the table of what has landed
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+AUTHORS = ["train.boundary_cap=1.9365", "train.adam_beta2=0.99", "train.weight_decay=0.0005"]
+CONTROL: list[str] = []  # the defaults: integral control of the boundary bias to 0.2, 0.05
+ROWS: dict[str, list[str]] = {
+    # decision 7's gains and the paper's recipe (step boundaries, slope annealing), no control
+    "none": ["train.rate_control=none"],
+    "authors": ["train.rate_control=none", *AUTHORS],
+    "ratio-loss": ["train.rate_control=loss", "train.rate_gain=1.0"],
+    "control": CONTROL,
+    "control-gain0.05": [*CONTROL, "train.rate_gain=0.05"],
+    "control-sample": [*CONTROL, "model.boundary=sample"],
+    "control-fast-slope": [*CONTROL, "train.slope_rate=1.0"],
+    "control-authors": [*CONTROL, *AUTHORS],
+    "control-no-ln": [*CONTROL, "model.layer_norm=false"],
+    "control-3000": [*CONTROL, "train.max_steps=3000"],
+    "control-no-spaces": [*CONTROL, "data.spaces=false"],
+}
+
+
+def train(row: str, seed: int, steps: int, out: Path) -> Path:
+    run_dir = out / f"{row}-s{seed}"
+    command = [sys.executable, "-m", "hmrnn", "train", "--no-report",
+               f"run.out_dir={run_dir}", f"train.seed={seed}", "run.threads=1",
+               "run.progress=false", f"train.max_steps={steps}", "train.max_minutes=0",
+               *ROWS[row]]
+    with open(out / f"{row}-s{seed}.log", "w") as log:
+        subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=True)
+    return run_dir
+
+
+def score(row: str, seed: int, run_dir: Path) -> dict[str, object]:
+    """Test-split scores of the run's best checkpoint."""
+    import torch
+
+    from hmrnn.analysis.verdict import hierarchy_summary
+    from hmrnn.data import load_corpus
+    from hmrnn.tasks.charlm.task import evaluate_lm, load_charlm
+
+    torch.set_num_threads(1)
+    model, _, config, _ = load_charlm(run_dir / "best.pt")
+    data = config.data
+    corpus = load_corpus("synthetic", train_chars=data.synthetic_chars,
+                         valid_chars=data.synthetic_chars // 10,
+                         test_chars=data.synthetic_chars // 10, seed=data.seed,
+                         spaces=data.spaces)
+    result = evaluate_lm(model, corpus.splits["test"], batch_size=config.train.eval_batch_size,
+                         seq_len=config.train.seq_len)
+    assert result.boundary is not None and corpus.boundaries is not None
+    truth = corpus.boundaries["test"]
+    summary = hierarchy_summary(result.boundary > 0.5,
+                                {k: truth[k][:-1] for k in ("word", "phrase")})
+    f1 = summary["f1"]
+    return {"row": row, "seed": seed, "overrides": ROWS[row], "bpc": round(result.bpc, 4),
+            "rates": [round(r, 3) for r in summary["rates"]],
+            "saved": round(summary["saved_fraction"], 3),
+            "l1_word_f1": round(f1["layer1"]["word"]["f1"], 3),
+            "l1_word_convention": f1["layer1"]["word"]["convention"],
+            "l2_phrase_f1": round(f1["layer2"]["phrase"]["f1"], 3),
+            "l2_phrase_convention": f1["layer2"]["phrase"]["convention"]}
+
+
+def run_one(row: str, seed: int, steps: int, out: Path) -> None:
+    try:
+        result = score(row, seed, train(row, seed, steps, out))
+    except (subprocess.CalledProcessError, OSError, ValueError) as err:
+        print(f"{row} seed {seed} failed ({err}); see {out}/{row}-s{seed}.log", flush=True)
+        return
+    with open(out / "results.jsonl", "a") as f:
+        f.write(json.dumps(result) + "\n")
+    print(json.dumps(result), flush=True)
+
+
+def _cell(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.pstdev(values):.3f}"
+
+
+def table(out: Path) -> str:
+    """Mean ± spread (population standard deviation) per row over the seeds that landed."""
+    by_row: dict[str, list[dict]] = {}
+    for line in (out / "results.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        by_row.setdefault(record["row"], []).append(record)
+    lines = ["| row | overrides | seeds | test BPC | rate 1 | rate 2 | layer-1 word F1 | "
+             "layer-2 phrase F1 | saved |", "| --- | --- | --- |" + " ---: |" * 6]
+    for row, records in by_row.items():
+        def get(key: str, i: int | None = None, records: list[dict] = records) -> list[float]:
+            return [r[key] if i is None else r[key][i] for r in records]
+
+        lines.append(
+            f"| {row} | `{' '.join(records[0]['overrides']) or '(defaults)'}` | "
+            f"{','.join(str(r['seed']) for r in records)} | {_cell(get('bpc'))} | "
+            f"{_cell(get('rates', 0))} | {_cell(get('rates', 1))} | "
+            f"{_cell(get('l1_word_f1'))} | {_cell(get('l2_phrase_f1'))} | {_cell(get('saved'))} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", nargs="*", default=list(ROWS), choices=list(ROWS))
+    parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--parallel", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=Path("runs/hierarchy-study"))
+    parser.add_argument("--table-only", action="store_true")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    if not args.table_only:
+        jobs = [(row, seed) for seed in args.seeds for row in args.rows]
+        with ThreadPoolExecutor(args.parallel) as pool:
+            for future in [pool.submit(run_one, r, s, args.steps, args.out) for r, s in jobs]:
+                future.result()
+    print(table(args.out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""Boundary-rate control and the detectors' instruments (docs/model.md decision 9;
+hmrnn.model.boundary_control), and their wiring into a character-model run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import hmrnn.model.cell as cell_module
+from hmrnn import HMLSTM
+from hmrnn.analysis.verdict import hierarchy_summary, hierarchy_verdict
+from hmrnn.model.boundary_control import (
+    RateController,
+    boundary_grad_norms,
+    boundary_preactivation,
+    cap_boundary_rows,
+    detector_shares,
+    ratio_loss,
+)
+from hmrnn.model.hmlstm import HMLSTMState
+
+
+@pytest.mark.parametrize("layer_norm", [False, True])
+def test_preactivation_equals_what_the_cell_computes(
+    layer_norm: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    torch.manual_seed(0)
+    rnn = HMLSTM(5, [6, 4, 3], 3, layer_norm=layer_norm, fast=False).double()
+    x = torch.randn(7, 2, 5, dtype=torch.float64)
+    zeros = rnn.initial_state(2)
+    state = HMLSTMState(tuple(torch.randn_like(h) for h in zeros.h), zeros.c,
+                        tuple((torch.rand_like(z) > 0.5).double() for z in zeros.z))
+    seen: list[torch.Tensor] = []
+    hard_sigmoid = cell_module.hard_sigmoid
+
+    def spy(s: torch.Tensor, slope: torch.Tensor | float) -> torch.Tensor:
+        seen.append(s.detach().clone())  # the cell's s_z, (N, 1), layer by layer
+        return hard_sigmoid(s, slope)
+
+    monkeypatch.setattr(cell_module, "hard_sigmoid", spy)
+    out, _ = rnn(x, state)
+    monkeypatch.undo()
+    expected = torch.stack([torch.cat(seen[2 * t : 2 * t + 2], dim=1) for t in range(7)])
+    torch.testing.assert_close(boundary_preactivation(rnn, x, state, out), expected,
+                               rtol=0, atol=1e-12)
+
+
+def test_controller_moves_each_bias_towards_its_target_even_when_saturated() -> None:
+    rnn = HMLSTM(4, 5, 3)
+    top = rnn.cells[2].bias.clone()
+    with torch.no_grad():
+        rnn.cells[0].bias[-1] = -100.0  # dead at 0 for every input: no gradient reaches it
+    before = [float(c.bias[-1].detach()) for c in rnn.cells[:2]]
+    RateController(rnn, [0.2, 0.05], gain=0.5).update([0.0, 0.45])
+    after = [float(c.bias[-1].detach()) for c in rnn.cells[:2]]
+    assert after[0] == pytest.approx(before[0] + 0.5 * 0.2)
+    assert after[1] == pytest.approx(before[1] - 0.5 * 0.4)
+    assert torch.equal(rnn.cells[2].bias, top)  # the top layer has no detector
+
+
+@pytest.mark.parametrize("targets, gain", [([0.2], 0.01), ([0.2, 1.0], 0.01),
+                                           ([0.2, 0.05], 0.0)])
+def test_controller_refuses_bad_settings(targets: list[float], gain: float) -> None:
+    with pytest.raises(ValueError, match="target|gain"):
+        RateController(HMLSTM(4, 5, 3), targets, gain)
+
+
+def test_ratio_loss_is_flat_at_the_target_and_pushes_towards_it() -> None:
+    def grad_at(rate: float) -> float:
+        boundary = torch.zeros(100, 1, 3)
+        boundary[: int(rate * 100), :, 0] = 1.0
+        boundary[:, :, 1] = 0.1
+        boundary.requires_grad_(True)
+        ratio_loss(boundary, [0.2, 0.1]).backward()
+        return float(boundary.grad[0, 0, 0]) * 100  # d loss / d rate of layer 1
+
+    assert grad_at(0.2) == pytest.approx(0.0, abs=1e-6)
+    assert grad_at(0.5) > 0 > grad_at(0.05)
+
+
+def test_cap_scales_only_rows_above_the_cap() -> None:
+    rnn = HMLSTM(4, 5, 3)
+    with torch.no_grad():
+        rnn.cells[0].U[-1] = 10.0
+        rnn.cells[1].W[-1] = 0.01
+    small = rnn.cells[1].W[-1].clone()
+    other_rows = rnn.cells[0].U[:-1].clone()
+    cap_boundary_rows(rnn, 1.9365)
+    assert float(rnn.cells[0].U[-1].detach().norm()) == pytest.approx(1.9365)
+    assert torch.equal(rnn.cells[1].W[-1], small)
+    assert torch.equal(rnn.cells[0].U[:-1], other_rows)
+
+
+def test_detector_shares_count_both_flat_sides_of_the_hard_sigmoid() -> None:
+    s = torch.tensor([-3.0, -1.0, 0.0, 0.5, 1.0, 3.0]).reshape(6, 1, 1)  # slope 1: u = (s+1)/2
+    dead0, dead1 = detector_shares(s, slope=1.0)
+    assert dead0 == [pytest.approx(2 / 6)] and dead1 == [pytest.approx(2 / 6)]
+
+
+def test_grad_norms_read_only_the_boundary_rows() -> None:
+    rnn = HMLSTM(4, 5, 3)
+    out, _ = rnn(torch.randn(6, 2, 4))
+    out.boundary.sum().backward()  # straight-through: reaches only the z rows' inputs
+    norms = boundary_grad_norms(rnn)
+    assert len(norms) == 2 and all(n >= 0 for n in norms)
+    cell = rnn.cells[0]
+    expected = torch.cat([p.grad[-1].reshape(-1) for p in (cell.W, cell.U, cell.U_td, cell.bias)])
+    assert norms[0] == pytest.approx(float(expected.norm()))
+
+
+def test_verdict_names_collapse_and_a_formed_hierarchy() -> None:
+    T = 120
+    word = np.zeros(T, bool)
+    word[4::6] = True
+    phrase = np.zeros(T, bool)
+    phrase[4::18] = True
+    formed = np.zeros((T, 3))
+    formed[1:, 0], formed[1:, 1] = word[:-1], phrase[:-1]  # one step after each end
+    summary = hierarchy_summary(formed, {"word": word, "phrase": phrase})
+    assert summary["f1"]["layer1"]["word"] == {"f1": 1.0, "convention": "separator"}
+    text = " ".join(hierarchy_verdict(summary))
+    assert text.startswith("A hierarchy formed") and "word ends best (exact F1 1.00" in text
+    collapsed = np.ones((T, 3))
+    collapsed[:, 2] = 0
+    text = " ".join(hierarchy_verdict(hierarchy_summary(collapsed, {"word": word})))
+    assert text.startswith("No hierarchy formed") and "0.0% of the layer updates" in text
+
+
+def test_a_run_logs_the_instruments_and_holds_the_rates(tmp_path, monkeypatch) -> None:
+    from hmrnn.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    code = main(["train", "--no-report", "run.out_dir=run", "data.synthetic_chars=20000",
+                 "model.hidden_size=16", "model.embedding_size=8", "model.output_size=16",
+                 "train.max_steps=40", "train.max_minutes=0", "train.eval_every=40",
+                 "train.log_every=10", "train.batch_size=8", "train.seq_len=20",
+                 "train.rate_gain=0.2", "run.progress=false", "run.threads=1"])
+    assert code == 0
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text()
+               .splitlines()]
+    train = [r for r in records if r.get("kind") == "train"]
+    assert train and all(len(r["dead0"]) == 2 and len(r["zgrad"]) == 2 for r in train)
+    last = train[-1]["z"]
+    assert abs(last[0] - 0.2) < 0.15 and abs(last[1] - 0.05) < 0.15
