@@ -29,3 +29,21 @@ def test_readme_top_commands_match_ci() -> None:
     assert commands[0].endswith("hmrnn train")
     ci = (README.parent / ".ci" / "run").read_text()
     assert commands[1] in ci
+
+
+def test_readme_loading_example_runs(tmp_path: Path) -> None:
+    from hmrnn.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "--no-report", f"run.out_dir={run}", "data.synthetic_chars=20000",
+                 "model.hidden_size=8", "model.embedding_size=4", "model.output_size=8",
+                 "train.max_steps=4", "train.eval_every=4", "train.max_minutes=0",
+                 "train.batch_size=4", "train.seq_len=10", "run.progress=false"]) == 0
+    block = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)[1]
+    assert '"runs/default"' in block
+    namespace: dict = {}
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        exec(compile(block.replace('"runs/default"', repr(str(run))), "README.md", "exec"),
+             namespace)
+    assert len(out.getvalue()) == 80 + 1  # the 80 characters, and print's newline
+    assert namespace["z"].shape == (len("the red dog sees the cats."), 3)

@@ -405,7 +405,10 @@ class Trainer:
             return "max_steps"
         if cfg.max_epochs and self.state.step >= cfg.max_epochs * self.task.steps_per_epoch:
             return "max_epochs"
-        if cfg.max_minutes and self.state.elapsed >= cfg.max_minutes * 60:
+        # each process times itself: the main process's clock decides for all, so that no
+        # process stops a step before the others and leaves them in a collective
+        if cfg.max_minutes and self.context.broadcast_flag(
+                self.state.elapsed >= cfg.max_minutes * 60):
             return "max_minutes"
         return None
 
