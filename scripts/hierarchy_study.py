@@ -29,8 +29,9 @@ ROWS: dict[str, list[str]] = {
     "none": ["train.rate_control=none"],
     "authors": ["train.rate_control=none", *AUTHORS],
     "ratio-loss": ["train.rate_control=loss", "train.rate_gain=1.0"],
-    "control": CONTROL,
-    "control-gain0.05": [*CONTROL, "train.rate_gain=0.05"],
+    "control": CONTROL,  # gain 0.05
+    "control-gain0.01": [*CONTROL, "train.rate_gain=0.01"],
+    "control-gain0.1": [*CONTROL, "train.rate_gain=0.1"],
     "control-sample": [*CONTROL, "model.boundary=sample"],
     "control-fast-slope": [*CONTROL, "train.slope_rate=1.0"],
     "control-authors": [*CONTROL, *AUTHORS],

@@ -153,7 +153,7 @@ class TrainConfig:
     # Boundary-rate control (docs/model.md decision 9; not the paper's, off in its configs):
     rate_control: str = "bias"  # none | bias: integral control of the boundary bias | loss
     boundary_rate: tuple[float, ...] = (0.2, 0.05)  # target rate per layer below the top
-    rate_gain: float = 0.01  # bias step per unit of rate error (bias), or the loss's weight
+    rate_gain: float = 0.05  # bias step per unit of rate error (bias), or the loss's weight
     boundary_cap: float = 0.0  # norm cap of each weight's boundary row (authors: 1.9365); 0: off
 
 
