@@ -24,7 +24,7 @@ import torch
 import hmrnn.model.loop.backends.cpu as cpu
 from hmrnn.model.hmlstm import HMLSTM, HMLSTMState
 from hmrnn.model.loop import workspace
-from hmrnn.model.loop.backends.cpu import library
+from hmrnn.model.loop.backends.cpu import library, structs
 from hmrnn.model.sparse import StreamingHMLSTM, sparse_forward
 
 T, N, D = 5, 4, 3
@@ -376,12 +376,12 @@ def _swap(a: str, b: str) -> Callable[[list[tuple[Any, ...]]], None]:
 @needs_c
 def test_every_struct_matches_the_c_file_field_by_field() -> None:
     kernels = _kernels()
-    assert set(kernels) == set(library.LAYOUTS)
+    assert set(kernels) == set(structs.LAYOUTS)
     for name, kernel in kernels.items():
-        library.check_layout(kernel.lib, library.LAYOUTS[name])
+        structs.check_layout(kernel.lib, structs.LAYOUTS[name])
     lib = kernels["hm_forward"].lib
-    for nested in (library.M2, library.Term, library.TermGrad):
-        library.check_layout(lib, nested)
+    for nested in (structs.M2, structs.Term, structs.TermGrad):
+        structs.check_layout(lib, nested)
 
 
 @needs_c
@@ -395,7 +395,7 @@ def test_every_struct_matches_the_c_file_field_by_field() -> None:
         ("hm_forward", _swap("slope", "eps"), "field 'eps' lies at byte"),
         ("hm_terms_backward", _swap("td", "bu"), "field 'bu' lies at byte"),
         # a field renamed, dropped, or a step stride short
-        ("hm_gather", lambda f: f.__setitem__(4, ("xx", library.M2)), "field 'xx' is not in C"),
+        ("hm_gather", lambda f: f.__setitem__(4, ("xx", structs.M2)), "field 'xx' is not in C"),
         ("hm_backward", lambda f: f.pop(3), "lies at byte"),
         ("hm_gather", lambda f: f.__setitem__(-1, ("ts", ctypes.c_int64 * 5)),
          "'ts' lies at byte 128 (48 bytes) in C but at byte 128 (40 bytes)"),
@@ -405,7 +405,7 @@ def test_a_struct_that_differs_from_c_is_caught(
     name: str, edit: Callable[[list[tuple[Any, ...]]], None], message: str
 ) -> None:
     lib = _kernels()[name].lib
-    layout = _variant(library.LAYOUTS[name], edit)
+    layout = _variant(structs.LAYOUTS[name], edit)
     with pytest.raises(RuntimeError, match=re.escape(message)):
         library.Kernel(lib, name, layout)
 
@@ -413,10 +413,10 @@ def test_a_struct_that_differs_from_c_is_caught(
 @needs_c
 def test_a_nested_struct_that_differs_from_c_is_caught() -> None:
     lib = _kernels()["hm_terms_forward"].lib
-    swapped = _variant(library.Term, _swap("w", "b"))
-    layout = _variant(library.TermsForward, lambda f: f.__setitem__(
+    swapped = _variant(structs.Term, _swap("w", "b"))
+    layout = _variant(structs.TermsForward, lambda f: f.__setitem__(
         [x[0] for x in f].index("td"), ("td", swapped)))
-    with pytest.raises(RuntimeError, match=re.escape("hm_term and library.py's EditedTerm "
+    with pytest.raises(RuntimeError, match=re.escape("hm_term and structs.py's EditedTerm "
                                                      "disagree: field 'b' lies at byte")):
         library.Kernel(lib, "hm_terms_forward", layout)
 
@@ -424,9 +424,9 @@ def test_a_nested_struct_that_differs_from_c_is_caught() -> None:
 @needs_c
 def test_a_struct_without_a_rule_for_a_field_is_caught() -> None:
     lib = _kernels()["hm_gather"].lib
-    rules = {k: v for k, v in library.Gather.shapes.items() if k != "x"}
+    rules = {k: v for k, v in structs.Gather.shapes.items() if k != "x"}
     layout = type("NoRuleGather", (ctypes.Structure,), {
-        "_fields_": _fields_of(library.Gather), "c_name": "hm_gather", "shapes": rules})
+        "_fields_": _fields_of(structs.Gather), "c_name": "hm_gather", "shapes": rules})
     with pytest.raises(RuntimeError, match="shape rules for"):
         library.Kernel(lib, "hm_gather", layout)
 

@@ -3,10 +3,10 @@ and the ATen step: forward values, boundaries and every gradient, on the layouts
 loop binds (the dense loop's ``(T, N, D)`` fields, streaming's ``(M, D)`` ones); and that
 every kernel compiles for an H100 (Triton's compiler needs no GPU for that).
 
-Skipped where triton does not import (CI does not install it). With a CUDA GPU the kernels
-compile and run there. Without one they run in Triton's interpreter on CPU tensors:
-triton.jit makes an interpreted kernel when ``TRITON_INTERPRET=1`` is set as it decorates
-the kernel, that is when the backend module is first imported, and triton reads the
+Skipped where triton does not import (the dev extra installs it, so CI runs it). With a
+CUDA GPU the kernels compile and run there. Without one they run in Triton's interpreter
+on CPU tensors: triton.jit makes an interpreted kernel when ``TRITON_INTERPRET=1`` is set
+as it decorates the kernel, that is when the backend module is first imported, and triton reads the
 variable again in the imports it makes at a first launch. So this module sets it for
 that import and, through an autouse fixture, while its own tests run, and restores it
 after each: the other test modules never see it (the kernels call no function of
