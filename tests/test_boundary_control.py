@@ -123,6 +123,11 @@ def test_verdict_names_collapse_and_a_formed_hierarchy() -> None:
     assert summary["f1"]["layer1"]["word"] == {"f1": 1.0, "convention": "separator"}
     text = " ".join(hierarchy_verdict(summary))
     assert text.startswith("A hierarchy formed") and "word ends best (exact F1 1.00" in text
+    misplaced = np.zeros((T, 3))
+    misplaced[2::6, 0], misplaced[2::18, 1] = 1, 1  # as sparse, at the wrong places
+    text = " ".join(hierarchy_verdict(hierarchy_summary(misplaced, {"word": word,
+                                                                    "phrase": phrase})))
+    assert text.startswith("A hierarchy formed") and "not words or phrases" in text
     collapsed = np.ones((T, 3))
     collapsed[:, 2] = 0
     text = " ".join(hierarchy_verdict(hierarchy_summary(collapsed, {"word": word})))

@@ -20,6 +20,8 @@ from hmrnn.analysis.boundaries import boundary_prf, check_boundary, computation_
 COLLAPSED_BELOW = 0.02
 COLLAPSED_ABOVE = 0.98
 """A layer firing at fewer (more) steps than this has collapsed to COPY (UPDATE)."""
+MATCHED = 0.5
+"""Below this exact F1 against every known segmentation, a layer's segments are not those."""
 
 
 def _after(ref: np.ndarray) -> np.ndarray:
@@ -82,6 +84,12 @@ def hierarchy_verdict(summary: Mapping[str, Any], names: Sequence[str] = ()) -> 
                             f"({rates[l]:.1%} against {rates[l - 1]:.1%})")
     lines = (["No hierarchy formed: " + "; ".join(problems) + "."] if problems
              else ["A hierarchy formed: each layer fires less often than the one below."])
+    best = [max((s["f1"] for k, s in summary["f1"].get(f"layer{l + 1}", {}).items()
+                 if not names or k in names), default=None) for l in range(len(rates))]
+    if not problems and best and all(f is not None and f < MATCHED for f in best):
+        lines[0] += (f" But no layer's boundaries line up with a known segmentation (best "
+                     f"exact F1 {max(f for f in best if f is not None):.2f}): the segments are "
+                     f"not words or phrases.")
     for l, rate in enumerate(rates):
         scores = summary["f1"].get(f"layer{l + 1}", {})
         picked = {k: v for k, v in scores.items() if not names or k in names}

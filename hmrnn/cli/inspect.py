@@ -35,8 +35,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         if references is not None:
             references = {k: v[: args.max_chars] for k, v in references.items()}
     boundary, norms = trace_text(model, vocab, text)
+    source = (f"synthetic language, {len(text)} characters, seed {args.seed}" if args.synthetic
+              else str(args.file) if args.file else "--text")
     summary = inspect_sequence(text, boundary > 0.5, norms, args.out, references=references,
-                               width=args.width)
+                               width=args.width, checkpoint=str(args.checkpoint), source=source)
     for stats in summary["operation_counts"]:
         echo(f"layer{stats['layer']}: UPDATE {stats['update']}  COPY {stats['copy']}  "
                f"FLUSH {stats['flush']}  boundary rate {stats['boundary_rate']:.3f}")
