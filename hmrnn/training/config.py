@@ -138,7 +138,7 @@ class TrainConfig:
     lr_decay: float = 50.0  # divide the learning rate by this when valid NLL stops falling
     patience: int = 2  # evaluations without improvement before the learning rate drops
     max_lr_drops: int = 2  # early stop once the learning rate has dropped this often
-    slope_rate: float = 0.04  # slope annealing a = min(max, 1 + rate * epoch); 0: off
+    slope_rate: float = 1.0  # slope annealing a = min(max, 1 + rate * epoch); 0: off (paper: 0.04)
     slope_max: float = 5.0
     max_steps: int = 0  # 0: no limit
     max_epochs: float = 0.0  # 0: no limit
