@@ -23,21 +23,24 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 AUTHORS = ["train.boundary_cap=1.9365", "train.adam_beta2=0.99", "train.weight_decay=0.0005"]
-CONTROL: list[str] = []  # the defaults: integral control of the boundary bias to 0.2, 0.05
+SLOW = ["train.slope_rate=0.04"]  # the paper's slope annealing (the main job: 1 per epoch)
 ROWS: dict[str, list[str]] = {
     # decision 7's gains and the paper's recipe (step boundaries, slope annealing), no control
-    "none": ["train.rate_control=none"],
-    "authors": ["train.rate_control=none", *AUTHORS],
-    "ratio-loss": ["train.rate_control=loss", "train.rate_gain=1.0"],
-    "control": CONTROL,  # gain 0.05
-    "control-gain0.01": [*CONTROL, "train.rate_gain=0.01"],
-    "control-gain0.1": [*CONTROL, "train.rate_gain=0.1"],
-    "control-sample": [*CONTROL, "model.boundary=sample"],
-    "control-fast-slope": [*CONTROL, "train.slope_rate=1.0"],
-    "control-authors": [*CONTROL, *AUTHORS],
-    "control-no-ln": [*CONTROL, "model.layer_norm=false"],
-    "control-3000": [*CONTROL, "train.max_steps=3000"],
-    "control-no-spaces": [*CONTROL, "data.spaces=false"],
+    "none": ["train.rate_control=none", *SLOW],
+    "authors": ["train.rate_control=none", *SLOW, *AUTHORS],
+    "ratio-loss": ["train.rate_control=loss", "train.rate_gain=1.0", *SLOW],
+    # integral control of the boundary bias to 0.2, 0.05 (gain 0.05), the paper's slope
+    "control-slow": SLOW,
+    "control-slow-gain0.01": ["train.rate_gain=0.01", *SLOW],
+    "control-slow-gain0.1": ["train.rate_gain=0.1", *SLOW],
+    "control-slow-authors": [*SLOW, *AUTHORS],
+    "control-slow-no-spaces": [*SLOW, "data.spaces=false"],
+    # the main job's defaults: control, and the slope annealed at 1 per epoch
+    "control": [],
+    "control-sample": ["model.boundary=sample"],
+    "control-no-ln": ["model.layer_norm=false"],
+    "control-3000": ["train.max_steps=3000"],
+    "control-no-spaces": ["data.spaces=false"],
 }
 
 
