@@ -4,13 +4,14 @@ boundary options and instruments of a training step (:class:`BoundaryTraining`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from hmrnn.analysis.boundaries import collapse_warnings
+from hmrnn.analysis.verdict import COLLAPSED_ABOVE, COLLAPSED_BELOW
 from hmrnn.model.boundary_control import (
     RateController,
     boundary_grad_norms,
@@ -20,13 +21,9 @@ from hmrnn.model.boundary_control import (
     ratio_loss,
 )
 from hmrnn.model.hmlstm import HMLSTM, HMLSTMState
-from hmrnn.model.types import RNNOutput
+from hmrnn.model.types import RNNOutput, detach_state
 from hmrnn.training.config import TrainConfig
 from hmrnn.training.distributed import DistContext
-
-COLLAPSE_LOW = 0.02
-COLLAPSE_HIGH = 0.98
-"""A layer whose boundary rate is at most (at least) this has collapsed to COPY (UPDATE)."""
 
 
 def anneal_slope(rnn: nn.Module, epoch: float, train: TrainConfig) -> dict[str, float]:
@@ -45,7 +42,7 @@ def anneal_slope(rnn: nn.Module, epoch: float, train: TrainConfig) -> dict[str, 
 
 def boundary_warnings(metrics: Mapping[str, Any]) -> list[str]:
     """Collapse warnings for the boundary rates ``metrics["z"]`` (none without them)."""
-    return collapse_warnings(metrics.get("z", []), low=COLLAPSE_LOW, high=COLLAPSE_HIGH)
+    return collapse_warnings(metrics.get("z", []), low=COLLAPSED_BELOW, high=COLLAPSED_ABOVE)
 
 
 class BoundaryTraining:
@@ -53,16 +50,21 @@ class BoundaryTraining:
     (docs/model.md decision 9; :mod:`hmrnn.model.boundary_control`), from ``train``.
 
     :meth:`loss` is added to the task's loss (the ratio loss, when ``rate_control`` is
-    ``"loss"``); :meth:`after_step` runs after each accepted optimiser step (the bias
-    controller, the row cap) with the step's rates averaged over every process;
-    :meth:`instruments` measures the detectors (dead shares, gradient norms). A stack
-    without boundaries gets none of it.
+    ``"loss"``); :meth:`observe` is told each step's shown ``stats`` and, on the steps the
+    trainer logs, what :meth:`instruments` needs; :meth:`end_step` then runs the bias
+    controller and the row cap after an accepted step (the rates averaged over every
+    process) and adds the detectors' instruments (dead shares, gradient norms) to those
+    ``stats``; ``last`` keeps the latest instruments. A stack without boundaries gets
+    none of it.
     """
 
     def __init__(self, rnn: nn.Module, train: TrainConfig, context: DistContext) -> None:
         self.rnn = rnn if isinstance(rnn, HMLSTM) else None
         self.train = train
         self.context = context
+        self.last: dict[str, list[float]] = {}
+        self._stats: dict[str, Any] = {}
+        self._probe: tuple[Tensor, HMLSTMState | None, RNNOutput] | None = None
         self.controller = None
         if self.rnn is not None and train.rate_control != "none":
             if train.rate_control == "bias":
@@ -76,6 +78,26 @@ class BoundaryTraining:
         if self.rnn is None or boundary is None or train.rate_control != "loss":
             return None
         return train.rate_gain * ratio_loss(boundary, train.boundary_rate)
+
+    def observe(self, step: int, stats: dict[str, Any], input: Callable[[], Tensor],
+                state: HMLSTMState | None, output: RNNOutput) -> None:
+        """Global step ``step`` showed ``stats`` (its ``"z"``: this process's rates); on a
+        step the trainer logs, keep the stack's input (``input()``, made only then), initial
+        ``state`` and ``output`` (detached) for :meth:`instruments`."""
+        self._stats = stats
+        self._probe = None
+        if (step + 1) % self.train.log_every == 0:
+            with torch.no_grad():
+                self._probe = (input(), state, detach_state(output))
+
+    def end_step(self, accepted: bool) -> None:
+        """After the optimiser step of the step :meth:`observe` saw."""
+        if accepted:
+            self.after_step(self._stats.get("z", []))
+        if self._probe is not None and self.rnn is not None:
+            self.last = self.instruments(*self._probe)
+            self._stats.update(self.last)
+        self._probe = None
 
     def after_step(self, rates: Sequence[float]) -> None:
         """After an accepted step whose boundary rates (this process's) were ``rates``."""

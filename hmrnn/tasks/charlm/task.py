@@ -143,9 +143,6 @@ class CharLMTask:
             split: word_reference(corpus, split) for split in ("valid", "test")
         }
         self.boundaries = BoundaryTraining(model.rnn, cfg, self.context)
-        self._step_stats: dict[str, Any] = {}
-        self._probe: tuple[Tensor, Any, Any] | None = None
-        self._instruments: dict[str, list[float]] = {}
 
     def on_step(self, epoch: float) -> dict[str, float]:
         """Anneal an HM-LSTM's slope for ``epoch``; ``{"slope": a}`` to show (else ``{}``)."""
@@ -170,22 +167,16 @@ class CharLMTask:
             loss = loss + rate_loss
         if out.rnn.boundary is not None:
             stats["z"] = out.rnn.boundary[..., :-1].float().mean(dim=(0, 1)).tolist()
-        self._probe = None
-        if (step + 1) % self.config.train.log_every == 0:  # a step the trainer logs
-            self._probe = (self.model.embedding(x).detach(), self.state,
-                           detach_state(out.rnn))
+        self.boundaries.observe(step, stats, lambda: self.model.embedding(x), self.state,
+                                out.rnn)
         self._pending = detach_state(out.state)
-        self._step_stats = stats
         return loss, stats
 
     def end_step(self, accepted: bool) -> None:
         if accepted:
             self.state = self._pending
-            self.boundaries.after_step(self._step_stats.get("z", []))
-        if self._probe is not None:  # the detectors' instruments, logged with this step
-            self._instruments = self.boundaries.instruments(*self._probe)
-            self._step_stats.update(self._instruments)
-        self._pending = self._probe = None
+        self.boundaries.end_step(accepted)
+        self._pending = None
 
     def evaluate(self, split: str) -> dict[str, Any]:
         cfg = self.config.train
@@ -198,7 +189,7 @@ class CharLMTask:
             metrics["z"] = result.boundary_rates()
             ref = self._references[split]
             metrics["f1_word"] = boundary_prf(result.boundary[:, 0] > 0.5, ref, tolerance=1).f1
-        return {**metrics, **self._instruments}  # the detectors as last measured in training
+        return {**metrics, **self.boundaries.last}  # the detectors as last measured in training
 
     def state_dict(self) -> dict[str, Any]:
         """The carried state of every stream (gathered from all processes)."""

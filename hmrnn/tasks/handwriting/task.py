@@ -45,7 +45,6 @@ import torch
 from torch import Tensor, nn
 
 from hmrnn.data import SPLIT_FRACTIONS, DataError, split_sizes
-from hmrnn.model.types import detach_state
 from hmrnn.tasks.handwriting import mdn
 from hmrnn.tasks.handwriting.data import (
     MIN_LENGTH,
@@ -241,8 +240,6 @@ class HandwritingTask:
         self.symbols_per_step = round(cfg.batch_size * float(steps.mean()))
         self._plan: tuple[int, np.ndarray, np.ndarray] | None = None  # epoch, order, starts
         self.boundaries = BoundaryTraining(model.rnn, cfg, self.context)
-        self._step_stats: dict[str, Any] = {}
-        self._probe: tuple[Tensor, Any, Any] | None = None
 
     # -- batches ---------------------------------------------------------------------
 
@@ -299,19 +296,12 @@ class HandwritingTask:
         if output.boundary is not None:
             z = output.boundary[..., :-1].float() * mask.unsqueeze(-1)  # (T, N, L - 1)
             stats["z"] = (z.sum(dim=(0, 1)) / mask.sum()).tolist()
-        self._probe = None
-        if (step + 1) % self.config.train.log_every == 0:  # a step the trainer logs
-            self._probe = (inputs, None, detach_state(output))
-        self._step_stats = stats
+        self.boundaries.observe(step, stats, lambda: inputs, None, output)
         return loss, stats
 
     def end_step(self, accepted: bool) -> None:
         """The boundary options and instruments; nothing is carried to the next batch."""
-        if accepted:
-            self.boundaries.after_step(self._step_stats.get("z", []))
-        if self._probe is not None:
-            self._step_stats.update(self.boundaries.instruments(*self._probe))
-        self._probe = None
+        self.boundaries.end_step(accepted)
 
     def summarize(self, split: str) -> dict[str, Any]:
         """Every figure of :func:`hmrnn.tasks.handwriting.model.evaluate` on the whole lines of
