@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from pathlib import Path
 
@@ -109,3 +110,11 @@ def tiny_trainer(
     torch.manual_seed(0)
     model = build_charlm(config.model, len(corpus.vocab)).to((context or DistContext()).device)
     return Trainer(CharLMTask(model, corpus, config, context), config, context, echo=echo)
+
+
+class Terminal(io.StringIO):
+    """A stream that says it is a terminal: put as ``sys.stderr``, progress bars draw into it
+    (they draw nothing into a stream that is not one)."""
+
+    def isatty(self) -> bool:
+        return True

@@ -91,8 +91,8 @@ def test_out_dir_that_is_a_file_or_read_only(tmp_path: Path, capsys) -> None:
     assert str(locked.parent) in _error_line(capsys)
 
 
-@pytest.mark.parametrize("args", [["--temperature", "nan"], ["--temperature", "0"],
-                                  ["--length", "-5"]])
+@pytest.mark.parametrize("args", [["--temperature", "nan"], ["--temperature", "-1"],
+                                  ["--length", "-5"], ["--num-samples", "0"]])
 def test_bad_sample_flags(tmp_path: Path, capsys, args: list[str]) -> None:
     assert main(["sample", str(tmp_path / "none.pt"), *args]) == 2
     line = _error_line(capsys)

@@ -211,7 +211,7 @@ def test_data_describe_and_verify(tmp_path: Path, capsys) -> None:
     assert main(["data", "describe", str(corpus)]) == 0
     out = capsys.readouterr().out
     assert "vocabulary:" in out and "train:" in out
-    assert main(["data", "verify", "ptb", "--data-dir", str(tmp_path)]) == 1
-    assert "problem:" in capsys.readouterr().out
+    assert main(["data", "verify", "ptb", "--data-dir", str(tmp_path)]) == 2
+    assert "ptb failed verification" in _error_line(capsys)
     assert main(["data", "describe", "nosuchcorpus"]) == 2
     assert "unknown corpus" in _error_line(capsys)

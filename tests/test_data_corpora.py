@@ -215,7 +215,9 @@ def test_load_corpus_looks_in_the_cache_and_says_where(tmp_path, monkeypatch):
         load_corpus("enwik8", cache_dir=tmp_path)
     assert str(info.value) == (
         f"corpus 'enwik8' (enwik8) was not found in {tmp_path / 'enwik8'}; "
-        "run `hmrnn data download enwik8` or pass --data-dir"
+        "run `hmrnn data download enwik8` (or train with data.download=true), or give the "
+        "folder that holds it (hmrnn train: data.data_dir=PATH; hmrnn eval and data describe: "
+        "--data-dir PATH)"
     )
     with pytest.raises(DataError, match=f"not found in {tmp_path} and {tmp_path / 'ptb'}; run"):
         load_corpus("ptb", tmp_path)

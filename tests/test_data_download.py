@@ -2,12 +2,15 @@
 
 import hashlib
 import io
+import re
+import sys
 import tarfile
 import urllib.error
 import urllib.request
 import zipfile
 
 import pytest
+from helpers import Terminal
 
 import hmrnn.data.download as dl
 from hmrnn.data import DataError, download_corpus, load_corpus, verify_corpus
@@ -114,6 +117,16 @@ def test_download_extract_verify_end_to_end(tmp_path, serve, fake_ptb):
     assert corpus.vocab.decode(corpus.splits["valid"]) == "a_dog\n"
     assert download_corpus("ptb", tmp_path, progress=False) == folder
     assert requested == [fake_ptb.url]  # verified files are not fetched again
+
+
+def test_download_shows_a_bar_on_a_terminal_only(tmp_path, serve, fake_ptb, monkeypatch, capsys):
+    payloads, _ = serve
+    payloads[fake_ptb.url] = archive = _tgz(PTB_FILES, "./simple-examples/data/")
+    download_corpus("ptb", tmp_path / "piped")  # stderr is not a terminal: no bar
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(sys, "stderr", terminal := Terminal())
+    download_corpus("ptb", tmp_path / "terminal")
+    assert re.search(rf"ptb: 100%.*{len(archive)}B?/{len(archive)}B? \[", terminal.getvalue())
 
 
 def test_download_zip(tmp_path, serve, monkeypatch):

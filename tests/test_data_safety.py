@@ -241,9 +241,10 @@ def test_resume_cleans_temporaries_and_replayed_metrics(
                  "train.max_steps=6", "train.eval_every=2", *TINY]) == 0
     assert not stale.exists()
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    keys = [(r["kind"], r["step"]) for r in records]
+    keys = [(r["kind"], r["step"]) for r in records if r["kind"] != "event"]
     assert len(keys) == len(set(keys)) and keys == sorted(keys, key=lambda k: k[1])
     assert ("train", 5) in keys and ("valid", 6) in keys
+    assert [r["step"] for r in records if r.get("event") == "resume"] == [4]
 
 
 @pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600)])

@@ -182,10 +182,12 @@ def test_evaluation_over_ranks_equals_one_process_with_all_streams(two) -> None:
 def test_only_the_main_process_writes_and_talks(two) -> None:
     folder, ranks = two
     out = folder / "two"
-    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "last.pt", "metrics.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "best.pt", "config.toml", "last.pt", "metrics.jsonl"]
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [(r["kind"], r["step"]) for r in records] == [
+    assert [(r["kind"], r["step"]) for r in records if r["kind"] != "event"] == [
         ("train", 2), ("valid", 3), ("train", 4), ("train", 6), ("valid", 6)]
+    assert [r["step"] for r in records if r.get("event") == "stop"] == [6]
     assert ranks[1]["messages"] == []
     assert any(m.startswith("step 6 valid:") for m in ranks[0]["messages"])
 
@@ -229,10 +231,11 @@ def test_torchrun_command_line_then_resume_on_one_process(tmp_path: Path, capsys
                  "test: ", "boundaries against the true segmentation", "hierarchy (test split):",
                  "hierarchy formed", "of the layer updates a stacked RNN makes", "sample:"):
         assert proc.stdout.count(line) == 1, line
-    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "last.pt", "metrics.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "best.pt", "config.toml", "last.pt", "metrics.jsonl"]
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [(r["kind"], r["step"]) for r in records] == [
-        ("train", 2), ("valid", 3), ("train", 4), ("valid", 4)]
+    assert [(r["kind"], r["step"]) for r in records if r["kind"] != "event"] == [
+        ("train", 2), ("valid", 3), ("train", 4), ("valid", 4), ("test", 4)]
     assert main([*args, "--resume", "train.max_steps=6", "--no-report"]) == 0
     printed = capsys.readouterr().out
     assert "resuming" in printed and "1 process(es)" in printed
@@ -364,4 +367,5 @@ def test_torchrun_on_cuda_one_process_per_gpu(tmp_path: Path) -> None:
     assert proc.returncode == 0, _failed_run(proc)
     assert f"{gpus} process(es)" in proc.stdout and "stopped after step 4" in proc.stdout
     assert ("device cuda:0" if gpus > 1 else "device cuda,") in proc.stdout
-    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "last.pt", "metrics.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "best.pt", "config.toml", "last.pt", "metrics.jsonl"]

@@ -159,6 +159,22 @@ def test_training_loss_is_the_mean_nll_per_real_step(strokes: Path) -> None:
     assert len(stats["z"]) == 2 and all(0.0 <= r <= 1.0 for r in stats["z"])
 
 
+def test_eval_chars_caps_the_validation_lines(strokes: Path) -> None:
+    data, _ = load_handwriting_data(strokes, (0.6, 0.2, 0.2))
+    first = len(data.valid[0]) - 1  # the points the first valid line predicts
+    torch.manual_seed(0)
+    model = build_handwriting_model(tiny_config().model)
+    whole = HandwritingTask(model, data, tiny_config())
+    assert whole.evaluate("valid")["num_sequences"] == 2
+    for cap in (first, 1):  # whole lines only, and at least one
+        capped = HandwritingTask(model, data, tiny_config(**{"train.eval_chars": str(cap)}))
+        metrics = capped.evaluate("valid")
+        alone = evaluation_totals(model, data.valid[:1], 4).summary(data.normalizer)
+        assert metrics["num_sequences"] == 1
+        assert metrics["loss"] == pytest.approx(alone["nats_per_step"], rel=1e-6)
+    assert capped.summarize("test")["num_sequences"] == 2  # the report's test: whole
+
+
 def test_pen_up_counts_follow_the_line_alignment(strokes: Path) -> None:
     data, _ = load_handwriting_data(strokes, (0.6, 0.2, 0.2))
     torch.manual_seed(3)
@@ -247,6 +263,9 @@ def test_train_eval_sample_draw_end_to_end(
     assert "data: 6 / 2 / 2 lines" in out
     assert "test (best checkpoint): average log-likelihood" in out
     assert "layer-2 boundaries against pen-ups" in out
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    tested = [r for r in records if r["kind"] == "test"]
+    assert len(tested) == 1 and tested[0]["num_sequences"] == 2 and tested[0]["step"] == 4
 
     checkpoint = load_checkpoint(run_dir / "last.pt")
     assert checkpoint["kind"] == "handwriting" and checkpoint["trainer"]["step"] == 4

@@ -85,8 +85,8 @@ def test_resume_equals_uninterrupted(tmp_path) -> None:
         assert torch.equal(a, b), name
     assert straight.lr == resumed.lr < 0.01  # the plateau schedule ran the same way
     # the interrupted run evaluated once more (at its stop), which may only move best.pt
-    assert replace(straight.state, elapsed=0, best_saved=0) == replace(
-        resumed.state, elapsed=0, best_saved=0)
+    assert replace(straight.state, elapsed=0, wall=0, best_saved=0) == replace(
+        resumed.state, elapsed=0, wall=0, best_saved=0)
     assert straight.model.rnn.slope.item() == resumed.model.rnn.slope.item() > 1.0
 
 

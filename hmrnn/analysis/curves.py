@@ -1,10 +1,12 @@
 """Training curves of a run: one figure of the panels a run's ``metrics.jsonl`` can fill.
 
 A run folder of ``hmrnn train`` holds ``metrics.jsonl``, one JSON record a line:
-``{"kind": "train" | "valid" | "test", "step": int, ...values}``, where a value is a
-number or a list of numbers, one per boundary layer (``"z"``, ``"dead0"``, ``"dead1"``,
-``"zgrad"``). :func:`read_metrics` reads it; :func:`plot_curves` draws, each panel only
-when the records hold its values:
+``{"kind": "train" | "valid" | "test", "step": int, "time": ..., "wall": ..., ...values}``,
+where a value is a number or a list of numbers, one per boundary layer (``"z"``,
+``"dead0"``, ``"dead1"``, ``"zgrad"``), and ``{"kind": "event", "step": int, "event":
+name, "message": ...}`` records of what happened (learning-rate drops, warnings, resume),
+which the panels leave out (:mod:`hmrnn.training.metrics_log`). :func:`read_metrics` reads
+it; :func:`plot_curves` draws, each panel only when the records hold its values:
 
 * bits per character (or the loss, for a task without BPC), train and valid (test as a star);
 * boundary rates per layer, ``z^1``, ``z^2``, ... (train and valid);

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import html
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from hmrnn.analysis.boundaries import (
     segmentation_scores,
 )
 from hmrnn.analysis.figures import FORMATS, boundary_map, display_char, hidden_norm_map
+from hmrnn.progress import progress_bar
 
 _CSS = """
 body { font-family: sans-serif; margin: 1.5em; color: #222; }
@@ -256,6 +257,7 @@ def inspect_sequence(
     source: str | None = None,
     format: str = "png",
     dpi: int = 200,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Write the figures, the HTML page and a JSON summary of one read sequence.
 
@@ -282,6 +284,8 @@ def inspect_sequence(
             seed 1"`` or a file name), shown in the HTML page and stored in the summary.
         format: ``"png"``, ``"pdf"`` or ``"svg"``: the format of the two figures.
         dpi: dots per inch of PNG figures.
+        progress: show a bar of the figures and page written (the figures of a long text
+            take a while; :func:`hmrnn.progress.progress_bar`).
 
     Returns:
         A JSON-ready dict with keys ``steps``, ``layers``, ``initial_boundary``,
@@ -321,12 +325,21 @@ def inspect_sequence(
         "summary": "summary.json",
     }
     computation = computation_summary(b, initial_boundary)
-    boundary_map(chars, b, out / files["boundary_map"], width=width, format=fmt, dpi=dpi)
-    hidden_norm_map(chars, hidden_norms, b, out / files["hidden_norms"], width=width,
-                    format=fmt, dpi=dpi)
-    html_report(chars, b, out / files["segments"], ops=ops, checkpoint=checkpoint,
-                source=source, references=references, segmentation=segmentation,
-                computation=computation)
+    writers: dict[str, Callable[[Path], Any]] = {
+        "boundary_map": lambda path: boundary_map(chars, b, path, width=width, format=fmt,
+                                                  dpi=dpi),
+        "hidden_norms": lambda path: hidden_norm_map(chars, hidden_norms, b, path, width=width,
+                                                     format=fmt, dpi=dpi),
+        "segments": lambda path: html_report(
+            chars, b, path, ops=ops, checkpoint=checkpoint, source=source,
+            references=references, segmentation=segmentation, computation=computation),
+    }
+    with progress_bar(total=len(writers), desc="inspect", unit="file", enabled=progress,
+                      leave=False) as bar:
+        for name, write in writers.items():
+            bar.set_postfix_str(files[name])
+            write(out / files[name])
+            bar.update(1)
     z0 = np.zeros(num_layers, dtype=int) if initial_boundary is None else initial_boundary
     summary = {
         "checkpoint": checkpoint,

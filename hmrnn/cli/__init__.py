@@ -14,17 +14,32 @@ import sys
 from collections.abc import Sequence
 
 from hmrnn.cli import data, evaluate, handwriting, inspect, sample, train
-from hmrnn.cli._common import EXIT_FAILED, EXIT_USAGE
+from hmrnn.cli._common import EXIT_FAILED, EXIT_USAGE, Parser
 
-__all__ = ["EXIT_FAILED", "EXIT_USAGE", "build_parser", "main"]
+__all__ = ["EXIT_FAILED", "EXIT_USAGE", "build_parser", "main", "version"]
+
+
+def version() -> str:
+    """The installed package's version (its metadata), else ``hmrnn.__version__``."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed_version
+
+    try:
+        return installed_version("hmrnn")
+    except PackageNotFoundError:  # run from a source tree that is not installed
+        import hmrnn
+
+        return hmrnn.__version__
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """``hmrnn`` and its subcommands, each registered by its module."""
-    parser = argparse.ArgumentParser(
+    """``hmrnn`` and its subcommands, each registered by its module; every help shows the
+    flags' defaults (:class:`hmrnn.cli._common.Parser`)."""
+    parser = Parser(
         prog="hmrnn",
         description="Hierarchical Multiscale LSTMs (Chung, Ahn & Bengio, ICLR 2017).",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     train.add_parser(sub)

@@ -1,18 +1,79 @@
-"""What the commands of ``hmrnn`` share: exit codes, printing, reading a text file."""
+"""What the commands of ``hmrnn`` share: exit codes, the parser class, printing, the
+packaged configs, reading a corpus as training does, reading a text file."""
 
 from __future__ import annotations
 
 import argparse
+import textwrap
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from hmrnn.data import Corpus
+    from hmrnn.training.config import DataConfig
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
+HANDWRITING_CORPUS = "iamondb"  # the data.corpus of handwriting runs and their configs
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends ``(default: ...)`` to a flag's help, except where the help already says its
+    default or there is none to show (None, False, an empty string or list); wraps lines at
+    spaces only, so that names such as ``--prime-line`` or ``ptb-lnlstm`` stay whole."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "default" in text or action.default is False or action.default in (None, "", []):
+            return text
+        return super()._get_help_string(action)
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return textwrap.fill(" ".join(text.split()), width, initial_indent=indent,
+                             subsequent_indent=indent, break_on_hyphens=False)
+
+
+class Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose help shows every default (:class:`HelpFormatter`); its
+    subcommands' parsers are of this class too (``add_subparsers`` uses the parent's)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
 
 def echo(*args: Any) -> None:
     """Print and flush at once (output is often piped, or read by a test as it comes)."""
     print(*args, flush=True)
+
+
+def config_list(*, handwriting: bool) -> str:
+    """The names of the packaged configs of the character models (or, with ``handwriting``,
+    of IAM-OnDB), comma-separated, for a ``--config`` help."""
+    from hmrnn.training.config import config_names
+
+    return ", ".join(name for name, corpus in config_names().items()
+                     if (corpus == HANDWRITING_CORPUS) == handwriting)
+
+
+def load_config_corpus(data: DataConfig, data_dir: str | None = None) -> Corpus:
+    """The corpus a config's data section names, read as ``hmrnn train`` reads it (the
+    synthetic corpus's sizes, a text's split fractions); ``data_dir`` replaces
+    ``data.data_dir`` when given."""
+    from hmrnn.data import load_corpus
+
+    options: dict[str, Any] = {}
+    if data.corpus == "synthetic":
+        options = {"train_chars": data.synthetic_chars, "valid_chars": data.synthetic_chars // 10,
+                   "test_chars": data.synthetic_chars // 10, "seed": data.seed,
+                   "spaces": data.spaces}
+    elif data.corpus != "ptb":  # ptb has its own splits
+        options = {"fractions": data.fractions}
+    return load_corpus(data.corpus, data_dir or data.data_dir or None,
+                       cache_dir=data.cache_dir or None, download=data.download, **options)
 
 
 def text_ids(vocab: Any, args: argparse.Namespace) -> tuple[str, Any]:

@@ -45,12 +45,14 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from hmrnn.cli._common import Parser
 from hmrnn.model.cell import HMLSTMCell
 from hmrnn.model.charlm import CharLM
 from hmrnn.model.hmlstm import HMLSTM
 from hmrnn.model.registry import build_rnn
 from hmrnn.model.sparse import StreamingHMLSTM, copy_share, sparse_forward
 from hmrnn.model.types import RecurrentStack
+from hmrnn.progress import progress_bar
 
 
 @dataclass
@@ -71,10 +73,11 @@ class Row:
 
 
 def interleaved(
-    tasks: dict[str, Callable[[], Any]], repeats: int, warmup: int, device: torch.device
+    tasks: dict[str, Callable[[], Any]], repeats: int, warmup: int, device: torch.device,
+    bar: Any,
 ) -> dict[str, list[float]]:
     """Seconds per call of each task: ``warmup`` untimed rounds, then ``repeats`` rounds in
-    which every task runs once, in turn."""
+    which every task runs once, in turn; ``bar`` (a progress bar) counts the rounds."""
     def timed(fn: Callable[[], Any]) -> float:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -87,10 +90,12 @@ def interleaved(
     for _ in range(warmup):
         for fn in tasks.values():
             fn()
+        bar.update(1)
     times: dict[str, list[float]] = {name: [] for name in tasks}
     for _ in range(repeats):
         for name, fn in tasks.items():
             times[name].append(timed(fn))
+        bar.update(1)
     return times
 
 
@@ -165,9 +170,10 @@ def _sizes_label(sizes: Sequence[int]) -> str:
 
 
 def bench_train(
-    hidden: int, batch: int, args: argparse.Namespace, device: torch.device
+    hidden: int, batch: int, args: argparse.Namespace, device: torch.device, bar: Any
 ) -> list[Row]:
-    """Training steps and dense forward passes of nn.LSTM, HM-LSTM and LN-HM-LSTM."""
+    """Training steps and dense forward passes of nn.LSTM, HM-LSTM and LN-HM-LSTM
+    (:func:`interleaved` twice, its rounds counted by ``bar``)."""
     sizes = [hidden] * args.layers
     models = {
         "nn.LSTM": bench_model("lstm", args.vocab, args.embedding, sizes, hidden, False, device),
@@ -200,13 +206,14 @@ def bench_train(
 
     label, chars = _sizes_label(sizes), args.seq_len * batch
     group = f"train {label} b{batch}"
+    bar.set_postfix_str(group)
     with torch.no_grad():
         copy = {name: copy_share(m(x).rnn.boundary).tolist()
                 for name, m in models.items() if isinstance(m.rnn, HMLSTM)}
-    rows = _rows(interleaved({n: train(n) for n in models}, args.repeats, args.warmup, device),
-                 chars, "train", label, batch, copy, group)
+    rows = _rows(interleaved({n: train(n) for n in models}, args.repeats, args.warmup, device,
+                             bar), chars, "train", label, batch, copy, group)
     rows += _rows(interleaved({n: forward(n) for n in models}, args.repeats, args.warmup,
-                              device), chars, "forward", label, batch, copy, group)
+                              device, bar), chars, "forward", label, batch, copy, group)
     return rows
 
 
@@ -249,8 +256,11 @@ def _inference_models(
     return model, reference, ids, source
 
 
-def bench_inference(args: argparse.Namespace, device: torch.device) -> tuple[list[Row], str]:
-    """Batched evaluation and batch-1 generation, dense against COPY-skipping."""
+def bench_inference(
+    args: argparse.Namespace, device: torch.device, bar: Any
+) -> tuple[list[Row], str]:
+    """Batched evaluation and batch-1 generation, dense against COPY-skipping
+    (:func:`interleaved` twice, its rounds counted by ``bar``)."""
     model, reference, ids, source = _inference_models(args, device)
     rnn: HMLSTM = model.rnn  # type: ignore[assignment]
     label = ("LN " if rnn.layer_norm else "") + _sizes_label(rnn.hidden_sizes)
@@ -288,8 +298,10 @@ def bench_inference(args: argparse.Namespace, device: torch.device) -> tuple[lis
         eval_copy = copy_share(torch.cat(zs)).tolist()
     chars = sum(x.numel() for x in windows)
     group = f"eval {label} b{batch}"
+    bar.set_postfix_str(group)
     times = interleaved({"nn.LSTM": evaluate(dense(reference)), "HM-LSTM": evaluate(dense(model)),
-                         "HM-LSTM sparse": evaluate(sparse)}, args.repeats, args.warmup, device)
+                         "HM-LSTM sparse": evaluate(sparse)}, args.repeats, args.warmup, device,
+                        bar)
     rows = _rows(times, chars, "eval", label, batch,
                  {"HM-LSTM": eval_copy, "HM-LSTM sparse": eval_copy}, group)
 
@@ -338,8 +350,10 @@ def bench_inference(args: argparse.Namespace, device: torch.device) -> tuple[lis
 
     # nn.LSTM's oneDNN kernel repacks its weights at every call (8 ms a step at 3 x 512 on
     # 2 cores, against 0.35 ms without it): stepped, the reference runs without it.
+    bar.set_postfix_str(f"generate {label} b1")
     times = interleaved({"nn.LSTM": stepped(reference, onednn=False), "HM-LSTM": stepped(model),
-                         "HM-LSTM streaming": streaming}, args.repeats, args.warmup, device)
+                         "HM-LSTM streaming": streaming}, args.repeats, args.warmup, device,
+                        bar)
     gen_copy = [1.0 - c / n for c in computed[-1]]
     rows += _rows(times, n, "generate", label, 1, {"HM-LSTM streaming": gen_copy},
                   f"generate {label} b1")
@@ -403,16 +417,17 @@ def _setting(text: str) -> tuple[int, int]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of ``hmrnn bench``."""
     parser.add_argument("--suite", choices=["all", "train", "inference"], default="all",
-                        help="which rows to measure (default: all)")
+                        help="which rows to measure")
     parser.add_argument("--train", type=_setting, action="append", metavar="HIDDEN:BATCH",
                         help="a training setting (repeatable; default: 128:32 and 512:64)")
-    parser.add_argument("--layers", type=int, default=3, help="layers (default 3)")
-    parser.add_argument("--embedding", type=int, default=128, help="embedding size (128)")
+    parser.add_argument("--layers", type=int, default=3, help="layers")
+    parser.add_argument("--embedding", type=int, default=128, help="embedding size")
     parser.add_argument("--vocab", type=int, default=50, help="vocabulary of random models")
-    parser.add_argument("--seq-len", type=int, default=100, help="segment length T (100)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed rounds (median of)")
+    parser.add_argument("--seq-len", type=int, default=100, help="segment length T")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="timed rounds (the median is reported)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (2)")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda")
     parser.add_argument("--checkpoint", help="a trained HM-LSTM charlm for the inference rows")
     parser.add_argument("--text", help="UTF-8 text the inference rows read (with --checkpoint)")
@@ -453,18 +468,24 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--cuda-graph needs a CUDA device; this run is on {device}")
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
+    # two interleaved measurements per training setting and two of inference
+    measurements = (2 * len(args.train) if args.suite in ("all", "train") else 0) + (
+        2 if args.suite in ("all", "inference") else 0)
+    bar = progress_bar(total=measurements * (args.warmup + args.repeats), desc="bench",
+                       unit="round", leave=False)
     try:
         torch.manual_seed(0)
         rows: list[Row] = []
         source = ""
         if args.suite in ("all", "train"):
             for hidden, batch in args.train:
-                rows += bench_train(hidden, batch, args, device)
+                rows += bench_train(hidden, batch, args, device, bar)
         if args.suite in ("all", "inference"):
-            inference, source = bench_inference(args, device)
+            inference, source = bench_inference(args, device, bar)
             rows += inference
         machine = describe_machine(device)
     finally:
+        bar.close()
         torch.set_num_threads(threads)
     print(format_table(rows))
     if source:
@@ -500,7 +521,7 @@ def _cpu_name() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m hmrnn.cli.bench [flags]``; a bad flag or file ends in one line and exit 2."""
-    parser = argparse.ArgumentParser(prog="hmrnn bench", description=__doc__.split("\n")[0])
+    parser = Parser(prog="hmrnn bench", description=__doc__.split("\n")[0])
     add_arguments(parser)
     args = parser.parse_args(argv)
     try:

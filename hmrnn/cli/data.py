@@ -6,12 +6,13 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from hmrnn.cli._common import EXIT_FAILED, echo
+from hmrnn.cli._common import echo, load_config_corpus
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    """Download, verify (exit 1 on a problem) or describe a corpus."""
-    from hmrnn.data import describe, download_corpus, load_corpus, verify_corpus
+    """Download, verify (a problem is bad input: exit 2) or describe a corpus."""
+    from hmrnn.data import DataError, describe, download_corpus, verify_corpus
+    from hmrnn.training.config import Config, apply_overrides
 
     if args.action == "download":
         path = download_corpus(args.name, args.cache_dir or None)
@@ -21,22 +22,23 @@ def cmd_data(args: argparse.Namespace) -> int:
         sub = folder / args.name
         problems = verify_corpus(args.name, sub if sub.is_dir() else folder)
         if problems:
-            for p in problems:
-                echo(f"problem: {p}")
-            return EXIT_FAILED
+            raise DataError(f"{args.name} failed verification: {'; '.join(problems)}")
         echo(f"{args.name}: all files present and checked")
-    else:
-        corpus = load_corpus(args.name, args.data_dir or None, cache_dir=args.cache_dir or None)
-        echo(describe(corpus))
+    else:  # the corpus as `hmrnn train data.corpus=NAME` reads it (the synthetic one's sizes)
+        data = apply_overrides(Config(), {"data.corpus": args.name,
+                                          "data.cache_dir": args.cache_dir or ""}).data
+        echo(describe(load_config_corpus(data, args.data_dir)))
     return 0
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     """Register ``data`` on ``hmrnn``'s subparsers."""
     p = sub.add_parser("data", help="download, verify or describe a corpus")
-    p.add_argument("action", choices=["download", "verify", "describe"])
+    p.add_argument("action", choices=["download", "verify", "describe"],
+                   help="download into the cache; verify the files' sizes and checksums; "
+                        "describe the splits and vocabulary as `hmrnn train` reads them")
     p.add_argument("name", help="ptb, text8, enwik8 (download/verify); any corpus (describe)")
     p.add_argument("--data-dir", help="folder with local copies")
-    p.add_argument("--cache-dir", help="download cache (default ~/.cache/hmrnn)")
+    p.add_argument("--cache-dir", help="download cache (default: ~/.cache/hmrnn)")
     p.set_defaults(func=cmd_data)
     return p

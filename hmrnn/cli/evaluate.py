@@ -7,7 +7,7 @@ import argparse
 import json
 from typing import Any
 
-from hmrnn.cli._common import echo, text_ids
+from hmrnn.cli._common import echo, load_config_corpus, text_ids
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -15,9 +15,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
     from hmrnn.analysis.boundaries import computation_summary, format_scores, segmentation_scores
-    from hmrnn.data import DataError, load_corpus
+    from hmrnn.data import DataError
     from hmrnn.tasks.charlm.task import evaluate_lm, load_charlm
-    from hmrnn.training.config import load_config
+    from hmrnn.training.config import Config, apply_overrides
 
     torch.manual_seed(0)
     model, vocab, config, _ = load_charlm(args.checkpoint)
@@ -30,14 +30,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         text, ids = text_ids(vocab, args)
         where = args.file
     else:
-        data = load_config(None, {}).data if args.corpus else config.data
-        name = args.corpus or data.corpus
-        options: dict[str, Any] = {}
-        if name == "synthetic":
-            options = {"train_chars": data.synthetic_chars, "valid_chars":
-                       data.synthetic_chars // 10, "test_chars": data.synthetic_chars // 10,
-                       "seed": data.seed, "spaces": data.spaces}
-        corpus = load_corpus(name, args.data_dir or data.data_dir or None, **options)
+        data = (apply_overrides(Config(), {"data.corpus": args.corpus}).data if args.corpus
+                else config.data)
+        name = data.corpus
+        corpus = load_config_corpus(data, args.data_dir)
         if corpus.vocab != vocab:
             missing = set(corpus.vocab.symbols) - set(vocab.symbols)
             if missing:
@@ -52,7 +48,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
             refs = {k: v[:-1] for k, v in corpus.boundaries[args.split].items()}
     if len(ids) < 2:
         raise DataError(f"{where} is too short: at least 2 characters are needed to score one")
-    result = evaluate_lm(model, ids, batch_size=args.batch_size, seq_len=config.train.seq_len)
+    result = evaluate_lm(model, ids, batch_size=args.batch_size, seq_len=config.train.seq_len,
+                         progress=True)
     report: dict[str, Any] = {"data": where, "chars": result.chars, "bpc": result.bpc,
                               "nll_nats": result.nll}
     lines = [f"{where}: {result.bpc:.4f} bits per character over {result.chars:,} characters"]
@@ -78,7 +75,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     """Register ``eval`` on ``hmrnn``'s subparsers."""
     p = sub.add_parser("eval", help="bits per character of a checkpoint on a split or a file")
     p.add_argument("checkpoint", help="a checkpoint file or a run folder (uses its last.pt)")
-    p.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    p.add_argument("--split", default="test", choices=["train", "valid", "test"],
+                   help="the corpus split to score (not with --file)")
     p.add_argument("--file", help="score this UTF-8 text file instead of a corpus split")
     p.add_argument("--ptb-format", action="store_true",
                    help="the file is space-separated symbols, one line per sentence (as PTB)")

@@ -21,7 +21,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from hmrnn.cli._common import echo
+from hmrnn.cli._common import HANDWRITING_CORPUS, config_list, echo
 
 PAPER_TABLE3 = "paper, Table 3: HM-LSTM 1137, LSTM 1081"
 
@@ -32,9 +32,10 @@ def _data_path(args: argparse.Namespace, config: Any) -> str:
 
     path = args.data or config.data.data_dir
     if not path:
+        also = " or data.data_dir=PATH" if "overrides" in args else ""  # train reads overrides
         raise DataError(
             "no handwriting data given: pass --data PATH (iamondb_lines.npz, the lineStrokes "
-            "tar, or a folder holding either) or data.data_dir=PATH"
+            f"tar, or a folder holding either){also}"
         )
     return str(path)
 
@@ -69,7 +70,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     """Train a handwriting model with the generic trainer, then report on the test split."""
 
     from hmrnn.tasks.handwriting.model import build_handwriting_model
-    from hmrnn.tasks.handwriting.task import KIND, HandwritingTask, load_handwriting_data
+    from hmrnn.tasks.handwriting.task import (
+        KIND,
+        HandwritingTask,
+        load_handwriting_data,
+        trainer_metrics,
+    )
     from hmrnn.training.checkpoint import load_checkpoint
     from hmrnn.training.config import apply_overrides
     from hmrnn.training.session import run_training
@@ -77,7 +83,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     def adjust(config: Any) -> Any:
         path = Path(_data_path(args, config)).resolve()
-        return apply_overrides(config, {"data.corpus": "iamondb", "data.data_dir": str(path)})
+        return apply_overrides(config, {"data.corpus": HANDWRITING_CORPUS,
+                                        "data.data_dir": str(path)})
 
     def make_task(config: Any, checkpoint: Any, context: Any, say: Any) -> HandwritingTask:
         path = Path(config.data.data_dir)
@@ -98,13 +105,15 @@ def cmd_train(args: argparse.Namespace) -> int:
             task.model.load_state_dict(load_checkpoint(trainer.best_path)["model"])
         with seeded_rng(trainer.config.train.seed, trainer.context.device):
             summary = task.summarize("test")
+        trainer.record("test", trainer_metrics(summary))
         for line in format_evaluation(summary, "test (best checkpoint)"):
             say(line)
         say(f"checkpoints: {trainer.best_path} (best), {trainer.last_path} (last)")
 
     return run_training(args.config, args.overrides, kind=KIND, resume=args.resume,
                         make_task=make_task, report=None if args.no_report else report,
-                        adjust_config=adjust, overwrite=args.overwrite)
+                        adjust_config=adjust, overwrite=args.overwrite,
+                        print_config=args.print_config)
 
 
 # -- eval -----------------------------------------------------------------------------
@@ -127,7 +136,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     data, _ = load_handwriting_data(_data_path(args, config), split=checkpoint["split"])
     torch.manual_seed(0)
     summary = evaluate(model, getattr(data, args.split), args.batch_size,
-                       normalizer=normalizer, tolerance=PENUP_TOLERANCE)
+                       normalizer=normalizer, tolerance=PENUP_TOLERANCE, progress=True)
     if args.json:
         echo(json.dumps({"split": args.split, **summary}, indent=2))
     else:
@@ -234,9 +243,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         p.add_argument("--data", help="iamondb_lines.npz, the lineStrokes tar.xz, or a folder "
                                       "holding either" + note)
 
-    def split_option(p: argparse.ArgumentParser, default: str) -> None:
-        p.add_argument("--split", default=default, choices=["train", "valid", "test"],
-                       help=f"the split --line counts in (default {default})")
+    def split_option(p: argparse.ArgumentParser, line_flag: str) -> None:
+        p.add_argument("--split", default="valid", choices=["train", "valid", "test"],
+                       help=f"the split {line_flag} counts in")
 
     p = sub.add_parser(
         "train", help="train an HM-LSTM (or a baseline) with a mixture density output",
@@ -245,8 +254,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     data_option(p, " (default: data.data_dir)")
     p.add_argument("--config", default="iamondb",
-                   help="a config name (iamondb, iamondb-lstm) or a .toml path "
-                        "(default iamondb)")
+                   help=f"a packaged config ({config_list(handwriting=True)}) or a .toml path")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved config (file, --data, overrides; with --resume the "
+                        "checkpoint's) as TOML and exit without training")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in run.out_dir from its last checkpoint")
     p.add_argument("--overwrite", action="store_true",
@@ -261,13 +272,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                                     "layer-2 boundaries against pen-ups")
     p.add_argument("checkpoint", help="a checkpoint file or a run folder (uses its last.pt)")
     data_option(p, " (default: where the model was trained)")
-    p.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    p.add_argument("--split", default="test", choices=["train", "valid", "test"],
+                   help="the split to score")
     p.add_argument("--batch-size", type=int, default=32, help="lines scored at once")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("sample", help="write new handwriting and draw it")
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", help="a checkpoint file or a run folder (uses its last.pt)")
     p.add_argument("--out", required=True, help="image to write (.png, .svg or .pdf)")
     p.add_argument("--steps", type=int, default=700, help="pen offsets to write")
     p.add_argument("--bias", type=float, default=0.0,
@@ -276,8 +288,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--prime-line", metavar="N",
                    help="first read this real line (an index into --split, or a line id)")
     data_option(p, " (for --prime-line; default: where the model was trained)")
-    split_option(p, "valid")
-    p.add_argument("--seed", type=int, default=0)
+    split_option(p, "--prime-line")
+    p.add_argument("--seed", type=int, default=0,
+                   help="random seed: the same seed writes the same strokes")
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("draw", help="draw a real line, or Figure 5: its strokes beside "
@@ -285,7 +298,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("checkpoint", nargs="?", help="a handwriting checkpoint (for --segments)")
     data_option(p, " (default: where the model was trained)")
     p.add_argument("--line", required=True, help="an index into --split, or a line id")
-    split_option(p, "valid")
+    split_option(p, "--line")
     p.add_argument("--segments", action="store_true",
                    help="Figure 5: colour segments by pen-ups and by layer-2 boundaries, and "
                         "print their agreement")

@@ -30,15 +30,18 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         text = args.text
     if not text:
         raise DataError("nothing to inspect: the text is empty")
-    if len(text) > args.max_chars:
+    if args.max_chars < 1:
+        raise ValueError(f"--max-chars must be >= 1, got {args.max_chars}")
+    if not args.synthetic and len(text) > args.max_chars:  # --synthetic says how many itself
+        echo(f"note: reading the first {args.max_chars:,} of {len(text):,} characters "
+             "(--max-chars)")
         text = text[: args.max_chars]
-        if references is not None:
-            references = {k: v[: args.max_chars] for k, v in references.items()}
     boundary, norms = trace_text(model, vocab, text)
     source = (f"synthetic language, {len(text)} characters, seed {args.seed}" if args.synthetic
               else str(args.file) if args.file else "--text")
     summary = inspect_sequence(text, boundary > 0.5, norms, args.out, references=references,
-                               width=args.width, checkpoint=str(args.checkpoint), source=source)
+                               width=args.width, checkpoint=str(args.checkpoint), source=source,
+                               progress=True)
     for stats in summary["operation_counts"]:
         echo(f"layer{stats['layer']}: UPDATE {stats['update']}  COPY {stats['copy']}  "
                f"FLUSH {stats['flush']}  boundary rate {stats['boundary_rate']:.3f}")
@@ -61,18 +64,21 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                     "boundary_map.png (Figure 3), hidden_norms.png (Figure 4), segments.html "
                     "and summary.json (UPDATE/COPY/FLUSH counts, boundary scores).",
     )
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", help="an HM-LSTM checkpoint file or a run folder (uses its "
+                                      "last.pt)")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--text", help="the text to read")
     source.add_argument("--file", help="a UTF-8 text file to read")
     source.add_argument("--synthetic", type=int, metavar="CHARS",
-                        help="this many characters of the synthetic language, scored against "
-                             "its true word and phrase boundaries")
+                        help="exactly this many characters of the synthetic language (no "
+                             "--max-chars cut), scored against its true word and phrase "
+                             "boundaries")
     p.add_argument("--ptb-format", action="store_true",
                    help="the file is space-separated symbols, one line per sentence (as PTB)")
     p.add_argument("--seed", type=int, default=1, help="seed of the --synthetic text")
-    p.add_argument("--out", default="inspect", help="output folder (default: ./inspect)")
+    p.add_argument("--out", default="inspect", help="output folder")
     p.add_argument("--width", type=int, default=90, help="characters per row of the figures")
-    p.add_argument("--max-chars", type=int, default=2000, help="read at most this many")
+    p.add_argument("--max-chars", type=int, default=2000,
+                   help="read at most this many characters of --text or --file")
     p.set_defaults(func=cmd_inspect)
     return p

@@ -5,24 +5,18 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from hmrnn.cli._common import config_list, load_config_corpus
+
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train a character model with the generic trainer, then report on the test split."""
-    from hmrnn.data import Vocab, load_corpus
+    from hmrnn.data import Vocab
     from hmrnn.tasks.charlm.build import build_charlm
     from hmrnn.tasks.charlm.task import CharLMTask
     from hmrnn.training.session import run_training
 
     def make_task(config: Any, checkpoint: Any, context: Any, say: Any) -> CharLMTask:
-        data = config.data
-        corpus = load_corpus(
-            data.corpus, data.data_dir or None, cache_dir=data.cache_dir or None,
-            download=data.download,
-            **({"fractions": data.fractions} if data.corpus not in ("synthetic", "ptb") else {}),
-            **({"train_chars": data.synthetic_chars, "valid_chars": data.synthetic_chars // 10,
-                "test_chars": data.synthetic_chars // 10, "seed": data.seed,
-                "spaces": data.spaces} if data.corpus == "synthetic" else {}),
-        )
+        corpus = load_config_corpus(config.data)
         if checkpoint is not None and Vocab.from_list(checkpoint["vocab"]) != corpus.vocab:
             raise ValueError("--resume: the corpus's vocabulary differs from the checkpoint's")
         model = build_charlm(config.model, len(corpus.vocab)).to(context.device)
@@ -36,7 +30,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     return run_training(args.config, args.overrides, kind="charlm", resume=args.resume,
                         make_task=make_task, report=None if args.no_report else report,
-                        overwrite=args.overwrite)
+                        overwrite=args.overwrite, print_config=args.print_config)
 
 
 def _final_report(trainer: Any, corpus: Any, say: Any) -> None:
@@ -57,7 +51,11 @@ def _final_report(trainer: Any, corpus: Any, say: Any) -> None:
     cfg = trainer.config.train
     device = context.device
     result = evaluate_lm(trainer.model, corpus.splits["test"], batch_size=cfg.eval_batch_size,
-                         seq_len=cfg.seq_len, device=device, context=context)
+                         seq_len=cfg.seq_len, device=device, context=context,
+                         progress=trainer.config.run.progress and context.is_main)
+    trainer.record("test", {"loss": result.nll, "bpc": result.bpc, "chars": result.chars,
+                            **({"z": result.boundary_rates()} if result.boundary is not None
+                               else {})})
     say(f"test: {result.bpc:.4f} bits per character over {result.chars:,} characters "
         f"(best checkpoint)")
     if result.boundary is not None and context.is_main:  # the whole split's, on every rank
@@ -91,9 +89,16 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "train", help="train a character model (default: the embedded synthetic corpus)",
         description="Train a character-level model. Any config field can be overridden as "
-                    "section.field=value (e.g. train.lr=0.001 model.rnn=lstm).",
+                    "section.field=value (e.g. train.lr=0.001 model.rnn=lstm "
+                    "model.hidden_size=256,128,64 or model.hidden_size=[256,128,64]).",
     )
-    p.add_argument("--config", help="a config name from configs/ (e.g. ptb) or a .toml path")
+    p.add_argument("--config",
+                   help=f"a packaged config ({config_list(handwriting=False)}) or a .toml "
+                        "path (default: the built-in defaults, which configs/small.toml "
+                        "spells out)")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved config (file, overrides; with --resume the "
+                        "checkpoint's) as TOML and exit without training")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in run.out_dir from its last checkpoint")
     p.add_argument("--overwrite", action="store_true",

@@ -283,11 +283,11 @@ def _locate(name: str, data_dir: Path | None, cache_dir: Path, download: bool) -
             return fetch(name, cache_dir)
         looked = str(folder)
     files = ", ".join(_FILES[name])
-    fix = (
-        f"run `hmrnn data download {name}` or pass --data-dir"
-        if name in _DOWNLOADABLE
-        else "pass --data-dir with the folder that holds it"
-    )
+    # Each interface names the folder its own way: say both (the Python API: data_dir=).
+    fix = ("give the folder that holds it (hmrnn train: data.data_dir=PATH; hmrnn eval and "
+           "data describe: --data-dir PATH)")
+    if name in _DOWNLOADABLE:
+        fix = f"run `hmrnn data download {name}` (or train with data.download=true), or {fix}"
     raise DataError(f"corpus {name!r} ({files}) was not found in {looked}; {fix}")
 
 

@@ -32,9 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from tqdm import tqdm
-
 from hmrnn.data.errors import DataError
+from hmrnn.progress import progress_bar
 
 DEFAULT_CACHE_DIR = Path("~/.cache/hmrnn")
 """Where downloaded corpora live unless a ``cache_dir`` is given (``~`` is expanded)."""
@@ -162,13 +161,8 @@ def _fetch(url: str, target: Path, desc: str, progress: bool, timeout: float) ->
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response, _atomic_file(target) as out:
             length = response.headers.get("Content-Length")
-            with tqdm(
-                total=int(length) if length else None,
-                unit="B",
-                unit_scale=True,
-                desc=desc,
-                disable=not progress,
-            ) as bar:
+            with progress_bar(total=int(length) if length else None, desc=desc, unit="B",
+                              enabled=progress, unit_scale=True, unit_divisor=1024) as bar:
                 for chunk in iter(lambda: response.read(_CHUNK), b""):
                     out.write(chunk)
                     bar.update(len(chunk))
@@ -219,7 +213,8 @@ def download(
     Args:
         name: ``"ptb"``, ``"text8"`` or ``"enwik8"``.
         cache_dir: the cache folder, :data:`DEFAULT_CACHE_DIR` by default.
-        progress: show a tqdm progress bar (on stderr) while downloading.
+        progress: show a progress bar while downloading (on stderr, when it is a terminal:
+            :func:`hmrnn.progress.progress_bar`).
         timeout: seconds to wait for the server before giving up.
 
     Returns:

@@ -143,8 +143,9 @@ class TrainConfig:
     max_steps: int = 0  # 0: no limit
     max_epochs: float = 0.0  # 0: no limit
     max_minutes: float = 3.0  # wall-clock budget; 0: no limit
-    eval_every: int = 200  # steps between evaluations on the whole validation split
+    eval_every: int = 200  # steps between evaluations on the validation split
     eval_batch_size: int = 64
+    eval_chars: int = 0  # characters (handwriting: points) of each validation; 0: all
     log_every: int = 20  # steps between metric records
     max_nonfinite: int = 5  # consecutive non-finite steps that stop the run
     seed: int = 0
@@ -172,6 +173,7 @@ TRAIN_RULES: dict[str, Rule] = {
     "max_minutes": at_least(0),
     "eval_every": at_least(1),
     "eval_batch_size": at_least(1),
+    "eval_chars": at_least(0),  # 0: the whole split
     "log_every": at_least(1),
     "max_nonfinite": at_least(1),
     "seed": at_least(0),
@@ -191,8 +193,8 @@ class RunConfig:
     out_dir: str = "runs/default"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = 0  # torch CPU threads; 0: torch's default
-    progress: bool = True
-    tensorboard: bool = True  # also log to TensorBoard when it is installed
+    progress: bool = True  # bars on a terminal's stderr; without: plain progress lines
+    tensorboard: bool = True  # also log to TensorBoard (the extra hmrnn[tensorboard])
     backend: str = ""  # DDP backend; empty: nccl on CUDA, gloo on CPU
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast on CUDA)
 
@@ -267,6 +269,8 @@ def valid_keys() -> list[str]:
 def _coerce(key: str, value: Any, kind: Any) -> Any:
     """Coerce a TOML or command-line value to the field's type, or raise ConfigError."""
     origin = typing.get_origin(kind)
+    if origin is tuple and isinstance(value, str):
+        value = _list_items(key, value)
     try:
         if kind is bool:
             if isinstance(value, bool):
@@ -290,9 +294,7 @@ def _coerce(key: str, value: Any, kind: Any) -> Any:
             return str(value)
         if origin is tuple:
             item = typing.get_args(kind)[0]
-            items = value.split(",") if isinstance(value, str) else value
-            if isinstance(items, int | float):
-                items = [items]
+            items = [value] if isinstance(value, int | float) else value
             return tuple(_coerce(key, x.strip() if isinstance(x, str) else x, item)
                          for x in items)
     except (TypeError, ValueError):
@@ -304,6 +306,20 @@ def _coerce(key: str, value: Any, kind: Any) -> Any:
         else kind.__name__ if isinstance(kind, type) else str(kind)
     )
     raise ConfigError(f"{key} expects {name}, got {value!r}")
+
+
+def _list_items(key: str, text: str) -> list[Any]:
+    """The items of a command-line list: ``64,64,32`` or the TOML literal ``[64, 64, 32]``."""
+    if not text.strip().startswith("["):
+        return text.split(",")
+    try:
+        items = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        items = None
+    if not isinstance(items, list):
+        raise ConfigError(f"{key}: cannot read {text!r} as a list; write its items separated "
+                          "by commas (1,2,3) or as a TOML list ([1, 2, 3])")
+    return items
 
 
 def apply_overrides(config: Config, overrides: dict[str, Any]) -> Config:
@@ -406,9 +422,18 @@ def config_path(name_or_path: str) -> Path:
         return path
     packaged = CONFIG_DIR / f"{name_or_path}.toml"
     if not packaged.is_file():
-        names = sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
-        raise ConfigError(f"no config named {name_or_path!r}; known: {', '.join(names)}")
+        raise ConfigError(
+            f"no config named {name_or_path!r}; known: {', '.join(config_names())}")
     return packaged
+
+
+def config_names() -> dict[str, str]:
+    """The packaged configs (``hmrnn/configs/*.toml``) by name, sorted: name -> the corpus it
+    trains on (its ``data.corpus``, after its base file's; read without building a Config)."""
+    return {
+        path.stem: str(_file_values(path.stem).get("data.corpus", DataConfig.corpus))
+        for path in sorted(CONFIG_DIR.glob("*.toml"), key=lambda p: p.stem)
+    }
 
 
 def load_config(name_or_path: str | None = None, overrides: dict[str, Any] | None = None) -> Config:
@@ -455,5 +480,5 @@ def parse_overrides(args: list[str]) -> dict[str, str]:
 __all__ = [
     "Config", "ConfigError", "DataConfig", "ModelConfig", "RunConfig", "TrainConfig",
     "FIXED_ON_RESUME", "RULES", "Rule", "apply_overrides", "check_resume_overrides",
-    "load_config", "parse_overrides", "valid_keys", "validate_config",
+    "config_names", "load_config", "parse_overrides", "valid_keys", "validate_config",
 ]

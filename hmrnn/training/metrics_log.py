@@ -6,20 +6,31 @@ import json
 import math
 import os
 import secrets
+import time
 from pathlib import Path
 from typing import Any
+
+# TensorBoard tags of the metrics.jsonl keys that are terse or hold a slash (the others are
+# tagged as they are): the names the CLI prints.
+TAGS = {"z": "boundary_rate", "chars/s": "chars_per_s"}
 
 
 class MetricsWriter:
     """Append metrics to ``out_dir/metrics.jsonl`` (and TensorBoard event files if available).
 
-    Each record is ``{"kind": "train" | "valid" | "test" | ..., "step": int, ...values}``.
-    Lists of numbers (e.g. one boundary rate per layer) are kept as lists in JSON and
-    written as ``name/0``, ``name/1`` ... scalars to TensorBoard.
+    Each record is ``{"kind": ..., "step": int, "time": unix seconds, "wall": seconds since
+    the run started, ...}``: ``kind`` is ``"train"``, ``"valid"`` or ``"test"`` for metrics
+    (:meth:`write`; a value is a number or a list of numbers, one per layer) and
+    ``"event"`` for what happened (:meth:`event`: ``"event"`` names it, ``"message"`` says
+    it in words). TensorBoard gets the numbers as ``kind/name`` scalars, a list as
+    ``kind/name/layer1``, ``kind/name/layer2``, ... (``z`` is named ``boundary_rate``).
 
     Args:
-        keep_until: drop the records of an existing file after this step first (a resumed
-            run replays the steps after its checkpoint; 0 starts the file afresh).
+        tensorboard: also write TensorBoard events, if ``tensorboard`` is installed
+            (:attr:`tensorboard` says whether it is).
+        keep_until: drop the records of an existing file after this step first, and the
+            TensorBoard events after it (a resumed run replays the steps after its
+            checkpoint; 0 starts the file afresh).
     """
 
     def __init__(self, out_dir: str | Path, *, tensorboard: bool = True,
@@ -33,27 +44,58 @@ class MetricsWriter:
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
-            except ImportError:  # tensorboard is optional
-                self._tb = None
+            except ImportError:  # tensorboard is optional: the caller may say so
+                pass
             else:
-                self._tb = SummaryWriter(str(Path(out_dir) / "tensorboard"))
+                self._tb = SummaryWriter(
+                    str(Path(out_dir) / "tensorboard"),
+                    purge_step=None if keep_until is None else keep_until + 1)
 
-    def write(self, kind: str, step: int, values: dict[str, Any]) -> None:
-        record = {"kind": kind, "step": step, **values}
-        self._file.write(json.dumps(record, default=_jsonable) + "\n")
-        self._file.flush()
+    @property
+    def tensorboard(self) -> bool:
+        """Whether TensorBoard events are written."""
+        return self._tb is not None
+
+    def write(self, kind: str, step: int, values: dict[str, Any], *, wall: float) -> None:
+        """A record of metrics ``values`` of ``kind`` at ``step``, ``wall`` seconds into the run."""
+        self._append({"kind": kind, "step": step, **_clock(wall), **values})
         if self._tb is not None:
             for name, value in values.items():
                 items = value if isinstance(value, list | tuple) else [value]
                 for i, v in enumerate(items):
                     if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v):
-                        tag = f"{kind}/{name}" + (f"/{i}" if len(items) > 1 else "")
+                        tag = f"{kind}/{TAGS.get(name, name)}"
+                        if isinstance(value, list | tuple):
+                            tag += f"/layer{i + 1}"
                         self._tb.add_scalar(tag, v, step)
+
+    def event(self, name: str, step: int, message: str, *, wall: float,
+              **values: Any) -> None:
+        """A record of event ``name`` (``"resume"``, ``"lr_drop"``, ``"warning"``...) at
+        ``step``, said in ``message``, with numbers ``values`` (e.g. the new ``lr``)."""
+        self._append({"kind": "event", "step": step, **_clock(wall), "event": name,
+                      "message": message, **values})
+        if self._tb is not None:
+            self._tb.add_text(f"event/{name}", message, step)
+
+    def _append(self, record: dict[str, Any]) -> None:
+        self._file.write(json.dumps(record, default=_jsonable) + "\n")
+        self._file.flush()
 
     def close(self) -> None:
         self._file.close()
         if self._tb is not None:
             self._tb.close()
+
+    def __enter__(self) -> MetricsWriter:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
+def _clock(wall: float) -> dict[str, float]:
+    return {"time": round(time.time(), 3), "wall": round(wall, 3)}
 
 
 def _truncate(path: Path, step: int) -> None:

@@ -1,6 +1,7 @@
 """Run folders: which folder a run writes to, and a lock that keeps it to one live run.
 
-A run folder holds one run (``last.pt``, ``best.pt``, ``metrics.jsonl``, ``tensorboard/``).
+A run folder holds one run (``last.pt``, ``best.pt``, ``metrics.jsonl``, ``config.toml``,
+``tensorboard/``).
 ``hmrnn train`` continues it only with ``--resume`` and replaces it only with
 ``--overwrite``; otherwise a new run whose ``run.out_dir`` already holds one writes to
 the first free numbered sibling (``runs/default-2``, ``runs/default-3``, ...) and says so.
@@ -17,7 +18,11 @@ import os
 import shutil
 from pathlib import Path
 
-RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl")
+from hmrnn.training.checkpoint import temporary_name
+from hmrnn.training.config import Config
+
+CONFIG_NAME = "config.toml"
+RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl", CONFIG_NAME)
 LOCK_NAME = ".hmrnn.lock"
 
 
@@ -118,3 +123,17 @@ def clear_run(folder: Path) -> None:
     for name in RUN_FILES:
         (folder / name).unlink(missing_ok=True)
     shutil.rmtree(folder / "tensorboard", ignore_errors=True)
+
+
+def write_config(folder: Path, config: Config) -> Path:
+    """Write ``folder/config.toml``, the run's resolved config as TOML, atomically; a
+    resumed run writes its own (the checkpoint's config with the overrides it took)."""
+    path = folder / CONFIG_NAME
+    tmp = temporary_name(path)
+    try:
+        tmp.write_text("# the resolved config of this run (hmrnn writes it at the start of "
+                       "training)\n" + config.to_toml(), encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

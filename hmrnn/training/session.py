@@ -48,6 +48,7 @@ def run_training(
     report: Report | None,
     adjust_config: Callable[[Config], Config] = lambda c: c,
     overwrite: bool = False,
+    print_config: bool = False,
 ) -> int:
     """Train ``kind`` as configured; returns the process exit code.
 
@@ -64,6 +65,8 @@ def run_training(
         adjust_config: a last change to the resolved config (e.g. a data path).
         overwrite: replace the run already in ``run.out_dir`` (else a new run there goes
             to a numbered sibling folder, see :mod:`hmrnn.training.run_dir`).
+        print_config: print the resolved, validated config as TOML and return 0 without
+            training (nor touching the run folder).
     """
     import torch
 
@@ -86,6 +89,9 @@ def run_training(
         config = apply_overrides(saved, overrides)
         check_resume_overrides(saved, config, overrides)
     config = validate_config(adjust_config(config))
+    if print_config:
+        _print(config.to_toml().rstrip("\n"))
+        return 0
     context = setup(config.run.device, config.run.backend)
     say: Say = _print if context.is_main else (lambda *a: None)
     lock: RunLock | None = None

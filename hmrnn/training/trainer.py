@@ -18,6 +18,7 @@ import dataclasses
 import math
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
@@ -28,6 +29,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
+from hmrnn.progress import around_bars, duration, progress_bar
 from hmrnn.training.checkpoint import (
     CheckpointError,
     nonfinite_tensors,
@@ -39,8 +41,14 @@ from hmrnn.training.checkpoint import (
 from hmrnn.training.config import Config, validate_config
 from hmrnn.training.distributed import DistContext
 from hmrnn.training.metrics_log import MetricsWriter
+from hmrnn.training.run_dir import write_config
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+PLAIN_LOG_SECONDS = 10.0
+"""Without a progress bar, a logged step prints a line if the last was this long ago."""
+TENSORBOARD_MISSING = (
+    "note: run.tensorboard is on but TensorBoard is not installed: metrics go to "
+    "metrics.jsonl only (pip install 'hmrnn[tensorboard]', or run.tensorboard=false)")
 
 
 def clip_gradients(parameters: Iterable[nn.Parameter], max_norm: float) -> Tensor:
@@ -122,7 +130,8 @@ class Task(Protocol):
         ...
 
     def evaluate(self, split: str) -> dict[str, Any]:
-        """Metrics over the whole split; ``"loss"`` is the one to minimise."""
+        """Metrics over the split (``train.eval_chars`` may cap it); ``"loss"`` is the one
+        to minimise."""
         ...
 
     def state_dict(self) -> dict[str, Any]: ...
@@ -145,6 +154,7 @@ class TrainerState:
     lr_drops: int = 0
     nonfinite_total: int = 0
     elapsed: float = 0.0  # seconds of training, summed over resumed runs
+    wall: float = 0.0  # seconds since the run started (evaluations too), over resumed runs
 
 
 @dataclass
@@ -168,6 +178,8 @@ class Trainer:
 
     Checkpoints are never written with a non-finite tensor, nor at an evaluation whose
     validation loss is not finite; ``last.pt`` is written before the final validation.
+    ``fit`` writes ``config.toml`` and ``metrics.jsonl`` (:mod:`hmrnn.training.metrics_log`:
+    metrics, and events such as learning-rate drops and warnings) into ``out_dir``.
 
     Raises:
         ConfigError: a config field outside its allowed range.
@@ -196,7 +208,8 @@ class Trainer:
                 f"run.precision={precision} needs a CUDA device (mixed precision is only used "
                 f"on CUDA), but this run is on {self.context.device}; use run.precision=fp32")
         self.out_dir = Path(config.run.out_dir)
-        self.echo = echo if self.context.is_main else (lambda _msg: None)
+        # messages clear the progress bars and redraw them after, never glued onto them
+        self.echo = around_bars(echo) if self.context.is_main else (lambda _msg: None)
         self.model = task.model
         self.wrapped = self.context.wrap(self.model)
         self.optimizer = torch.optim.Adam(
@@ -209,6 +222,7 @@ class Trainer:
         self._writer: MetricsWriter | None = None
         self._good: tuple[Path, int] | None = None  # the newest last.pt written, its step
         self._saved_step = -1  # the step last.pt was last settled at (written or refused)
+        self._started = time.monotonic()  # when the run started, less state.wall (see _wall)
 
     # -- checkpoints -------------------------------------------------------------------
 
@@ -221,6 +235,7 @@ class Trainer:
         return self.out_dir / "best.pt"
 
     def _payload(self) -> dict[str, Any]:
+        self.state.wall = self._wall()
         rng: dict[str, Any] = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
@@ -253,9 +268,9 @@ class Trainer:
         bad = nonfinite_tensors(
             {k: payload[k] for k in ("model", "optimizer", "task") if k in payload})
         if bad:
-            self.echo(f"warning: no checkpoint written at step {self.state.step}: {len(bad)} "
-                      f"tensor(s) hold NaN or inf ({bad[0]}, ...); the last good one is "
-                      f"{self.good_checkpoint()}")
+            self._event("warning", f"warning: no checkpoint written at step {self.state.step}: "
+                        f"{len(bad)} tensor(s) hold NaN or inf ({bad[0]}, ...); the last good "
+                        f"one is {self.good_checkpoint()}")
             return None
         return serialize_checkpoint(payload)
 
@@ -297,6 +312,7 @@ class Trainer:
         for group in self.optimizer.param_groups:  # the checkpoint's lr, not the config's
             group["lr"] = checkpoint["optimizer"]["param_groups"][0]["lr"]
         self.state = TrainerState(**checkpoint["trainer"])
+        self._started = time.monotonic() - self.state.wall
         self.task.load_state_dict(checkpoint["task"])
         torch.set_rng_state(checkpoint["rng"]["torch"])
         if "cuda" in checkpoint["rng"] and torch.cuda.is_available():
@@ -370,8 +386,9 @@ class Trainer:
 
     def _checkpoint_after(self, loss: float) -> None:
         if not math.isfinite(loss):
-            self.echo(f"warning: the validation loss at step {self.state.step} is not finite: "
-                      f"no checkpoint written; the last good one is {self.good_checkpoint()}")
+            self._event("warning", f"warning: the validation loss at step {self.state.step} is "
+                        f"not finite: no checkpoint written; the last good one is "
+                        f"{self.good_checkpoint()}")
             self._saved_step = self.state.step
             return
         previous = self.state.best_saved
@@ -395,8 +412,8 @@ class Trainer:
             group["lr"] = group["lr"] / self.train_cfg.lr_decay
         self.state.lr_drops += 1
         self.state.bad_evals = 0
-        self.echo(f"validation stopped improving: learning rate divided by "
-                  f"{self.train_cfg.lr_decay:g} to {self.lr:.3g}")
+        self._event("lr_drop", f"validation stopped improving: learning rate divided by "
+                    f"{self.train_cfg.lr_decay:g} to {self.lr:.3g}", lr=self.lr)
         return None
 
     def _budget_reason(self) -> str | None:
@@ -442,11 +459,16 @@ class Trainer:
             TrainingError: too many non-finite steps in a row.
             OSError: a checkpoint or log cannot be written (the earlier checkpoints stay).
         """
+        self._started = time.monotonic() - self.state.wall
         if self.context.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             remove_stale_temporaries(self.out_dir)
-            self._writer = MetricsWriter(self.out_dir, tensorboard=self.config.run.tensorboard,
-                                         keep_until=self.state.step)
+            write_config(self.out_dir, self.config)
+            self._writer = self._open_writer(keep_until=self.state.step)
+            if self.config.run.tensorboard and not self._writer.tensorboard:
+                print(TENSORBOARD_MISSING, file=sys.stderr, flush=True)
+            if self.state.step:
+                self._event("resume", f"resumed at step {self.state.step}", echo=False)
         try:
             return self._fit()
         finally:
@@ -457,12 +479,14 @@ class Trainer:
     def _fit(self) -> FitResult:
         cfg = self.train_cfg
         self.context.decorrelate_rng()  # after restore(): sampled boundaries differ by rank
-        progress = self._progress()
+        bar = self._progress()
         valid: dict[str, Any] | None = None
         consecutive_bad = 0
         stopped_by = self._budget_reason()
         self._saved_step = -1
         rate = _Rate()
+        since = (self.state.step, self.state.elapsed)  # this session's start, for its speed
+        last_line: float | None = None  # when the last plain progress line was printed
         try:
             with self._signals():
                 while stopped_by is None:
@@ -477,8 +501,8 @@ class Trainer:
                     else:
                         consecutive_bad += 1
                         self.state.nonfinite_total += 1
-                        self.echo(f"step {self.state.step}: non-finite loss or gradient, "
-                                  f"step skipped ({consecutive_bad} in a row)")
+                        self._event("nonfinite_step", f"step {self.state.step}: non-finite loss "
+                                    f"or gradient, step skipped ({consecutive_bad} in a row)")
                         if consecutive_bad >= cfg.max_nonfinite:
                             raise TrainingError(
                                 f"stopped: {consecutive_bad} steps in a row had a non-finite "
@@ -488,11 +512,15 @@ class Trainer:
                             )
                     shown = {"loss": loss, **stats, "lr": self.lr, "chars/s": rate.value,
                              **hooked}
-                    if progress is not None:
-                        progress.update(1)
-                        progress.set_postfix_str(_format(shown), refresh=False)
-                    if self._writer is not None and self.state.step % cfg.log_every == 0:
-                        self._writer.write("train", self.state.step, shown)
+                    bar.total = self._planned_steps()
+                    bar.update(1)
+                    bar.set_postfix_str(_format(shown), refresh=False)
+                    if self.state.step % cfg.log_every == 0:
+                        self.record("train", shown)
+                        if bar.disable and (last_line is None
+                                            or time.monotonic() - last_line >= PLAIN_LOG_SECONDS):
+                            self.echo(self._plain_line(shown, bar.total, since))
+                            last_line = time.monotonic()
                     stopped_by = self._budget_reason()
                     if self.state.step % cfg.eval_every == 0:
                         valid = self._evaluate("valid")
@@ -502,13 +530,14 @@ class Trainer:
                     if requested and stopped_by is None:
                         stopped_by = "signal"
         finally:
-            if progress is not None:
-                progress.close()
+            bar.close()
         if stopped_by == "signal" or self._saved_step == self.state.step:
             if self._saved_step != self.state.step:
                 self._save_last()
         else:
             stopped_by, valid = self._final_validation(stopped_by)
+        self._event("stop", f"stopped after step {self.state.step} ({stopped_by})", echo=False,
+                    reason=stopped_by)
         return FitResult(
             stopped_by, self.state.step, self.state.best_saved,
             self._good[0] if self._good is not None else None,
@@ -549,9 +578,9 @@ class Trainer:
                     else:
                         self.last_path.unlink(missing_ok=True)
                     self._good = previous
-                self.echo(f"warning: the validation loss at step {self.state.step} is not "
-                          f"finite: last.pt not updated; the last good checkpoint is "
-                          f"{self.good_checkpoint()}")
+                self._event("warning", f"warning: the validation loss at step "
+                            f"{self.state.step} is not finite: last.pt not updated; the last "
+                            f"good checkpoint is {self.good_checkpoint()}")
             elif written and loss < self.state.best_saved:
                 self.state.best_saved = loss
                 self._save_last(best=True)
@@ -561,23 +590,75 @@ class Trainer:
                 backup.unlink(missing_ok=True)
 
     def _log_eval(self, split: str, metrics: dict[str, Any]) -> None:
-        if self._writer is not None:
-            self._writer.write(split, self.state.step, metrics)
+        self.record(split, metrics)
         self.echo(f"step {self.state.step} {split}: {_format(metrics)}")
         for warning in self.task.warnings(metrics):
-            self.echo(f"warning: {warning}")
+            self._event("warning", f"warning: {warning}")
+
+    # -- the run's records ---------------------------------------------------------------
+
+    def _wall(self) -> float:
+        """Seconds since the run started, evaluations included, summed over resumed runs."""
+        return time.monotonic() - self._started
+
+    def _open_writer(self, keep_until: int | None) -> MetricsWriter:
+        return MetricsWriter(self.out_dir, tensorboard=self.config.run.tensorboard,
+                             keep_until=keep_until)
+
+    def record(self, kind: str, metrics: dict[str, Any]) -> None:
+        """Append ``metrics`` of ``kind`` at the current step to the run's ``metrics.jsonl``
+        (and TensorBoard), on the main process: the trainer's own ``train`` and ``valid``
+        records, and an evaluation made after :meth:`fit`, e.g. the report's ``test``."""
+        if self._writer is not None:
+            self._writer.write(kind, self.state.step, metrics, wall=self._wall())
+        elif self.context.is_main:
+            with self._open_writer(keep_until=None) as writer:
+                writer.write(kind, self.state.step, metrics, wall=self._wall())
+
+    def _event(self, name: str, message: str, *, echo: bool = True, **values: Any) -> None:
+        """Say ``message`` (unless not ``echo``) and record it as event ``name`` in
+        ``metrics.jsonl``, with numbers ``values``."""
+        if echo:
+            self.echo(message)
+        if self._writer is not None:
+            self._writer.event(name, self.state.step, message, wall=self._wall(), **values)
+
+    # -- progress ------------------------------------------------------------------------
+
+    def _planned_steps(self) -> int | None:
+        """The step at which the first budget runs out (None: no budget), for the bar's
+        total and ETA; the time budget counts as the steps that fit in what is left of it
+        at the run's mean time per step so far."""
+        cfg = self.train_cfg
+        ends = []
+        if cfg.max_steps:
+            ends.append(cfg.max_steps)
+        if cfg.max_epochs:
+            ends.append(math.ceil(cfg.max_epochs * self.task.steps_per_epoch))
+        if cfg.max_minutes and self.state.step and self.state.elapsed > 0:
+            left = max(cfg.max_minutes * 60 - self.state.elapsed, 0.0)
+            ends.append(self.state.step + math.ceil(left * self.state.step / self.state.elapsed))
+        return min(ends) if ends else None
 
     def _progress(self) -> Any:
-        if not (self.config.run.progress and self.context.is_main):
-            return None
-        from tqdm.auto import tqdm
+        """The training bar (:func:`hmrnn.progress.progress_bar`; drawn on the main process
+        only, with ``run.progress`` on and stderr a terminal)."""
+        return progress_bar(total=self._planned_steps(), desc="train", unit="step",
+                            enabled=self.config.run.progress and self.context.is_main,
+                            initial=self.state.step, mininterval=1.0)
 
-        cfg = self.train_cfg
-        total = cfg.max_steps or (
-            int(cfg.max_epochs * self.task.steps_per_epoch) if cfg.max_epochs else None
-        )
-        return tqdm(total=total, initial=self.state.step, desc="train", unit="step",
-                    mininterval=1.0, dynamic_ncols=True)
+    def _plain_line(self, shown: dict[str, Any], total: int | None,
+                    since: tuple[int, float]) -> str:
+        """The progress of training in one line, for when no bar is drawn: the step, the
+        numbers the bar shows, steps per second this session, time since the run started
+        and, with a budget, the training time left."""
+        steps, seconds = self.state.step - since[0], self.state.elapsed - since[1]
+        speed = steps / seconds if seconds > 0 else 0.0
+        where = f"step {self.state.step}" + (f"/{total}" if total else "")
+        left = (f", {duration((total - self.state.step) / speed)} left"
+                if total and speed > 0 else "")
+        return (f"{where} train: {_format(shown)} ({speed:.3g} steps/s, "
+                f"{duration(self._wall())} elapsed{left})")
 
 
 class _Rate:

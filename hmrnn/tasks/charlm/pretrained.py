@@ -125,8 +125,6 @@ class CharModel(nn.Module):
                 draws from torch's global generator. The global random state is not changed
                 when a seed is given.
         """
-        if temperature == 0:  # greedy: keeping only the likeliest character is the argmax
-            temperature, top_k = 1.0, 1
         with torch.random.fork_rng(devices=self._rng_devices(), enabled=seed is not None):
             generator = None
             if seed is not None:

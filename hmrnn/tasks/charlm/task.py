@@ -22,6 +22,7 @@ from hmrnn.analysis.boundaries import boundary_prf, text_boundaries
 from hmrnn.data import Corpus, StreamBatcher, Vocab, eval_batches
 from hmrnn.model.charlm import CharLM
 from hmrnn.model.types import detach_state, map_state, state_from_plain, state_to_plain
+from hmrnn.progress import progress_bar
 from hmrnn.tasks.charlm.build import build_charlm
 from hmrnn.tasks.hooks import BoundaryTraining, anneal_slope, boundary_warnings
 from hmrnn.training.checkpoint import load_model
@@ -70,6 +71,7 @@ def evaluate_lm(
     device: torch.device | str = "cpu",
     context: DistContext | None = None,
     collect_boundaries: bool = True,
+    progress: bool = False,
 ) -> LMEvaluation:
     """Exact bits per character of ``ids``: every target ``ids[1:]`` scored exactly once.
 
@@ -78,7 +80,8 @@ def evaluate_lm(
     processes ``batch_size`` is per process: the split is cut into ``batch_size * W``
     streams, process r reads the r-th group of ``batch_size``, the sums are reduced and the
     boundaries gathered, so every process gets what one process reading all
-    ``batch_size * W`` streams would.
+    ``batch_size * W`` streams would. ``progress`` shows a bar of the characters scored
+    (:func:`hmrnn.progress.progress_bar`, on stderr when it is a terminal).
     """
     context = context or DistContext()
     was_training = model.training
@@ -89,8 +92,10 @@ def evaluate_lm(
     total = torch.zeros(2, dtype=torch.float64, device=device)  # nll sum, count
     zs: list[Tensor] = []
     masks: list[Tensor] = []
-    for x, y, mask in batches:
-        x, y, mask = x[:, cols].to(device), y[:, cols].to(device), mask[:, cols].to(device)
+    bar = progress_bar(total=batches.num_targets, desc="evaluate", unit="char",
+                       enabled=progress, unit_scale=True, leave=False)
+    for x, y, window in batches:  # window: (T, N * W), every process's targets
+        x, y, mask = x[:, cols].to(device), y[:, cols].to(device), window[:, cols].to(device)
         out = model(x, state)
         state = out.state
         nll = F.cross_entropy(_wide(out.logits), y.flatten(), reduction="none")
@@ -99,6 +104,8 @@ def evaluate_lm(
         if collect_boundaries and out.rnn.boundary is not None:
             zs.append(out.rnn.boundary.cpu())
             masks.append(mask.cpu())
+        bar.update(int(window.sum()))
+    bar.close()
     model.train(was_training)
     total = context.all_reduce_sum(total)
     nll_mean = float(total[0] / total[1])
@@ -179,15 +186,21 @@ class CharLMTask:
         self._pending = None
 
     def evaluate(self, split: str) -> dict[str, Any]:
+        """BPC, boundary rates and layer-1 word-boundary F1 of the split, or of its first
+        ``train.eval_chars`` characters when that is not 0."""
         cfg = self.config.train
+        ids = self.corpus.splits[split]
+        if cfg.eval_chars:
+            ids = ids[: cfg.eval_chars + 1]  # the inputs and targets of eval_chars characters
         result = evaluate_lm(
-            self.model, self.corpus.splits[split], batch_size=cfg.eval_batch_size,
-            seq_len=cfg.seq_len, device=self.context.device, context=self.context,
+            self.model, ids, batch_size=cfg.eval_batch_size, seq_len=cfg.seq_len,
+            device=self.context.device, context=self.context,
+            progress=self.config.run.progress and self.context.is_main,
         )
         metrics: dict[str, Any] = {"loss": result.nll, "bpc": result.bpc}
         if result.boundary is not None:
             metrics["z"] = result.boundary_rates()
-            ref = self._references[split]
+            ref = self._references[split][: result.chars]
             metrics["f1_word"] = boundary_prf(result.boundary[:, 0] > 0.5, ref, tolerance=1).f1
         return {**metrics, **self.boundaries.last}  # the detectors as last measured in training
 
@@ -255,12 +268,15 @@ def sample_text(
     Args:
         prime: text read first (its characters must be in the vocabulary); when empty the
             model starts after a newline (or the first symbol if there is none).
-        temperature: > 0; logits are divided by it.
+        temperature: > 0 divides the logits; 0 is greedy decoding (always the likeliest
+            character).
         top_k: sample among the k most likely characters only (0: all).
         generator: random generator, for reproducible samples.
     """
-    if not 0 < temperature < math.inf:  # NaN too
-        raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
+    if not 0 <= temperature < math.inf:  # NaN too
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
+    if temperature == 0:  # greedy: keeping only the likeliest character is the argmax
+        temperature, top_k = 1.0, 1
     if length < 0:
         raise ValueError(f"length must be >= 0, got {length}")
     if top_k < 0:

@@ -215,6 +215,8 @@ def read_lines(path: str | Path) -> tuple[list[str], list[np.ndarray]]:
         ``(ids, lines)``: line ids and float32 ``(T_i, 3)`` absolute points.
     """
     path = Path(path)
+    if not path.exists():
+        raise HandwritingDataError(f"The handwriting data {path} does not exist.")
     if path.is_dir():
         for name in (NPZ_NAME, TAR_NAME):
             if (path / name).is_file():

@@ -40,6 +40,7 @@ from hmrnn.analysis.boundaries import PRF, boundary_prf
 from hmrnn.model.output import GatedOutput
 from hmrnn.model.registry import build_rnn
 from hmrnn.model.types import RNNOutput, check_input
+from hmrnn.progress import progress_bar
 from hmrnn.tasks.handwriting import mdn
 from hmrnn.tasks.handwriting.data import Normalizer, pad_batch, to_offsets
 from hmrnn.tasks.handwriting.mdn import MixtureDensityHead, MixtureParams
@@ -280,6 +281,7 @@ def evaluation_totals(
     batch_size: int = 32,
     *,
     tolerance: int = 1,
+    progress: bool = False,
 ) -> EvalTotals:
     """The sums behind :func:`evaluate` (see there); add the totals of several parts."""
     if len(seqs) == 0:
@@ -291,6 +293,8 @@ def evaluation_totals(
     totals = EvalTotals()
     was_training = model.training
     model.eval()
+    bar = progress_bar(total=len(order), desc="evaluate", unit="line", enabled=progress,
+                       leave=False)
     try:
         with torch.no_grad():
             for start in range(0, len(order), batch_size):
@@ -304,7 +308,9 @@ def evaluation_totals(
                     float(per_sequence.double().sum()), int(mask.sum()), len(chunk),
                     *_boundary_sums(output.boundary, inputs[..., 2], mask, tolerance),
                 )
+                bar.update(len(chunk))
     finally:
+        bar.close()
         model.train(was_training)
     return totals
 
@@ -341,6 +347,7 @@ def evaluate(
     *,
     normalizer: Normalizer | None = None,
     tolerance: int = 1,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Score whole offset sequences (the paper's Table 3 measure and per-step figures).
 
@@ -359,6 +366,7 @@ def evaluate(
         seqs: normalised offset sequences ``(T_n, 3)``, ``T_n >= 2``.
         normalizer: when given, also report the log-likelihood of the raw offsets.
         tolerance: the largest distance in steps at which a boundary hits a pen-up.
+        progress: show a bar of the lines scored (:func:`hmrnn.progress.progress_bar`).
 
     Returns:
         ``loglik_per_sequence`` (nats, mean over sequences of the summed log-likelihood,
@@ -371,7 +379,7 @@ def evaluate(
         ``penup_recall``, ``penup_f1`` and the counts ``penup_tp``, ``penup_fp``,
         ``penup_fn``.
     """
-    totals = evaluation_totals(model, seqs, batch_size, tolerance=tolerance)
+    totals = evaluation_totals(model, seqs, batch_size, tolerance=tolerance, progress=progress)
     return totals.summary(normalizer)
 
 

@@ -20,7 +20,8 @@ as :class:`hmrnn.tasks.charlm.task.CharLMTask` plugs in the character model:
   ``loglik_per_sequence`` (convention in :mod:`hmrnn.tasks.handwriting.model`), and for an
   HM-LSTM of three or more layers the boundary rates ``z`` and the precision, recall and
   F1 of layer 2's boundaries against the pen-ups
-  (:func:`hmrnn.tasks.handwriting.model.evaluate`).
+  (:func:`hmrnn.tasks.handwriting.model.evaluate`). ``train.eval_chars`` > 0 caps each
+  validation at the first lines that predict at most that many points (for smoke runs).
 * **Data-parallel.** Each of W processes reads a contiguous 1/W of every batch
   (``batch_size`` must be a multiple of W), and its summed loss is divided by the number
   of steps of the whole batch times 1/W, so that DDP's gradient average is the gradient
@@ -303,13 +304,21 @@ class HandwritingTask:
         """The boundary options and instruments; nothing is carried to the next batch."""
         self.boundaries.end_step(accepted)
 
-    def summarize(self, split: str) -> dict[str, Any]:
+    def summarize(self, split: str, max_points: int = 0) -> dict[str, Any]:
         """Every figure of :func:`hmrnn.tasks.handwriting.model.evaluate` on the whole lines of
-        ``split`` (``"train"``, ``"valid"`` or ``"test"``), summed over all processes."""
+        ``split`` (``"train"``, ``"valid"`` or ``"test"``), summed over all processes;
+        ``max_points`` > 0 reads only the first lines that predict at most that many points
+        (at least one line per process)."""
         context = self.context
-        mine = getattr(self.data, split)[context.rank :: context.world_size]
+        lines = getattr(self.data, split)
+        if max_points:
+            steps = np.cumsum([len(line) - 1 for line in lines])
+            lines = lines[: max(int(np.searchsorted(steps, max_points, side="right")),
+                                context.world_size)]
         totals = evaluation_totals(
-            self.model, mine, self.config.train.eval_batch_size, tolerance=PENUP_TOLERANCE
+            self.model, lines[context.rank :: context.world_size],
+            self.config.train.eval_batch_size, tolerance=PENUP_TOLERANCE,
+            progress=self.config.run.progress and context.is_main,
         )
         if context.distributed:
             summed = context.all_reduce_sum(torch.from_numpy(totals.to_array()).to(context.device))
@@ -317,24 +326,9 @@ class HandwritingTask:
         return totals.summary(self.data.normalizer)
 
     def evaluate(self, split: str) -> dict[str, Any]:
-        """The trainer's view of :meth:`summarize`: ``loss`` (nats per predicted step,
-        normalised offsets), ``loglik_per_sequence`` (Table 3), ``loglik_per_sequence_raw``
-        (Jacobian included), ``num_sequences``; with boundaries ``z`` (rate per layer below
-        the top) and, with a boundary on layer 2, ``penup_precision``, ``penup_recall``,
-        ``penup_f1`` (tolerance :data:`PENUP_TOLERANCE`)."""
-        summary = self.summarize(split)
-        metrics: dict[str, Any] = {
-            "loss": summary["nats_per_step"],
-            "loglik_per_sequence": summary["loglik_per_sequence"],
-            "loglik_per_sequence_raw": summary["loglik_per_sequence_raw"],
-            "num_sequences": int(summary["num_sequences"]),
-        }
-        if "boundary_rates" in summary:
-            metrics["z"] = summary["boundary_rates"]
-        for key in ("penup_precision", "penup_recall", "penup_f1"):
-            if key in summary:
-                metrics[key] = summary[key]
-        return metrics
+        """:func:`trainer_metrics` of :meth:`summarize`, of the first ``train.eval_chars``
+        points when that is not 0."""
+        return trainer_metrics(self.summarize(split, self.config.train.eval_chars))
 
     def state_dict(self) -> dict[str, Any]:
         """Empty: the data position is a function of the step and no state is carried."""
@@ -346,6 +340,27 @@ class HandwritingTask:
     def checkpoint_extras(self) -> dict[str, Any]:
         """The normaliser (training-offset statistics) and the split record."""
         return {"normalizer": self.data.normalizer.to_dict(), "split": self.split}
+
+
+def trainer_metrics(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """The trainer's view (and the ``metrics.jsonl`` record) of
+    :meth:`HandwritingTask.summarize`: ``loss`` (nats per predicted step, normalised
+    offsets), ``loglik_per_sequence`` (Table 3), ``loglik_per_sequence_raw`` (Jacobian
+    included), ``num_sequences``; with boundaries ``z`` (rate per layer below the top) and,
+    with a boundary on layer 2, ``penup_precision``, ``penup_recall``, ``penup_f1``
+    (tolerance :data:`PENUP_TOLERANCE`)."""
+    out: dict[str, Any] = {
+        "loss": summary["nats_per_step"],
+        "loglik_per_sequence": summary["loglik_per_sequence"],
+        "loglik_per_sequence_raw": summary["loglik_per_sequence_raw"],
+        "num_sequences": int(summary["num_sequences"]),
+    }
+    if "boundary_rates" in summary:
+        out["z"] = summary["boundary_rates"]
+    for key in ("penup_precision", "penup_recall", "penup_f1"):
+        if key in summary:
+            out[key] = summary[key]
+    return out
 
 
 # ------------------------------------------------------------------------- checkpoints
