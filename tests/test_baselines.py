@@ -20,7 +20,9 @@ from hmrnn.model.baselines import (
     LSTMState,
     build_baseline,
 )
+from hmrnn.model.hmlstm import HMLSTM
 from hmrnn.model.output import GatedOutput
+from hmrnn.model.registry import RNN_KINDS, build_rnn
 from hmrnn.model.types import RNNOutput, detach_state
 
 # Pairwise-distinct sizes, so that a swapped axis fails.
@@ -144,6 +146,88 @@ def test_initial_state_is_zeros_on_module_dtype(cls: type[nn.Module]) -> None:
         torch.equal(a, b)
         for a, b in zip(rnn(x)[0].hidden, rnn(x, rnn.initial_state(N))[0].hidden, strict=True)
     )
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+def test_num_layers_is_inferred_as_nn_lstm_users_expect(cls: type[nn.Module]) -> None:
+    """``num_layers`` left out: as many layers as ``hidden_size`` lists, or 1 (nn.LSTM's
+    default) for one int; given with a list, it must agree."""
+    rnn = cls(I, list(SIZES))
+    assert rnn.num_layers == L and rnn.hidden_sizes == SIZES and len(rnn.layers) == L
+    assert cls(I, 5).hidden_sizes == (5,)
+    with pytest.raises(ValueError, match=r"hidden_size lists 3 sizes but num_layers is 2"):
+        cls(I, list(SIZES), 2)
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+def test_sizes_are_attributes_and_in_the_repr(cls: type[nn.Module]) -> None:
+    """``hidden_size`` is nn.LSTM's: one int when every layer has it, else the tuple."""
+    same = cls(I, 5, 2, batch_first=True)
+    assert (same.input_size, same.hidden_size, same.num_layers) == (I, 5, 2)
+    layer_norm = {LSTMStack: "", LayerNormLSTM: ", layer_norm=True",
+                  ClockworkRNN: ", layer_norm=True"}[cls]
+    assert repr(same).splitlines()[:2] == [
+        f"{cls.__name__}(", f"  2, 5, num_layers=2{layer_norm}, batch_first=True"]
+    rnn = cls(I, list(SIZES))
+    assert rnn.hidden_size == SIZES
+    assert repr(rnn).splitlines()[1] == f"  2, (5, 6, 4), num_layers=3{layer_norm}"
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+def test_a_plain_tuple_state_is_taken(cls: type[nn.Module]) -> None:
+    rnn, x = make(cls), inputs()
+    _, state = rnn(x[:3])
+    expected, end = rnn(x[3:], state)
+    for plain in (tuple(state), list(state)):
+        out, end2 = rnn(x[3:], plain)
+        assert type(end2) is type(end)
+        for a, b in zip(out.hidden, expected.hidden, strict=True):
+            assert torch.equal(a, b)
+    kind = type(state).__name__
+    fields = ", ".join(state._fields)
+    with pytest.raises(ValueError, match=rf"{cls.__name__} takes a {kind} \({fields}\) as its "
+                                         rf"state, got a tuple of {len(state) + 1}"):
+        rnn(x, (*state, state[0]))
+    with pytest.raises(ValueError, match=rf"expects state\.h to be a tuple of {L} tensors, one "
+                                         r"per layer, got a Tensor"):
+        rnn(x, state._replace(h=torch.zeros(L, N, 5, dtype=F64)))
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+def test_another_dtype_is_named_before_torch_sees_it(cls: type[nn.Module]) -> None:
+    """A float64 input (or state) to a float32 stack: one sentence naming both dtypes,
+    instead of torch's ``expected m1 and m2 to have the same dtype``."""
+    rnn = cls(I, list(SIZES))
+    x = torch.randn(T, N, I, dtype=F64)
+    with pytest.raises(ValueError, match=rf"{cls.__name__}: the input has dtype torch\.float64; "
+                                         r"expected torch\.float32, its parameters' dtype"):
+        rnn(x)
+    state = rnn.initial_state(N)
+    bad = state._replace(h=(state.h[0].double(), *state.h[1:]))
+    with pytest.raises(ValueError, match=r"state\.h\[0\] has dtype torch\.float64; expected "
+                                         r"torch\.float32"):
+        rnn(x.float(), bad)
+
+
+@pytest.mark.parametrize("cls", [HMLSTM, *CLASSES])
+def test_every_stack_takes_the_same_arguments(cls: type[nn.Module]) -> None:
+    """What the README says: the HM-LSTM and the baselines take the same torch arguments
+    and return the same types."""
+    rnn = cls(input_size=I, hidden_size=list(SIZES), num_layers=L, layer_norm=False,
+              batch_first=True, device="cpu", dtype=F64)
+    assert (rnn.input_size, rnn.hidden_size, rnn.num_layers, rnn.batch_first) == (
+        I, SIZES, L, True)
+    assert next(rnn.parameters()).dtype == F64
+    output, state = rnn(torch.randn(N, T, I, dtype=F64))
+    assert isinstance(output, RNNOutput) and isinstance(state, tuple)
+    assert [tuple(h.shape) for h in output.hidden] == [(N, T, H) for H in SIZES]
+
+
+@pytest.mark.parametrize("kind", RNN_KINDS)
+def test_build_rnn_infers_num_layers(kind: str) -> None:
+    rnn = build_rnn(kind, I, list(SIZES))
+    assert rnn.num_layers == L and rnn.hidden_sizes == SIZES
+    assert build_rnn(kind, I, [5], 2).hidden_sizes == (5, 5)  # one size for every layer
 
 
 def test_docstring_examples_run() -> None:

@@ -416,6 +416,39 @@ def test_bad_arguments(kwargs: dict, message: str) -> None:
         HMLSTM(args.pop("input_size"), args.pop("hidden_size"), args.pop("num_layers"), **args)
 
 
+def test_num_layers_is_inferred_from_one_size_per_layer() -> None:
+    """As for nn.LSTM users: ``num_layers`` may be left out when ``hidden_size`` lists
+    every layer; given as well, it must agree."""
+    rnn = HMLSTM(D, list(SIZES))
+    assert rnn.num_layers == 3 and rnn.hidden_sizes == SIZES and len(rnn.cells) == 3
+    assert HMLSTM(D, SIZES, 3).hidden_sizes == SIZES
+    with pytest.raises(ValueError, match=r"HMLSTM needs num_layers when hidden_size is one int "
+                                         r"\(4\); or give hidden_size as one size per layer"):
+        HMLSTM(D, 4)
+    with pytest.raises(ValueError, match="hidden_size lists 3 sizes but num_layers is 2"):
+        HMLSTM(D, SIZES, 2)
+    with pytest.raises(ValueError, match=r"num_layers >= 2 .*got hidden_size \[4\], one layer"):
+        HMLSTM(D, [4])
+
+
+def test_sizes_are_attributes_and_in_the_repr() -> None:
+    """``hidden_size`` is nn.LSTM's (one int when every layer has it, else the tuple), and
+    the repr shows the sizes, as ``LSTM(10, 20, num_layers=2)`` does."""
+    same = HMLSTM(D, 5, 3)
+    assert (same.input_size, same.hidden_size, same.num_layers) == (D, 5, 3)
+    assert same.hidden_sizes == (5, 5, 5)
+    assert repr(same) == (
+        "HMLSTM(\n  2, 5, num_layers=3\n  (layers): ModuleList(\n"
+        "    (0): HMLSTMCell(2, 5, above_size=5)\n    (1): HMLSTMCell(5, 5, above_size=5)\n"
+        "    (2): HMLSTMCell(5, 5)\n  )\n)"
+    )
+    rnn = HMLSTM(D, SIZES, layer_norm=True, batch_first=True, boundary="soft")
+    assert rnn.hidden_size == SIZES
+    assert repr(rnn).splitlines()[1] == ("  2, (5, 6, 4), num_layers=3, boundary='soft', "
+                                         "layer_norm=True, batch_first=True")
+    assert "HMLSTMCell(\n      2, 5, above_size=6, layer_norm=True" in repr(rnn)
+
+
 def test_wrong_input_width() -> None:
     rnn = HMLSTM(D, SIZES, 3)
     with pytest.raises(ValueError, match="input_size=2 but got input of width 5"):

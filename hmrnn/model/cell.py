@@ -109,6 +109,13 @@ class HMLSTMCell(nn.Module):
                     nn.init.constant_(norm.weight, gain)
                     nn.init.zeros_(norm.bias)
 
+    def extra_repr(self) -> str:
+        """``input_size, hidden_size``, then ``above_size`` (absent in the top layer) and
+        ``layer_norm`` when on."""
+        s = f"{self.input_size}, {self.hidden_size}"
+        s += f", above_size={self.above_size}" if self.above_size is not None else ""
+        return s + (", layer_norm=True" if self.layer_norm else "")
+
     def bottom_up(self, h_below: Tensor) -> Tensor:
         """``W h^{below}`` (normalised when ``layer_norm``): ``(*, Hb) -> (*, R)``.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, NamedTuple, cast
 
 import torch
@@ -10,7 +11,14 @@ from torch import Tensor, nn
 from hmrnn.model.cell import HMLSTMCell, LayerState
 from hmrnn.model.functional import BOUNDARY_MODES, slope_schedule
 from hmrnn.model.loop import check_name, hmlstm_loop
-from hmrnn.model.types import RNNOutput, as_sizes, check_input, check_like, factory_kwargs
+from hmrnn.model.types import (
+    RNNOutput,
+    as_sizes,
+    check_input,
+    check_like,
+    common_size,
+    factory_kwargs,
+)
 
 
 class HMLSTMState(NamedTuple):
@@ -105,7 +113,8 @@ class HMLSTM(nn.Module):
     Args:
         input_size: features of the input ``x_t`` (the embedding size for characters).
         hidden_size: one int, or one size per layer (layer-wise capacity control).
-        num_layers: ``L >= 2``.
+        num_layers: ``L >= 2``; may be left out when ``hidden_size`` lists one size per
+            layer (given as well, it must agree).
         boundary: ``"step"`` (default: hard threshold, straight-through gradient),
             ``"sample"`` (Bernoulli, straight-through) or ``"soft"`` (no binarisation).
             May be changed after construction, e.g. to evaluate a sampled model with steps.
@@ -148,13 +157,23 @@ class HMLSTM(nn.Module):
     ``slope_value``, its value as a Python float, which the fast loop reads without waiting
     for a GPU), or load it with ``load_state_dict``.
 
+    Attributes: ``input_size``, ``num_layers``; ``hidden_size``, as ``nn.LSTM``'s: one int
+    when every layer has that size, else the tuple of sizes; ``hidden_sizes``, always the
+    tuple (bottom first).
+
     Parameters: ``layers.{k}.W``, ``layers.{k}.U``, ``layers.{k}.U_td`` (not in the top
     layer), ``layers.{k}.bias``, rows ordered f, i, o, g, z (docs/model.md's layout; torch's
     LSTM orders i, f, g, o), k = 0 the bottom layer.
 
+    ``torch.compile(rnn, fullgraph=True)`` compiles the fast loop, forward and backward
+    (it is two ``torch.library`` operators: :mod:`hmrnn.model.loop.function`); a new slope
+    needs no recompilation. Only an explicit ``generator`` breaks the graph.
+
     Example::
 
-        >>> rnn = HMLSTM(input_size=16, hidden_size=[32, 32, 24], num_layers=3)
+        >>> rnn = HMLSTM(input_size=16, hidden_size=[32, 32, 24])  # num_layers=3
+        >>> rnn.num_layers, rnn.hidden_size
+        (3, (32, 32, 24))
         >>> output, state = rnn(torch.randn(50, 4, 16))
         >>> output.hidden[2].shape, output.boundary.shape
         (torch.Size([50, 4, 24]), torch.Size([50, 4, 3]))
@@ -163,8 +182,8 @@ class HMLSTM(nn.Module):
     def __init__(
         self,
         input_size: int,
-        hidden_size: int | list[int] | tuple[int, ...],
-        num_layers: int,
+        hidden_size: int | Sequence[int],
+        num_layers: int | None = None,
         *,
         boundary: str = "step",
         layer_norm: bool = False,
@@ -175,17 +194,21 @@ class HMLSTM(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        if not isinstance(num_layers, int) or num_layers < 2:
+        if num_layers is not None and (not isinstance(num_layers, int) or num_layers < 2):
             raise ValueError(
                 f"HMLSTM needs num_layers >= 2 (a hierarchy of at least two layers), "
                 f"got {num_layers!r}"
             )
         if not isinstance(input_size, int) or input_size <= 0:
             raise ValueError(f"input_size must be a positive int, got {input_size!r}")
-        sizes = as_sizes(hidden_size, num_layers)
+        sizes = as_sizes(hidden_size, num_layers, "HMLSTM")
+        if len(sizes) < 2:
+            raise ValueError(f"HMLSTM needs num_layers >= 2 (a hierarchy of at least two "
+                             f"layers), got hidden_size {list(sizes)}, one layer")
         self.input_size = input_size
         self.hidden_sizes = sizes
-        self.num_layers = num_layers
+        self.hidden_size = common_size(sizes)
+        self.num_layers = len(sizes)
         self.layer_norm = layer_norm
         self.batch_first = batch_first
         self.boundary = boundary
@@ -201,8 +224,27 @@ class HMLSTM(nn.Module):
         W = self.cells[0].W
         self.slope: Tensor
         self.register_buffer("slope", torch.tensor(1.0, dtype=W.dtype, device=W.device))
-        self.slope_value = 1.0  # the buffer's value on the host: reading a GPU's waits for it
+        # The buffer's value on the host (reading a GPU's waits for it), as a tensor that
+        # set_slope fills in place: a compiled model reads a new slope without recompiling.
+        # Not a buffer: .to(device) leaves it on the host.
+        self._slope_host = torch.tensor(1.0, dtype=torch.float64)
         self.register_load_state_dict_post_hook(HMLSTM._slope_loaded)
+
+    def extra_repr(self) -> str:
+        """``input_size, hidden_size, num_layers=L`` and every setting off its default,
+        as ``nn.LSTM``'s repr."""
+        s = f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}"
+        for name, default in (("boundary", "step"), ("layer_norm", False),
+                              ("batch_first", False), ("fast", True), ("backend", "auto")):
+            value = getattr(self, name)
+            if value != default:
+                s += f", {name}={value!r}"
+        return s
+
+    @property
+    def slope_value(self) -> float:
+        """The slope ``a`` as a Python float, read on the host (the buffer's value)."""
+        return float(self._slope_host)
 
     @property
     def backend(self) -> str:
@@ -233,12 +275,12 @@ class HMLSTM(nn.Module):
         if not slope > 0:
             raise ValueError(f"slope must be positive, got {slope}")
         self.slope.fill_(float(slope))
-        self.slope_value = float(torch.tensor(float(slope), dtype=self.slope.dtype))
+        self._slope_host.fill_(float(torch.tensor(float(slope), dtype=self.slope.dtype)))
 
     @staticmethod
     def _slope_loaded(module: nn.Module, _incompatible: Any) -> None:
         if isinstance(module, HMLSTM):
-            module.slope_value = float(module.slope)
+            module._slope_host.fill_(float(module.slope))
 
     def anneal_slope(self, epoch: float, rate: float = 0.04, max_slope: float = 5.0) -> float:
         """Set the slope from the paper's schedule
@@ -279,7 +321,7 @@ class HMLSTM(nn.Module):
                 state = HMLSTMState(*(tuple(t.to(dtype) for t in part) for part in state))
             with torch.autocast(device, enabled=False):
                 hidden, boundary, *last = hmlstm_loop(
-                    self.cells, input, state.h, state.c, state.z, self.slope_value,
+                    self.cells, input, state.h, state.c, state.z, self._slope_host,
                     self._boundary, generator, self._backend,
                 )
             state = HMLSTMState(*last)

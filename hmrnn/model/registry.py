@@ -18,7 +18,7 @@ def build_rnn(
     kind: str,
     input_size: int,
     hidden_size: int | Sequence[int],
-    num_layers: int,
+    num_layers: int | None = None,
     *,
     layer_norm: bool = False,
     boundary: str = "step",
@@ -29,12 +29,12 @@ def build_rnn(
 
     ``layer_norm`` picks the LayerNorm variant of each (``lstm`` without it is PyTorch's
     fused ``nn.LSTM``); ``boundary`` only applies to the HM-LSTM. A ``hidden_size`` of
-    one element is used for every layer.
+    one element is used for every layer; ``num_layers`` left out is inferred from a
+    ``hidden_size`` that lists one size per layer (as each stack's constructor does).
     """
-    sizes: int | list[int] = (
-        hidden_size if isinstance(hidden_size, int)
-        else hidden_size[0] if len(hidden_size) == 1 else list(hidden_size)
-    )
+    sizes = hidden_size
+    if not isinstance(hidden_size, int) and len(hidden_size) == 1 and num_layers is not None:
+        sizes = hidden_size[0]  # one size for every layer
     if kind == "hmlstm":
         return HMLSTM(input_size, sizes, num_layers, boundary=boundary, layer_norm=layer_norm,
                       device=device, dtype=dtype)

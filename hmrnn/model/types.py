@@ -6,6 +6,7 @@ Shape legend used throughout the package: T time, N batch, L layers, H hidden si
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, NamedTuple, Protocol
 
 import torch
@@ -29,10 +30,15 @@ class RNNOutput(NamedTuple):
 
 class RecurrentStack(Protocol):
     """What every recurrent stack of hmrnn (the HM-LSTM, the baselines) offers besides
-    being an ``nn.Module``: its sizes, its zero state, and ``output, state = rnn(x, state)``."""
+    being an ``nn.Module``: its sizes, its zero state, and ``output, state = rnn(x, state)``.
+
+    ``hidden_size`` is ``nn.LSTM``'s: one int when every layer has that size, else the
+    tuple ``hidden_sizes`` (:func:`common_size`); ``hidden_sizes`` is always the tuple."""
 
     input_size: int
+    hidden_size: int | tuple[int, ...]
     hidden_sizes: tuple[int, ...]
+    num_layers: int
 
     def __call__(self, input: Tensor, state: Any = None) -> tuple[RNNOutput, Any]: ...
 
@@ -101,18 +107,33 @@ def check_like(t: Tensor, like: Tensor, what: str, name: str, *, autocast: bool 
                          f"parameters' dtype (convert one to the other, or run under autocast)")
 
 
-def as_sizes(hidden_size: int | list[int] | tuple[int, ...], num_layers: int) -> tuple[int, ...]:
-    """Expand ``hidden_size`` (one int, or one per layer) to a tuple of ``num_layers`` ints."""
+def as_sizes(
+    hidden_size: int | Sequence[int], num_layers: int | None, name: str = "the stack"
+) -> tuple[int, ...]:
+    """Expand ``hidden_size`` (one int, or one per layer) to a tuple of ``num_layers`` ints;
+    ``num_layers=None``: as many as ``hidden_size`` lists (``ValueError`` for one int, which
+    needs ``num_layers``; ``name`` names the module in that message)."""
+    if num_layers is None:
+        if isinstance(hidden_size, int):
+            raise ValueError(f"{name} needs num_layers when hidden_size is one int "
+                             f"({hidden_size}); or give hidden_size as one size per layer")
+        num_layers = len(hidden_size)
     sizes = (hidden_size,) * num_layers if isinstance(hidden_size, int) else tuple(hidden_size)
     if len(sizes) != num_layers:
         raise ValueError(
             f"hidden_size lists {len(sizes)} sizes but num_layers is {num_layers}; give one int "
-            "or one size per layer"
+            "or one size per layer (or leave num_layers out)"
         )
     for s in sizes:
         if not isinstance(s, int) or isinstance(s, bool) or s <= 0:
             raise ValueError(f"every hidden size must be a positive int, got {s!r}")
     return sizes
+
+
+def common_size(sizes: tuple[int, ...]) -> int | tuple[int, ...]:
+    """A stack's ``hidden_size`` attribute: the one size when every layer has it (as
+    ``nn.LSTM``'s), else the sizes per layer, bottom first."""
+    return sizes[0] if len(set(sizes)) == 1 else sizes
 
 
 def factory_kwargs(device: Any, dtype: Any) -> dict[str, Any]:

@@ -1,29 +1,21 @@
 """The baselines of the HM-RNN paper's Table 1, behind the HM-LSTM stack's interface.
 
-- :class:`LSTMStack` (``lstm.py``): a stacked LSTM (Hochreiter & Schmidhuber, 1997) built
-  from PyTorch's fused ``nn.LSTM``, one per layer so that every layer's sequence is
-  returned. It is the speed reference.
-- :class:`LayerNormLSTM` (``layernorm_lstm.py``): the layer-normalised LSTM of Ba, Kiros
-  & Hinton, "Layer Normalization" (arXiv:1607.06450, 2016), the paper's "LN-LSTM",
-  normalised as docs/model.md decision 7 normalises the HM-LSTM.
-- :class:`ClockworkRNN` (``clockwork.py``): the clockwork RNN of Koutník, Greff, Gomez &
-  Schmidhuber, "A Clockwork RNN" (ICML 2014), layer-normalised by default: the paper's
-  "LN-CW-RNN". Its hidden units are split into modules; module i (1-based) has period
-  ``2^(i-1)`` and is updated only at the steps t (0-based, counted from the start of the
-  whole sequence) with ``t mod 2^(i-1) == 0``, otherwise it keeps its value. An updated
-  module reads the input and every module at least as slow as itself::
+- :class:`LSTMStack` (``lstm.py``): a stacked LSTM built from PyTorch's fused
+  ``nn.LSTM``, one per layer so that every layer's sequence is returned; the speed
+  reference.
+- :class:`LayerNormLSTM` (``layernorm_lstm.py``): Ba et al.'s layer-normalised LSTM, the
+  paper's "LN-LSTM".
+- :class:`ClockworkRNN` (``clockwork.py``): Koutník et al.'s clockwork RNN,
+  layer-normalised by default, the paper's "LN-CW-RNN".
 
-      h_i,t = tanh( LN(W_i x_t) + LN( sum_{j >= i} U_ij h_j,t-1 ) + b_i )
-
-  The step counter travels in the state, so a sequence cut into pieces is computed
-  exactly as the whole.
-
-All three speak the HM-LSTM stack's contract: ``output, state = rnn(input, state=None)``
-with ``output`` an :class:`~hmrnn.model.types.RNNOutput` holding every layer's hidden sequence
-(``boundary`` is ``None``), and ``state`` a NamedTuple, never batch-first, that continues
-the sequence when fed back in. The gated output module (:class:`~hmrnn.model.output.GatedOutput`)
-sits on any of them, as it does in the paper. What the three share (argument checks, the
-batch-first convention, zero states) is in ``_common.py``.
+All three speak the HM-LSTM stack's contract: the same constructor arguments
+(``input_size``, ``hidden_size``, ``num_layers``, ``layer_norm``, ``batch_first``,
+``device``, ``dtype``), ``output, state = rnn(input, state=None)`` with ``output`` an
+:class:`~hmrnn.model.types.RNNOutput` holding every layer's hidden sequence (``boundary``
+is ``None``), and ``state`` a NamedTuple, never batch-first, that continues the sequence
+when fed back in. The gated output module (:class:`~hmrnn.model.output.GatedOutput`) sits
+on any of them, as it does in the paper. What the three share, documentation included,
+is :class:`~hmrnn.model.baselines._common.StackBase` (``_common.py``).
 """
 
 from __future__ import annotations
@@ -70,7 +62,7 @@ def build_baseline(
     name: str,
     input_size: int,
     hidden_size: int | Sequence[int],
-    num_layers: int,
+    num_layers: int | None = None,
     *,
     batch_first: bool = False,
     device: Any = None,

@@ -1,16 +1,5 @@
 """The clockwork RNN of Koutník, Greff, Gomez & Schmidhuber, "A Clockwork RNN" (ICML 2014),
-layer-normalised by default: the paper's "LN-CW-RNN".
-
-Its hidden units are split into modules; module i (1-based) has period ``2^(i-1)`` and is
-updated only at the steps t (0-based, counted from the start of the whole sequence) with
-``t mod 2^(i-1) == 0``, otherwise it keeps its value. An updated module reads the input and
-every module at least as slow as itself::
-
-    h_i,t = tanh( LN(W_i x_t) + LN( sum_{j >= i} U_ij h_j,t-1 ) + b_i )
-
-The step counter travels in the state, so a sequence cut into pieces is computed exactly as
-the whole.
-"""
+layer-normalised by default: the paper's "LN-CW-RNN" (equations: :class:`ClockworkRNN`)."""
 
 from __future__ import annotations
 
@@ -134,27 +123,12 @@ class ClockworkRNN(StackBase):
     module's input term is computed for all steps in one matrix product before the
     time loop.
 
-    Args:
-        input_size: the number of features ``H_in`` of the input.
-        hidden_size: the size of the modules, one int or one per module (fastest first).
-        num_layers: the number of modules ``L >= 1``.
-        layer_norm: if ``False``, both ``LN`` are the identity (the plain CW-RNN).
-        batch_first: if ``True``, input and hidden sequences are ``(N, T, *)``.
-        device, dtype: where and in which precision the parameters are made.
-
-    Inputs: input, state
-        - **input**: ``(T, N, H_in)``, or ``(N, T, H_in)`` when ``batch_first``.
-        - **state**: a :class:`ClockworkState` with ``h[i]`` of shape ``(N, H_i)`` and
-          ``step`` the number of steps already run; zeros and step 0 when ``None``.
-
-    Outputs: output, state
-        - **output**: ``RNNOutput(hidden, boundary=None)``, ``hidden[i]`` of shape
-          ``(T, N, H_i)`` (``(N, T, H_i)`` when ``batch_first``).
-        - **state**: the :class:`ClockworkState` after the last step, ``step`` advanced
-          by T.
-
-    Where T is the sequence length, N the batch size, L the number of modules, H_in the
-    input size and H_i the size of module i.
+    Arguments, inputs, outputs and attributes are every baseline's
+    (:class:`~hmrnn.model.baselines._common.StackBase`), a module standing for a layer
+    (``H_i`` for ``H_l``); ``layer_norm=False`` makes both ``LN`` the identity (the plain
+    CW-RNN). The state is a :class:`ClockworkState`, with ``h[i]`` ``(N, H_i)`` and
+    ``step``, the number of steps already run (0 when ``state`` is ``None``; advanced by
+    T).
 
     Parameters:
         ``layers.{k}.W`` ``(H_k, H_in)``, ``layers.{k}.U`` ``(H_k, H_k + ... + H_L)``
@@ -167,7 +141,7 @@ class ClockworkRNN(StackBase):
 
     Example::
 
-        >>> rnn = ClockworkRNN(2, [5, 6, 4], 3)
+        >>> rnn = ClockworkRNN(2, [5, 6, 4])  # num_layers=3
         >>> rnn.periods
         (1, 2, 4)
         >>> output, state = rnn(torch.randn(7, 3, 2))
@@ -181,7 +155,7 @@ class ClockworkRNN(StackBase):
         self,
         input_size: int,
         hidden_size: int | Sequence[int],
-        num_layers: int,
+        num_layers: int | None = None,
         *,
         layer_norm: bool = True,
         batch_first: bool = False,
@@ -190,8 +164,8 @@ class ClockworkRNN(StackBase):
     ) -> None:
         super().__init__(input_size, hidden_size, num_layers, batch_first)
         self.layer_norm = layer_norm
-        self.periods = tuple(2**i for i in range(num_layers))
-        self._offsets = tuple(sum(self.hidden_sizes[:i]) for i in range(num_layers))
+        self.periods = tuple(2**i for i in range(self.num_layers))
+        self._offsets = tuple(sum(self.hidden_sizes[:i]) for i in range(self.num_layers))
         total = sum(self.hidden_sizes)
         self.layers = nn.ModuleList(
             ClockworkCell(
@@ -209,9 +183,7 @@ class ClockworkRNN(StackBase):
         self, input: Tensor, state: ClockworkState | None = None
     ) -> tuple[RNNOutput, ClockworkState]:
         x = self._time_major(input)  # (T, N, H_in)
-        if state is None:
-            state = self.initial_state(x.shape[1])
-        self._check_layers("h", state.h, x.shape[1])
+        state = self._state(state, ClockworkState, x.shape[1], ("h",))
         start = int(state.step)
         if start < 0:
             raise ValueError(f"ClockworkRNN needs state.step >= 0, got {start}.")

@@ -111,37 +111,14 @@ class LayerNormLSTMCell(nn.Module):
 class LayerNormLSTM(StackBase):
     r"""A stack of layer-normalised LSTM layers (Ba et al., 2016): the paper's LN-LSTM.
 
-    Each layer runs :class:`LayerNormLSTMCell`::
-
-        s_t = LN_x(W x_t) + LN_h(U h_{t-1}) + b        (each LN over the whole 4H row)
-        f_t, i_t, o_t = sigmoid(s_f), sigmoid(s_i), sigmoid(s_o);   g_t = tanh(s_g)
-        c_t = f_t * c_{t-1} + i_t * g_t
-        h_t = o_t * tanh(LN_c(c_t))
-
-    and layer l+1 reads layer l's hidden sequence as ``x``. Each layer's input term is
+    Each layer runs :class:`LayerNormLSTMCell` (its equations) over the sequence, and
+    layer l+1 reads layer l's hidden sequence as ``x``. Each layer's input term is
     computed for all steps in one matrix product before its time loop.
 
-    Args:
-        input_size: the number of features ``H_in`` of the input.
-        hidden_size: the hidden size, one int or one per layer (bottom first).
-        num_layers: the number of layers ``L >= 1``.
-        layer_norm: if ``False``, every ``LN`` is the identity: a plain LSTM with the same
-            parameter layout (it equals ``nn.LSTM`` once the gate rows are reordered).
-        batch_first: if ``True``, input and hidden sequences are ``(N, T, *)``.
-        device, dtype: where and in which precision the parameters are made.
-
-    Inputs: input, state
-        - **input**: ``(T, N, H_in)``, or ``(N, T, H_in)`` when ``batch_first``.
-        - **state**: an :class:`LSTMState` with ``h[l]`` and ``c[l]`` of shape
-          ``(N, H_l)``; zeros when ``None``.
-
-    Outputs: output, state
-        - **output**: ``RNNOutput(hidden, boundary=None)``, ``hidden[l]`` of shape
-          ``(T, N, H_l)`` (``(N, T, H_l)`` when ``batch_first``).
-        - **state**: the :class:`LSTMState` after the last step, each ``(N, H_l)``.
-
-    Where T is the sequence length, N the batch size, L the number of layers, H_in the
-    input size and H_l the hidden size of layer l.
+    Arguments, inputs, outputs and attributes are every baseline's
+    (:class:`~hmrnn.model.baselines._common.StackBase`); ``layer_norm=False`` makes every
+    ``LN`` the identity: a plain LSTM with the same parameter layout (it equals
+    ``nn.LSTM`` once the gate rows are reordered). The state is an :class:`LSTMState`.
 
     Parameters:
         ``layers.{k}.W`` ``(4H_k, H_below)``, ``layers.{k}.U`` ``(4H_k, H_k)`` and
@@ -152,7 +129,7 @@ class LayerNormLSTM(StackBase):
 
     Example::
 
-        >>> rnn = LayerNormLSTM(2, [5, 6, 4], 3, batch_first=True)
+        >>> rnn = LayerNormLSTM(2, [5, 6, 4], batch_first=True)
         >>> output, state = rnn(torch.randn(3, 7, 2))
         >>> [tuple(h.shape) for h in output.hidden]
         [(3, 7, 5), (3, 7, 6), (3, 7, 4)]
@@ -164,7 +141,7 @@ class LayerNormLSTM(StackBase):
         self,
         input_size: int,
         hidden_size: int | Sequence[int],
-        num_layers: int,
+        num_layers: int | None = None,
         *,
         layer_norm: bool = True,
         batch_first: bool = False,
@@ -185,10 +162,7 @@ class LayerNormLSTM(StackBase):
 
     def forward(self, input: Tensor, state: LSTMState | None = None) -> tuple[RNNOutput, LSTMState]:
         x = self._time_major(input)  # (T, N, H_in)
-        if state is None:
-            state = self.initial_state(x.shape[1])
-        self._check_layers("h", state.h, x.shape[1])
-        self._check_layers("c", state.c, x.shape[1])
+        state = self._state(state, LSTMState, x.shape[1], ("h", "c"))
         hidden, hs, cs = [], [], []
         cells = cast("Sequence[LayerNormLSTMCell]", self.layers)
         for cell, h, c in zip(cells, state.h, state.c, strict=True):

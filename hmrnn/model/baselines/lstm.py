@@ -25,7 +25,6 @@ class LSTMState(NamedTuple):
     c: tuple[Tensor, ...]
 
 
-
 class LSTMStack(StackBase):
     r"""A stack of LSTM layers on PyTorch's fused ``nn.LSTM``, one per layer.
 
@@ -41,27 +40,10 @@ class LSTMStack(StackBase):
     and layer l+1 reads layer l's hidden sequence as ``x``. Unlike a multi-layer
     ``nn.LSTM`` it returns every layer's sequence and lets sizes differ per layer.
 
-    Args:
-        input_size: the number of features ``H_in`` of the input.
-        hidden_size: the hidden size, one int or one per layer (bottom first).
-        num_layers: the number of layers ``L >= 1``.
-        layer_norm: must be ``False``; the fused kernel has no layer normalisation (use
-            :class:`LayerNormLSTM`). Accepted so every stack takes the same arguments.
-        batch_first: if ``True``, input and hidden sequences are ``(N, T, *)``.
-        device, dtype: where and in which precision the parameters are made.
-
-    Inputs: input, state
-        - **input**: ``(T, N, H_in)``, or ``(N, T, H_in)`` when ``batch_first``.
-        - **state**: an :class:`LSTMState` with ``h[l]`` and ``c[l]`` of shape
-          ``(N, H_l)``; zeros when ``None``.
-
-    Outputs: output, state
-        - **output**: ``RNNOutput(hidden, boundary=None)``, ``hidden[l]`` of shape
-          ``(T, N, H_l)`` (``(N, T, H_l)`` when ``batch_first``).
-        - **state**: the :class:`LSTMState` after the last step, each ``(N, H_l)``.
-
-    Where T is the sequence length, N the batch size, L the number of layers, H_in the
-    input size and H_l the hidden size of layer l.
+    Arguments, inputs, outputs and attributes are every baseline's
+    (:class:`~hmrnn.model.baselines._common.StackBase`); ``layer_norm`` must be ``False``:
+    the fused kernel has no layer normalisation (use :class:`LayerNormLSTM`). The state
+    is an :class:`LSTMState`.
 
     Parameters:
         ``layers.{k}.weight_ih_l0`` ``(4H_k, H_below)``, ``layers.{k}.weight_hh_l0``
@@ -70,7 +52,7 @@ class LSTMStack(StackBase):
 
     Example::
 
-        >>> rnn = LSTMStack(2, [5, 6, 4], 3)
+        >>> rnn = LSTMStack(2, [5, 6, 4])  # num_layers=3
         >>> output, state = rnn(torch.randn(7, 3, 2))
         >>> [tuple(h.shape) for h in output.hidden]
         [(7, 3, 5), (7, 3, 6), (7, 3, 4)]
@@ -81,7 +63,7 @@ class LSTMStack(StackBase):
         self,
         input_size: int,
         hidden_size: int | Sequence[int],
-        num_layers: int,
+        num_layers: int | None = None,
         *,
         layer_norm: bool = False,
         batch_first: bool = False,
@@ -107,10 +89,7 @@ class LSTMStack(StackBase):
 
     def forward(self, input: Tensor, state: LSTMState | None = None) -> tuple[RNNOutput, LSTMState]:
         batch_size = self._time_major(input).shape[1]
-        if state is None:
-            state = self.initial_state(batch_size)
-        self._check_layers("h", state.h, batch_size)
-        self._check_layers("c", state.c, batch_size)
+        state = self._state(state, LSTMState, batch_size, ("h", "c"))
         x, hidden, hs, cs = input, [], [], []
         for lstm, h0, c0 in zip(self.layers, state.h, state.c, strict=True):
             # Each nn.LSTM is built with this stack's batch_first, so no transposes here.

@@ -4,7 +4,8 @@
 - :mod:`.workspace`: the states of every step and every layer's scratch buffers;
 - :mod:`.forward`: the forward loop driver (and the step pieces of the sparse paths);
 - :mod:`.backward`: the backward loop driver (BPTT by hand) and the weight gradients;
-- :mod:`.function`: the backend chosen once per call, the autograd node, :func:`hmlstm_loop`;
+- :mod:`.function`: the loop as two ``torch.library`` operators (forward, backward; the
+  backend chosen once per call), the autograd formula, :func:`hmlstm_loop`;
 - :mod:`.backends`: the step backends, one module each (ATen; the C step on the CPU).
 
 The model contract is docs/model.md. The names below are what the rest of the package

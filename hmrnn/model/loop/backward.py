@@ -80,8 +80,7 @@ def _backward_loop(
     each layer's initial ``z`` ``(N, 1)`` so far. Each step function is bound once."""
     L = len(weights)
     N = gh_acc[0].shape[0]
-    gz = gh_acc[0].new_zeros(N, L)
-    gz_acc = [gz[:, l : l + 1] for l in range(L)]
+    gz_acc = [gh_acc[0].new_zeros(N, 1) for _ in range(L)]  # apart: each is returned
     g_x = [gh_acc[0].new_empty(N, sum(w.widths())) if w.ln is None else None for w in weights]
     first: list[Step] = []
     second: list[Step] = []

@@ -15,6 +15,7 @@ R = 4H + 1 gate rows (4H in the top layer), K = H + Ha + Hb.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -144,18 +145,26 @@ def parameter_names(cell: HMLSTMCell, bottom: bool) -> tuple[str, ...]:
     )
 
 
+def has_fused(names: tuple[str, ...]) -> bool:
+    """Whether a layer reading the tensors ``names`` has a fused weight (no layer norm)."""
+    return "ln_recurrent.weight" not in names
+
+
 def layer_weights(
-    names: tuple[str, ...], tensors: tuple[Tensor, ...], eps: float, rows: int
+    names: tuple[str, ...], tensors: tuple[Tensor, ...], eps: float, rows: int,
+    fused: Tensor | None = None,
 ) -> LayerWeights:
     """Assemble :class:`LayerWeights` from tensors named as :func:`parameter_names` says,
-    for products of about ``rows`` rows."""
+    for products of about ``rows`` rows; ``fused``: the fused weight, if it is made
+    already (the forward pass's, in the backward pass)."""
     p = dict(zip(names, tensors, strict=True))
     U, U_td, W = p["U"], p.get("U_td"), p.get("W")
-    fused = ln = None
-    if "ln_recurrent.weight" in p:
+    ln = None
+    if not has_fused(names):
         ln = {k: (p[f"ln_{k}.weight"], p[f"ln_{k}.bias"]) for k in NORMS if f"ln_{k}.weight" in p}
     else:
-        fused = torch.cat([w for w in (U, U_td, W) if w is not None], dim=1)  # (R, K)
+        fused = (torch.cat([w for w in (U, U_td, W) if w is not None], dim=1)  # (R, K)
+                 if fused is None else fused)
         H, Ha = U.shape[1], U_td.shape[1] if U_td is not None else 0
         U = fused[:, :H]
         U_td = fused[:, H : H + Ha] if U_td is not None else None
@@ -173,13 +182,16 @@ def packing_rows(rows: int, steps: int) -> int:
 
 
 def weights_of(
-    names: tuple[tuple[str, ...], ...], params: tuple[Tensor, ...], eps: float, rows: int
+    names: tuple[tuple[str, ...], ...], params: tuple[Tensor, ...], eps: float, rows: int,
+    fused: Iterator[Tensor] | None = None,
 ) -> list[LayerWeights]:
     """Every layer's :class:`LayerWeights` from :func:`cell_tensors`'s names and tensors,
-    for products of about ``rows`` rows (0: unpacked, see :class:`Linear`)."""
+    for products of about ``rows`` rows (0: unpacked, see :class:`Linear`); ``fused``:
+    the fused weights made already, one for each layer that has one (:func:`has_fused`)."""
     out, start = [], 0
     for layer in names:
-        out.append(layer_weights(layer, params[start : start + len(layer)], eps, rows))
+        made = next(fused) if fused is not None and has_fused(layer) else None
+        out.append(layer_weights(layer, params[start : start + len(layer)], eps, rows, made))
         start += len(layer)
     return out
 

@@ -13,6 +13,8 @@ K = H + Ha + Hb, S steps of a workspace (T, or 1 reused).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from functools import cached_property
 from typing import NamedTuple
 
 from torch import Tensor
@@ -59,18 +61,30 @@ class Workspace:
     ``grads=True`` makes only what the backward pass writes (the gradients of ``act``,
     ``tanh_c`` and ``proj``); ``keep=True`` also what it reads beyond the states;
     ``fused=False`` no input for the fused product (the products are then made term by
-    term, as the sparse paths do).
+    term, as the sparse paths do). ``tensors``: take the buffers, in :meth:`tensors`'
+    order, from there instead of making them (the forward loop's, for its backward pass).
     """
 
     def __init__(self, w: LayerWeights, steps: int, rows: int, like: Tensor,
-                 grads: bool = False, keep: bool = False, fused: bool = True) -> None:
+                 grads: bool = False, keep: bool = False, fused: bool = True,
+                 tensors: Iterator[Tensor] | None = None) -> None:
         H, R = w.hidden_size, w.rows
         boundary = w.U_td is not None and not grads
         copies = w.W is not None and keep  # a layer above the bottom one can copy
 
         def new(width: int) -> Tensor:
-            return like.new_empty(steps, rows, width)
+            if tensors is None:
+                return like.new_empty(steps, rows, width)
+            t = next(tensors)
+            if t.shape[-1] != width:
+                raise ValueError(f"Workspace: a kept buffer has width {t.shape[-1]}; "
+                                 f"expected {width}")
+            return t
 
+        def zeros(width: int) -> Tensor:
+            return new(width).zero_() if tensors is None else new(width)
+
+        self.steps = steps
         self.act, self.tanh_c = new(R), new(H)
         self.u = new(1) if boundary else None
         self.zbin = new(1) if boundary else None
@@ -78,8 +92,23 @@ class Workspace:
         self.diff = new(2 * H) if copies else None
         self.zdiff = new(1) if copies and boundary else None
         self.proj = {name: new(R) for name in TERMS if w.ln and w.term(name) is not None}
-        self.lnstats = new(2 * len(NORMS)) if w.ln and not grads else None
-        H_, Ha, Hb = w.widths()
+        # zeros: the slots of a normalisation the layer has not (and, in the bottom layer,
+        # of the input term's, normalised before the loop) are never written, yet returned
+        self.lnstats = zeros(2 * len(NORMS)) if w.ln and not grads else None
+        self.widths = w.widths()
+
+    def tensors(self) -> list[Tensor]:
+        """The buffers this workspace made, in the order ``tensors=`` takes them back."""
+        made = (self.act, self.tanh_c, self.u, self.zbin, self.x, self.diff, self.zdiff,
+                *self.proj.values(), self.lnstats)
+        return [t for t in made if t is not None]
+
+    @cached_property
+    def slots(self) -> list[Slot]:
+        """Step ``k``'s views, ``slots[k]``: made on first use (a shape function never
+        asks for them)."""
+        steps = self.steps
+        H_, Ha, Hb = self.widths
         xs: list[tuple[Tensor, Tensor | None, Tensor | None] | None] = [None] * steps
         if self.x is not None:
             h = self.x[:, :, :H_].unbind(0)
@@ -91,7 +120,7 @@ class Workspace:
                                                              self.diff, self.zdiff))
         proj = {name: t.unbind(0) for name, t in self.proj.items()}
         stats = {key: s.unbind(0) for key in NORMS if (s := self.stats(key)) is not None}
-        self.slots = [
+        return [
             Slot(act[k], tanh_c[k], u[k], zbin[k], x[k], xs[k],
                  {n: v[k] for n, v in proj.items()}, {n: v[k] for n, v in stats.items()},
                  diff[k], zdiff[k])
@@ -129,6 +158,23 @@ class Buffers:
             self.c[l][0] = c0[l]
             self.z[0, :, l : l + 1] = z0[l]
         self.work = [Workspace(w, steps if keep else 1, N, like, keep=keep) for w in weights]
+
+    @classmethod
+    def restore(cls, weights: list[LayerWeights], h: list[Tensor], z: Tensor,
+                tensors: Iterator[Tensor]) -> Buffers:
+        """The buffers of a forward loop that kept its steps (``keep=True``), from its
+        ``h`` and ``z`` and the tensors of its :meth:`kept`, in that order."""
+        buf = cls.__new__(cls)
+        buf.keep, buf.h, buf.z = True, list(h), z
+        buf.c = [next(tensors) for _ in weights]
+        steps, N = z.shape[0] - 1, z.shape[1]
+        buf.work = [Workspace(w, steps, N, z, keep=True, tensors=tensors) for w in weights]
+        return buf
+
+    def kept(self) -> list[Tensor]:
+        """What the backward pass reads besides ``h`` and ``z``: every layer's ``c``, then
+        every workspace's :meth:`Workspace.tensors`."""
+        return [*self.c, *(t for work in self.work for t in work.tensors())]
 
     def step_views(self) -> list[dict[str, list[Tensor]]]:
         """Per layer, per-step views of ``h``, ``c`` (``T+1``) and ``z`` (``T+1``, ``(N, 1)``)."""
