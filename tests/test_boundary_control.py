@@ -4,6 +4,7 @@ hmrnn.model.boundary_control), and their wiring into a character-model run."""
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ import hmrnn.model.cell as cell_module
 from hmrnn import HMLSTM
 from hmrnn.analysis.verdict import hierarchy_summary, hierarchy_verdict
 from hmrnn.model.boundary_control import (
+    LOGIT_FLOOR,
     RateController,
     boundary_grad_norms,
     boundary_preactivation,
@@ -61,11 +63,33 @@ def test_controller_moves_each_bias_towards_its_target_even_when_saturated() -> 
     assert torch.equal(rnn.cells[2].bias, top)  # the top layer has no detector
 
 
-@pytest.mark.parametrize("targets, gain", [([0.2], 0.01), ([0.2, 1.0], 0.01),
-                                           ([0.2, 0.05], 0.0)])
-def test_controller_refuses_bad_settings(targets: list[float], gain: float) -> None:
-    with pytest.raises(ValueError, match="target|gain"):
-        RateController(HMLSTM(4, 5, 3), targets, gain)
+def test_logit_error_matches_the_linear_one_near_the_target_and_recovers_faster() -> None:
+    rnn = HMLSTM(4, 5, 3)
+    linear = RateController(rnn, [0.2, 0.05], gain=1.0)
+    logit = RateController(rnn, [0.2, 0.05], gain=1.0, error="logit")
+    for target in (0.2, 0.05):
+        # the small-signal gain is the linear controller's: t(1-t) d logit(r)/dr = 1 at r = t
+        assert logit._error(target, target + 1e-6) == pytest.approx(
+            linear._error(target, target + 1e-6), rel=1e-3)
+        # a dead layer (rate 0) is revived faster, and nearly as fast as a saturated one
+        # (rate 1) is pushed down (linear: 1/t - 1 times slower, 19x at t = 0.05)
+        assert logit._error(target, 0.0) > 3 * linear._error(target, 0.0)
+        assert -logit._error(target, 1.0) < 2.5 * logit._error(target, 0.0)
+        # bounded: the rate is clipped to [LOGIT_FLOOR, 1 - LOGIT_FLOOR]
+        assert logit._error(target, 0.0) == logit._error(target, LOGIT_FLOOR)
+    before = float(rnn.cells[1].bias[-1].detach())
+    logit.update([0.2, 0.0])
+    assert float(rnn.cells[1].bias[-1].detach()) == pytest.approx(
+        before + 0.05 * 0.95 * (math.log(0.05 / 0.95) - math.log(LOGIT_FLOOR / (1 - LOGIT_FLOOR))))
+
+
+@pytest.mark.parametrize("targets, gain, error", [([0.2], 0.01, "linear"),
+                                                  ([0.2, 1.0], 0.01, "linear"),
+                                                  ([0.2, 0.05], 0.0, "linear"),
+                                                  ([0.2, 0.05], 0.01, "log")])
+def test_controller_refuses_bad_settings(targets: list[float], gain: float, error: str) -> None:
+    with pytest.raises(ValueError, match="target|gain|error"):
+        RateController(HMLSTM(4, 5, 3), targets, gain, error)
 
 
 def test_ratio_loss_is_flat_at_the_target_and_pushes_towards_it() -> None:

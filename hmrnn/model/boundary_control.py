@@ -26,6 +26,7 @@ hidden size of layer l.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -35,6 +36,9 @@ from torch.nn import functional as F
 from hmrnn.model.cell import HMLSTMCell
 from hmrnn.model.hmlstm import HMLSTM, HMLSTMState
 from hmrnn.model.types import RNNOutput
+
+LOGIT_FLOOR = 1e-3
+"""Rates are clipped to [floor, 1 - floor] before the logit error."""
 
 AUTHORS_ROW_CAP = 1.9365
 """The boundary-row norm cap of the authors' code (with slope annealing)."""
@@ -70,18 +74,29 @@ class RateController:
         gain: bias change per unit of rate error and step (> 0).
     """
 
-    def __init__(self, rnn: HMLSTM, targets: Sequence[float], gain: float) -> None:
+    def __init__(self, rnn: HMLSTM, targets: Sequence[float], gain: float,
+                 error: str = "linear") -> None:
         if not gain > 0:
             raise ValueError(f"the rate controller's gain must be positive, got {gain}")
+        if error not in ("linear", "logit"):
+            raise ValueError(f"the rate controller's error is linear or logit, got {error!r}")
         self.rnn = rnn
         self.targets = _check_targets(rnn, targets)
         self.gain = float(gain)
+        self.error = error
+
+    def _error(self, target: float, rate: float) -> float:
+        if self.error == "linear":
+            return target - rate
+        rate = min(max(rate, LOGIT_FLOOR), 1.0 - LOGIT_FLOOR)
+        return target * (1 - target) * (math.log(target / (1 - target))
+                                        - math.log(rate / (1 - rate)))
 
     @torch.no_grad()
     def update(self, rates: Sequence[float]) -> None:
         """Move each boundary bias towards its target; ``rates``: one per boundary layer."""
         for cell, target, rate in zip(_detectors(self.rnn), self.targets, rates, strict=True):
-            cell.bias[-1] += self.gain * (target - float(rate))
+            cell.bias[-1] += self.gain * self._error(target, float(rate))
 
 
 def ratio_loss(boundary: Tensor, targets: Sequence[float]) -> Tensor:

@@ -155,6 +155,7 @@ class TrainConfig:
     rate_control: str = "bias"  # none | bias: integral control of the boundary bias | loss
     boundary_rate: tuple[float, ...] = (0.2, 0.05)  # target rate per layer below the top
     rate_gain: float = 0.05  # bias step per unit of rate error (bias), or the loss's weight
+    rate_error: str = "linear"  # the controller's error: linear (target - rate) | logit
     boundary_cap: float = 0.0  # norm cap of each weight's boundary row (authors: 1.9365); 0: off
 
 
@@ -182,6 +183,7 @@ TRAIN_RULES: dict[str, Rule] = {
     "boundary_rate": OPEN_UNIT,
     "rate_control": one_of("none", "bias", "loss"),
     "rate_gain": positive(),
+    "rate_error": one_of("linear", "logit"),
     "boundary_cap": at_least(0),
 }
 

@@ -202,6 +202,11 @@ class CharLMTask:
             metrics["z"] = result.boundary_rates()
             ref = self._references[split][: result.chars]
             metrics["f1_word"] = boundary_prf(result.boundary[:, 0] > 0.5, ref, tolerance=1).f1
+            truth = self.corpus.boundaries
+            if truth is not None and result.boundary.shape[1] > 2:
+                phrase = truth[split]["phrase"][:-1][: result.chars]
+                metrics["f1_phrase"] = boundary_prf(result.boundary[:, 1] > 0.5, phrase,
+                                                    tolerance=1).f1
         return {**metrics, **self.boundaries.last}  # the detectors as last measured in training
 
     def state_dict(self) -> dict[str, Any]:
