@@ -8,7 +8,7 @@ saved, and the exact F1 of layer 1 against word ends and of layer 2 against phra
 at a time with one thread each; every result is appended to ``OUT/results.jsonl`` as it
 lands, and the table (mean and spread over seeds) is printed from that file.
 
-    python scripts/hierarchy_study.py --rows control none --seeds 0 1 2
+    python scripts/hierarchy_study.py --rows main none --seeds 0 1 2
     python scripts/hierarchy_study.py --table-only        # the table of what has landed
 """
 
@@ -23,24 +23,30 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 AUTHORS = ["train.boundary_cap=1.9365", "train.adam_beta2=0.99", "train.weight_decay=0.0005"]
-SLOW = ["train.slope_rate=0.04"]  # the paper's slope annealing (the main job: 1 per epoch)
+PAPER_SLOPE = ["train.slope_rate=0.04", "train.slope_max=5"]  # the paper's annealing
+LINEAR = ["train.rate_error=linear"]  # the controller's first form (error = target - rate)
 ROWS: dict[str, list[str]] = {
-    # decision 7's gains and the paper's recipe (step boundaries, slope annealing), no control
-    "none": ["train.rate_control=none", *SLOW],
-    "authors": ["train.rate_control=none", *SLOW, *AUTHORS],
-    "ratio-loss": ["train.rate_control=loss", "train.rate_gain=1.0", *SLOW],
-    # integral control of the boundary bias to 0.2, 0.05 (gain 0.05), the paper's slope
-    "control-slow": SLOW,
-    "control-slow-gain0.01": ["train.rate_gain=0.01", *SLOW],
-    "control-slow-gain0.1": ["train.rate_gain=0.1", *SLOW],
-    "control-slow-authors": [*SLOW, *AUTHORS],
-    "control-slow-no-spaces": [*SLOW, "data.spaces=false"],
-    # the main job's defaults: control, and the slope annealed at 1 per epoch
-    "control": [],
-    "control-sample": ["model.boundary=sample"],
-    "control-no-ln": ["model.layer_norm=false"],
-    "control-3000": ["train.max_steps=3000"],
-    "control-no-spaces": ["data.spaces=false"],
+    # Each row is the main job (the defaults: the logit controller holding 0.2 / 0.05, the
+    # slope annealed at 1 per epoch up to 2) with the row's overrides.
+    "main": [],
+    "main-slope3": ["train.slope_max=3"],
+    "main-slope5": ["train.slope_max=5"],
+    "main-no-spaces": ["data.spaces=false"],
+    "main-sample": ["model.boundary=sample"],
+    "main-no-ln": ["model.layer_norm=false"],
+    "linear-slope5": [*LINEAR, "train.slope_max=5"],
+    "linear-slope3": [*LINEAR, "train.slope_max=3"],
+    "linear-slope5-cap": [*LINEAR, "train.slope_max=5", "train.boundary_cap=1.9365"],
+    # the paper's recipe (step boundaries, its slope annealing), no control
+    "none": ["train.rate_control=none", *PAPER_SLOPE],
+    "authors": ["train.rate_control=none", *PAPER_SLOPE, *AUTHORS],
+    "ratio-loss": ["train.rate_control=loss", "train.rate_gain=1.0", *PAPER_SLOPE],
+    # the linear controller with the paper's slope annealing, and its variants
+    "control-slow": [*LINEAR, *PAPER_SLOPE],
+    "control-slow-gain0.01": [*LINEAR, "train.rate_gain=0.01", *PAPER_SLOPE],
+    "control-slow-gain0.1": [*LINEAR, "train.rate_gain=0.1", *PAPER_SLOPE],
+    "control-slow-authors": [*LINEAR, *PAPER_SLOPE, *AUTHORS],
+    "control-slow-no-spaces": [*LINEAR, *PAPER_SLOPE, "data.spaces=false"],
 }
 
 
@@ -127,7 +133,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", nargs="*", default=list(ROWS), choices=list(ROWS))
     parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("runs/hierarchy-study"))
     parser.add_argument("--table-only", action="store_true")

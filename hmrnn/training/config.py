@@ -139,10 +139,10 @@ class TrainConfig:
     patience: int = 2  # evaluations without improvement before the learning rate drops
     max_lr_drops: int = 2  # early stop once the learning rate has dropped this often
     slope_rate: float = 1.0  # slope annealing a = min(max, 1 + rate * epoch); 0: off (paper: 0.04)
-    slope_max: float = 5.0
-    max_steps: int = 0  # 0: no limit
+    slope_max: float = 2.0  # above 2 the step boundary's straight-through chain can explode (paper: 5)
+    max_steps: int = 1500  # 0: no limit
     max_epochs: float = 0.0  # 0: no limit
-    max_minutes: float = 3.0  # wall-clock budget; 0: no limit
+    max_minutes: float = 5.0  # wall-clock budget; 0: no limit
     eval_every: int = 200  # steps between evaluations on the validation split
     eval_batch_size: int = 64
     eval_chars: int = 0  # characters (handwriting: points) of each validation; 0: all
@@ -155,7 +155,7 @@ class TrainConfig:
     rate_control: str = "bias"  # none | bias: integral control of the boundary bias | loss
     boundary_rate: tuple[float, ...] = (0.2, 0.05)  # target rate per layer below the top
     rate_gain: float = 0.05  # bias step per unit of rate error (bias), or the loss's weight
-    rate_error: str = "linear"  # the controller's error: linear (target - rate) | logit
+    rate_error: str = "logit"  # the controller's error: logit (log-odds) | linear (target - rate)
     boundary_cap: float = 0.0  # norm cap of each weight's boundary row (authors: 1.9365); 0: off
 
 
