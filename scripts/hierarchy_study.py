@@ -34,9 +34,12 @@ ROWS: dict[str, list[str]] = {
     "main-no-spaces": ["data.spaces=false"],
     "main-sample": ["model.boundary=sample"],
     "main-no-ln": ["model.layer_norm=false"],
+    "main-own-bias": ["train.rate_bias_gradient=false"],
     "linear-slope5": [*LINEAR, "train.slope_max=5"],
     "linear-slope3": [*LINEAR, "train.slope_max=3"],
     "linear-slope5-cap": [*LINEAR, "train.slope_max=5", "train.boundary_cap=1.9365"],
+    "linear-slope5-no-ln": [*LINEAR, "train.slope_max=5", "model.layer_norm=false"],
+    "linear-slope5-sample": [*LINEAR, "train.slope_max=5", "model.boundary=sample"],
     # the paper's recipe (step boundaries, its slope annealing), no control
     "none": ["train.rate_control=none", *PAPER_SLOPE],
     "authors": ["train.rate_control=none", *PAPER_SLOPE, *AUTHORS],

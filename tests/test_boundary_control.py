@@ -83,6 +83,20 @@ def test_logit_error_matches_the_linear_one_near_the_target_and_recovers_faster(
         before + 0.05 * 0.95 * (math.log(0.05 / 0.95) - math.log(LOGIT_FLOOR / (1 - LOGIT_FLOOR))))
 
 
+@pytest.mark.parametrize("own_bias", [False, True])
+def test_owning_the_bias_keeps_the_optimiser_off_its_boundary_entry(own_bias: bool) -> None:
+    torch.manual_seed(0)
+    rnn = HMLSTM(4, 5, 3, boundary="soft")  # soft: every detector passes a gradient
+    RateController(rnn, [0.2, 0.05], gain=0.05, own_bias=own_bias)
+    output, _ = rnn(torch.randn(6, 2, 4))
+    output.hidden[-1].square().sum().backward()
+    for cell in rnn.cells[:2]:
+        assert cell.bias.grad is not None
+        assert (cell.bias.grad[-1] == 0) == own_bias
+        assert cell.bias.grad[:-1].abs().sum() > 0  # the gates' biases are trained as before
+    assert rnn.cells[2].bias.grad is not None and rnn.cells[2].bias.grad.abs().sum() > 0
+
+
 @pytest.mark.parametrize("targets, gain, error", [([0.2], 0.01, "linear"),
                                                   ([0.2, 1.0], 0.01, "linear"),
                                                   ([0.2, 0.05], 0.0, "linear"),

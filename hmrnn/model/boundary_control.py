@@ -68,14 +68,25 @@ class RateController:
     equals the target; where the detector fires is left to the gradient. Stateless: the
     bias is a parameter, so checkpoints and resume carry the controller with the model.
 
+    With ``own_bias`` the controller alone moves those biases: a gradient hook zeroes
+    their gradient, so the optimiser leaves them where the controller put them. Otherwise
+    Adam moves them too, by up to its learning rate a step, and the rate settles where the
+    two pushes cancel rather than at the target (with gain 0.05 and learning rate 0.002:
+    0.1 for a target of 0.05).
+
     Args:
         rnn: the HM-LSTM stack.
         targets: one rate in (0, 1) per layer below the top.
         gain: bias change per unit of rate error and step (> 0).
+        error: ``"linear"``, ``target - rate``; or ``"logit"``,
+            ``t (1 - t) (logit(t) - logit(rate))`` (the linear error's gain at the target,
+            but a layer dead at 0 is revived about as fast as a saturated one is brought
+            down), the rate clipped to ``[LOGIT_FLOOR, 1 - LOGIT_FLOOR]``.
+        own_bias: keep the optimiser off the boundary biases.
     """
 
     def __init__(self, rnn: HMLSTM, targets: Sequence[float], gain: float,
-                 error: str = "linear") -> None:
+                 error: str = "linear", own_bias: bool = False) -> None:
         if not gain > 0:
             raise ValueError(f"the rate controller's gain must be positive, got {gain}")
         if error not in ("linear", "logit"):
@@ -84,6 +95,9 @@ class RateController:
         self.targets = _check_targets(rnn, targets)
         self.gain = float(gain)
         self.error = error
+        if own_bias:
+            for cell in _detectors(rnn):
+                cell.bias.register_hook(_without_boundary_row)
 
     def _error(self, target: float, rate: float) -> float:
         if self.error == "linear":
@@ -97,6 +111,13 @@ class RateController:
         """Move each boundary bias towards its target; ``rates``: one per boundary layer."""
         for cell, target, rate in zip(_detectors(self.rnn), self.targets, rates, strict=True):
             cell.bias[-1] += self.gain * self._error(target, float(rate))
+
+
+def _without_boundary_row(grad: Tensor) -> Tensor:
+    """A bias gradient ``(4H + 1,)`` with its boundary entry (the last, row z) zeroed."""
+    grad = grad.clone()
+    grad[-1] = 0
+    return grad
 
 
 def ratio_loss(boundary: Tensor, targets: Sequence[float]) -> Tensor:

@@ -68,8 +68,9 @@ class BoundaryTraining:
         self.controller = None
         if self.rnn is not None and train.rate_control != "none":
             if train.rate_control == "bias":
-                self.controller = RateController(self.rnn, train.boundary_rate, train.rate_gain,
-                                                 train.rate_error)
+                self.controller = RateController(
+                    self.rnn, train.boundary_rate, train.rate_gain, train.rate_error,
+                    own_bias=not train.rate_bias_gradient)
             else:  # validated like the controller's targets
                 RateController(self.rnn, train.boundary_rate, 1.0)
 

@@ -139,7 +139,7 @@ class TrainConfig:
     patience: int = 2  # evaluations without improvement before the learning rate drops
     max_lr_drops: int = 2  # early stop once the learning rate has dropped this often
     slope_rate: float = 1.0  # slope annealing a = min(max, 1 + rate * epoch); 0: off (paper: 0.04)
-    slope_max: float = 2.0  # above 2 the step boundary's straight-through chain can explode (paper: 5)
+    slope_max: float = 2.0  # above 2 the straight-through chain can explode (paper: 5)
     max_steps: int = 1500  # 0: no limit
     max_epochs: float = 0.0  # 0: no limit
     max_minutes: float = 5.0  # wall-clock budget; 0: no limit
@@ -156,6 +156,7 @@ class TrainConfig:
     boundary_rate: tuple[float, ...] = (0.2, 0.05)  # target rate per layer below the top
     rate_gain: float = 0.05  # bias step per unit of rate error (bias), or the loss's weight
     rate_error: str = "logit"  # the controller's error: logit (log-odds) | linear (target - rate)
+    rate_bias_gradient: bool = True  # bias control: the optimiser also trains the boundary bias
     boundary_cap: float = 0.0  # norm cap of each weight's boundary row (authors: 1.9365); 0: off
 
 
