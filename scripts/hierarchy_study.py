@@ -35,6 +35,8 @@ ROWS: dict[str, list[str]] = {
     "main-sample": ["model.boundary=sample"],
     "main-no-ln": ["model.layer_norm=false"],
     "main-own-bias": ["train.rate_bias_gradient=false"],
+    "main-3000": ["train.max_steps=3000"],  # longer training (overrides --steps)
+    "main-seq100": ["train.seq_len=100"],  # longer segments
     "linear-slope5": [*LINEAR, "train.slope_max=5"],
     "linear-slope3": [*LINEAR, "train.slope_max=3"],
     "linear-slope5-cap": [*LINEAR, "train.slope_max=5", "train.boundary_cap=1.9365"],
@@ -69,16 +71,12 @@ def score(row: str, seed: int, run_dir: Path) -> dict[str, object]:
     import torch
 
     from hmrnn.analysis.verdict import hierarchy_summary
-    from hmrnn.data import load_corpus
+    from hmrnn.tasks.charlm.build import corpus_from_config
     from hmrnn.tasks.charlm.task import evaluate_lm, load_charlm
 
     torch.set_num_threads(1)
     model, _, config, _ = load_charlm(run_dir / "best.pt")
-    data = config.data
-    corpus = load_corpus("synthetic", train_chars=data.synthetic_chars,
-                         valid_chars=data.synthetic_chars // 10,
-                         test_chars=data.synthetic_chars // 10, seed=data.seed,
-                         spaces=data.spaces)
+    corpus = corpus_from_config(config.data)  # the synthetic corpus the run trained on
     result = evaluate_lm(model, corpus.splits["test"], batch_size=config.train.eval_batch_size,
                          seq_len=config.train.seq_len)
     assert result.boundary is not None and corpus.boundaries is not None

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from hmrnn.data import read_text_file
@@ -75,6 +76,14 @@ def outputs_and_grads(
     inputs = [x, *state.h, *state.c, *state.z, *rnn.parameters()]
     grads = torch.autograd.grad(loss, inputs)  # type: ignore[arg-type]
     return [v.detach() for v in values], list(grads)
+
+
+def error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    """What a command wrote on stderr, checked to be one line and no stack trace."""
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err
+    assert len(err.splitlines()) == 1, err
+    return err
 
 
 def write_words(folder: Path, words: int = 120) -> Path:

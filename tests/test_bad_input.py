@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import error_line
 
 from hmrnn.cli import main
 from hmrnn.training.config import RULES, Config, ConfigError, load_config, validate_config
@@ -24,13 +25,6 @@ def _corpus(tmp_path: Path) -> Path:
     path = tmp_path / "corpus.txt"
     path.write_text("the cat sat on a mat and the dog ran\n" * 60)
     return path
-
-
-def _error_line(capsys) -> str:
-    err = capsys.readouterr().err.strip()
-    assert "Traceback" not in err
-    assert len(err.splitlines()) == 1, err
-    return err
 
 
 def read_only_dir(tmp_path: Path) -> Path:
@@ -57,7 +51,7 @@ def test_out_of_range_settings_are_refused_up_front(tmp_path: Path, capsys, sett
     code = main(["train", f"data.corpus={_corpus(tmp_path)}", f"run.out_dir={out}", *TINY,
                  setting])
     assert code == 2
-    line = _error_line(capsys)
+    line = error_line(capsys)
     assert setting.split("=")[0] in line and "must be" in line
     assert not out.exists()  # refused before anything was written
 
@@ -85,17 +79,17 @@ def test_out_dir_that_is_a_file_or_read_only(tmp_path: Path, capsys) -> None:
     a_file = tmp_path / "file"
     a_file.write_text("x")
     assert main(["train", f"data.corpus={corpus}", f"run.out_dir={a_file}", *TINY]) == 2
-    assert str(a_file) in _error_line(capsys)
+    assert str(a_file) in error_line(capsys)
     locked = read_only_dir(tmp_path) / "run"
     assert main(["train", f"data.corpus={corpus}", f"run.out_dir={locked}", *TINY]) == 2
-    assert str(locked.parent) in _error_line(capsys)
+    assert str(locked.parent) in error_line(capsys)
 
 
 @pytest.mark.parametrize("args", [["--temperature", "nan"], ["--temperature", "-1"],
                                   ["--length", "-5"], ["--num-samples", "0"]])
 def test_bad_sample_flags(tmp_path: Path, capsys, args: list[str]) -> None:
     assert main(["sample", str(tmp_path / "none.pt"), *args]) == 2
-    line = _error_line(capsys)
+    line = error_line(capsys)
     assert args[0] in line
 
 
@@ -113,14 +107,14 @@ def test_inspect_and_handwriting_outputs_that_cannot_be_written(tmp_path: Path, 
     a_file.write_text("x")
     for out in (a_file, read_only_dir(tmp_path) / "inspect"):
         assert main(["inspect", str(checkpoint), "--text", "ab ab", "--out", str(out)]) == 2
-        line = _error_line(capsys)
+        line = error_line(capsys)
         assert str(out) in line or str(out.parent) in line
     out = read_only_dir(tmp_path) / "sample.png"
     assert main(["handwriting", "sample", str(tmp_path / "none.pt"), "--out", str(out)]) == 2
-    assert str(out.parent) in _error_line(capsys)
+    assert str(out.parent) in error_line(capsys)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA")
 def test_bench_on_cuda_without_cuda(capsys) -> None:
     assert main(["bench", "--device", "cuda"]) == 2
-    assert "CUDA is not available" in _error_line(capsys)
+    assert "CUDA is not available" in error_line(capsys)

@@ -97,12 +97,15 @@ def test_owning_the_bias_keeps_the_optimiser_off_its_boundary_entry(own_bias: bo
     assert rnn.cells[2].bias.grad is not None and rnn.cells[2].bias.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("targets, gain, error", [([0.2], 0.01, "linear"),
-                                                  ([0.2, 1.0], 0.01, "linear"),
-                                                  ([0.2, 0.05], 0.0, "linear"),
-                                                  ([0.2, 0.05], 0.01, "log")])
-def test_controller_refuses_bad_settings(targets: list[float], gain: float, error: str) -> None:
-    with pytest.raises(ValueError, match="target|gain|error"):
+@pytest.mark.parametrize("targets, gain, error, message", [
+    ([0.2], 0.01, "linear", r"targets: one per layer below the top, 2 here, got 1"),
+    ([0.2, 1.0], 0.01, "linear", r"targets must lie in \(0, 1\), got \[0.2, 1.0\]"),
+    ([0.2, 0.05], 0.0, "linear", r"gain must be positive, got 0.0"),
+    ([0.2, 0.05], 0.01, "log", r"error is linear or logit, got 'log'"),
+])
+def test_controller_refuses_bad_settings(targets: list[float], gain: float, error: str,
+                                         message: str) -> None:
+    with pytest.raises(ValueError, match=message):
         RateController(HMLSTM(4, 5, 3), targets, gain, error)
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import error_line
 
 from hmrnn.cli import main
 
@@ -38,13 +39,6 @@ def trained(tmp_path_factory) -> Path:
     assert main(["train", f"data.corpus={corpus}", f"run.out_dir={out}", "train.max_steps=12",
                  "train.eval_every=6", *TINY]) == 0
     return out
-
-
-def _error_line(capsys) -> str:
-    err = capsys.readouterr().err.strip()
-    assert "Traceback" not in err
-    assert len(err.splitlines()) == 1, err
-    return err
 
 
 def test_train_writes_checkpoints_and_metrics(trained: Path) -> None:
@@ -103,7 +97,7 @@ def test_bad_training_data(tmp_path: Path, capsys, content: bytes | None, messag
         path.write_bytes(content)
     code = main(["train", f"data.corpus={path}", f"run.out_dir={tmp_path / 'r'}", *TINY])
     assert code == 2
-    assert message in _error_line(capsys)
+    assert message in error_line(capsys)
 
 
 @pytest.mark.parametrize(
@@ -121,38 +115,38 @@ def test_bad_config(tmp_path: Path, capsys, args: list[str], message: str) -> No
     corpus = _corpus(tmp_path)
     code = main(["train", f"data.corpus={corpus}", f"run.out_dir={tmp_path / 'r'}", *TINY, *args])
     assert code == 2
-    assert message in _error_line(capsys)
+    assert message in error_line(capsys)
 
 
 def test_unknown_characters_are_named(trained: Path, tmp_path: Path, capsys) -> None:
     text = tmp_path / "t.txt"
     text.write_text("the cat\nsat Zed")
     assert main(["eval", str(trained), "--file", str(text)]) == 2
-    assert "character 'Z' at position 12" in _error_line(capsys)
+    assert "character 'Z' at position 12" in error_line(capsys)
     assert main(["sample", str(trained), "--prime", "the q"]) == 2
-    assert "character 'q' at position 4" in _error_line(capsys)
+    assert "character 'q' at position 4" in error_line(capsys)
 
 
 def test_bad_checkpoints(trained: Path, tmp_path: Path, capsys) -> None:
     data = (trained / "last.pt").read_bytes()
     (tmp_path / "cut.pt").write_bytes(data[: len(data) // 3])
     assert main(["eval", str(tmp_path / "cut.pt")]) == 2
-    assert "truncated or corrupt" in _error_line(capsys)
+    assert "truncated or corrupt" in error_line(capsys)
     (tmp_path / "junk.pt").write_bytes(os.urandom(2000))
     assert main(["sample", str(tmp_path / "junk.pt")]) == 2
-    assert "truncated or corrupt" in _error_line(capsys)
+    assert "truncated or corrupt" in error_line(capsys)
     import torch
 
     checkpoint = torch.load(trained / "last.pt", weights_only=True)
     checkpoint["version"] = 0
     torch.save(checkpoint, tmp_path / "old.pt")
     assert main(["eval", str(tmp_path / "old.pt")]) == 2
-    assert "format version 0" in _error_line(capsys)
+    assert "format version 0" in error_line(capsys)
     checkpoint["version"] = 1
     checkpoint["model"].pop("head.bias")
     torch.save(checkpoint, tmp_path / "mismatch.pt")
     assert main(["eval", str(tmp_path / "mismatch.pt")]) == 2
-    assert "does not match" in _error_line(capsys)
+    assert "does not match" in error_line(capsys)
 
 
 def test_sigterm_checkpoints_and_exits(tmp_path: Path) -> None:
@@ -203,7 +197,7 @@ def test_inspect_writes_figures_page_and_summary(trained: Path, tmp_path: Path, 
     assert summary["operation_counts"][0]["copy"] == 0
     assert summary["operation_counts"][-1]["flush"] == 0
     assert main(["inspect", str(trained), "--synthetic", "120", "--out", str(out)]) == 2
-    assert "not in the vocabulary" in _error_line(capsys)
+    assert "not in the vocabulary" in error_line(capsys)
 
 
 def test_data_describe_and_verify(tmp_path: Path, capsys) -> None:
@@ -212,6 +206,6 @@ def test_data_describe_and_verify(tmp_path: Path, capsys) -> None:
     out = capsys.readouterr().out
     assert "vocabulary:" in out and "train:" in out
     assert main(["data", "verify", "ptb", "--data-dir", str(tmp_path)]) == 2
-    assert "ptb failed verification" in _error_line(capsys)
+    assert "ptb failed verification" in error_line(capsys)
     assert main(["data", "describe", "nosuchcorpus"]) == 2
-    assert "unknown corpus" in _error_line(capsys)
+    assert "unknown corpus" in error_line(capsys)

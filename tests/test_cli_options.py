@@ -13,16 +13,11 @@ from pathlib import Path
 
 import pytest
 import tomllib
+from helpers import error_line
 
+import hmrnn
 from hmrnn.cli import build_parser, main
 from hmrnn.training.config import load_config
-
-
-def _error_line(capsys: pytest.CaptureFixture[str]) -> str:
-    err = capsys.readouterr().err.strip()
-    assert "Traceback" not in err
-    assert len(err.splitlines()) == 1, err
-    return err
 
 
 def _parsers(parser: argparse.ArgumentParser, name: str = "hmrnn"
@@ -57,11 +52,23 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "vocab": vocab})
 
 
-def test_version_is_the_package_metadata(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as exit_:
-        main(["--version"])
-    assert exit_.value.code == 0
-    assert capsys.readouterr().out.strip() == f"hmrnn {importlib.metadata.version('hmrnn')}"
+def test_version_is_the_package_metadata(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def version() -> str:
+        with pytest.raises(SystemExit) as exit_:
+            main(["--version"])
+        assert exit_.value.code == 0
+        return capsys.readouterr().out.strip()
+
+    assert version() == f"hmrnn {importlib.metadata.version('hmrnn')}"
+
+    def not_installed(name: str) -> str:
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", not_installed)  # a bare source tree
+    monkeypatch.setattr(hmrnn, "__version__", "0.0.0+source")
+    assert version() == "hmrnn 0.0.0+source"
 
 
 def test_every_flag_has_help_and_shows_its_default(wide: None) -> None:
@@ -75,8 +82,10 @@ def test_every_flag_has_help_and_shows_its_default(wide: None) -> None:
             assert action.help, f"{where} has no help text"
             default = action.default
             if default is None or default is False or default in ("", []):
-                continue
-            assert f"(default: {default})" in text or "default" in action.help, where
+                continue  # nothing to show (HelpFormatter's rule)
+            shown = parser._get_formatter()._expand_help(action)  # this flag's help, as printed
+            assert shown.endswith(f"(default: {default})"), where
+            assert shown in text, where
 
 
 def test_help_texts_name_what_exists(wide: None, capsys: pytest.CaptureFixture[str]) -> None:
@@ -95,9 +104,31 @@ def test_help_texts_name_what_exists(wide: None, capsys: pytest.CaptureFixture[s
     assert "--line" not in text.replace("--prime-line", "")
     assert "the split --line counts in (default: valid)" in help_of("handwriting", "draw")
     text = help_of("train")  # the character configs, not the handwriting ones
-    assert "(enwik8, ptb, ptb-lncwrnn, ptb-lnlstm, ptb-sample, ptb-soft, ptb-step, small, " \
-           "text8)" in text
+    assert "(enwik8, ptb, ptb-control, ptb-lncwrnn, ptb-lnlstm, ptb-sample, ptb-soft, " \
+           "ptb-step, small, text8)" in text
     assert "(iamondb, iamondb-lstm)" in help_of("handwriting", "train")
+
+
+def test_a_broken_packaged_config_breaks_only_itself(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from hmrnn.training import config
+
+    for name in ("ptb", "text8"):
+        (tmp_path / f"{name}.toml").write_text(config.config_path(name).read_text())
+    (tmp_path / "broken.toml").write_text("[data\ncorpus = 'ptb'\n")
+    monkeypatch.setattr(config, "CONFIG_DIR", tmp_path)
+    text = " ".join(build_parser().format_help().split())  # every command's parser is built
+    assert text.startswith("usage: hmrnn")
+    assert main(["train", "--print-config", "--config", "ptb"]) == 0
+    assert "corpus = \"ptb\"" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    assert "a packaged config (ptb, text8)" in " ".join(capsys.readouterr().out.split())
+    assert main(["train", "--config", "broken"]) == 2
+    assert "is not valid TOML" in error_line(capsys)
+    assert main(["train", "--config", "nope"]) == 2
+    assert "no config named 'nope'; known: broken, ptb, text8" in error_line(capsys)
 
 
 def test_print_config_prints_the_resolved_config_and_trains_nothing(
@@ -126,26 +157,40 @@ def test_print_config_prints_the_resolved_config_and_trains_nothing(
 def test_a_malformed_list_is_one_line(override: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["train", "--print-config", override]) == 2
     key, value = override.split("=", 1)
-    line = _error_line(capsys)
+    line = error_line(capsys)
     assert f"{key}: cannot read {value!r} as a list" in line and "[1, 2, 3]" in line
 
 
 def test_hints_name_a_form_the_command_accepts(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code = main(["train", "--config", "text8", f"data.cache_dir={tmp_path}",
                  f"run.out_dir={tmp_path / 'run'}", "run.progress=false"])
     assert code == 2
-    line = _error_line(capsys)
-    assert "hmrnn train: data.data_dir=PATH" in line and "hmrnn data download text8" in line
+    line = error_line(capsys)
+    assert line == (
+        f"hmrnn train: error: corpus 'text8' (text8) was not found in {tmp_path / 'text8'}; "
+        "run `hmrnn data download text8` (or train with data.download=true), or give the "
+        "folder that holds it (data.data_dir=PATH)")
+    for command in (["eval", str(checkpoint), "--corpus", "text8"],
+                    ["data", "describe", "text8", "--cache-dir", str(tmp_path)]):
+        assert main([*command, "--data-dir", str(tmp_path)]) == 2
+        line = error_line(capsys)
+        assert line.endswith(f"was not found in {tmp_path} and {tmp_path / 'text8'}; run "
+                             "`hmrnn data download text8`, or give the folder that holds it "
+                             "(--data-dir PATH)"), line
+    assert main(["data", "describe", "tinyshakespeare", "--cache-dir", str(tmp_path)]) == 2
+    assert error_line(capsys).endswith(
+        f"(input.txt) was not found in {tmp_path / 'tinyshakespeare'}; give the folder that "
+        "holds it (--data-dir PATH)")
     assert main(["handwriting", "draw", "--line", "0", "--out", str(tmp_path / "x.png")]) == 2
-    line = _error_line(capsys)
+    line = error_line(capsys)
     assert "pass --data PATH" in line and "data.data_dir" not in line
     missing = tmp_path / "no-such-folder"
     for command in (["train", f"run.out_dir={tmp_path / 'hw'}"],
                     ["draw", "--line", "0", "--out", str(tmp_path / "x.png")]):
         assert main(["handwriting", *command, "--data", str(missing)]) == 2
-        line = _error_line(capsys)
+        line = error_line(capsys)
         assert f"{missing} does not exist" in line and "neither" not in line
 
 
@@ -154,7 +199,11 @@ def test_inspect_synthetic_reads_as_many_characters_as_asked(
 ) -> None:
     out = tmp_path / "inspect"
     assert main(["inspect", str(checkpoint), "--synthetic", "3000", "--out", str(out)]) == 0
-    assert "note:" not in capsys.readouterr().out  # nothing cut
+    printed = capsys.readouterr().out
+    assert "note:" not in printed  # nothing cut
+    layer_lines = [line for line in printed.splitlines() if line.startswith("layer3:")]
+    assert layer_lines and layer_lines[0].endswith("(no boundary detector)")  # no rate 0.000
+    assert "boundaries against the true segmentation (P/R/F1" in printed  # the table's header
     counts = json.loads((out / "summary.json").read_text())["operation_counts"]
     assert all(c["update"] + c["copy"] + c["flush"] == 3000 for c in counts)
     text = "ab. " * 10
@@ -171,7 +220,7 @@ def test_data_describe_and_verify(tmp_path: Path, capsys: pytest.CaptureFixture[
     chars = load_config().data.synthetic_chars  # what `hmrnn train` reads
     assert f"train: {chars:,} symbols" in text and f"valid:  {chars // 10:,} symbols" in text
     assert main(["data", "verify", "ptb", "--data-dir", str(tmp_path)]) == 2
-    line = _error_line(capsys)
+    line = error_line(capsys)
     assert "ptb failed verification: ptb.char.train.txt is missing" in line
 
 

@@ -18,7 +18,7 @@ from torch import Tensor
 from torch._dynamo.testing import CompileCounterWithBackend
 
 from hmrnn.model.hmlstm import HMLSTM
-from hmrnn.model.loop.backends import cpu_serves
+from hmrnn.model.loop.backends import cpu_serves, select
 from hmrnn.model.loop.function import _join
 from hmrnn.model.loop.weights import cell_tensors, layer_norm_eps
 
@@ -62,6 +62,17 @@ def _values_and_grads(rnn: torch.nn.Module, model: HMLSTM, x: Tensor,
     return loss.detach(), list(torch.autograd.grad(loss, [x, *model.parameters()]))
 
 
+def _assert_compiled_equals_eager(compiled: torch.nn.Module, rnn: HMLSTM, x: Tensor) -> None:
+    """The compiled model's loss and gradients (of the input and every parameter) are
+    eager's."""
+    loss, grads = _values_and_grads(compiled, rnn, x)
+    ref_loss, ref_grads = _values_and_grads(rnn, rnn, x)
+    torch.testing.assert_close(loss, ref_loss)
+    names = ["input", *(n for n, _ in rnn.named_parameters())]
+    for name, a, b in zip(names, grads, ref_grads, strict=True):
+        torch.testing.assert_close(a, b, msg=f"gradient of {name}")
+
+
 @pytest.mark.parametrize(("boundary", "backend"),
                          [("step", STEP), ("soft", STEP), ("sample", "aten")])
 @pytest.mark.parametrize("layer_norm", [False, True])
@@ -70,12 +81,7 @@ def test_compiled_with_fullgraph_equals_eager(layer_norm: bool, boundary: str,
     rnn = _model(layer_norm, boundary, backend)
     compiled = torch.compile(rnn, backend="aot_eager", fullgraph=True)
     x = torch.randn(T, N, D, requires_grad=True)
-    loss, grads = _values_and_grads(compiled, rnn, x)
-    ref_loss, ref_grads = _values_and_grads(rnn, rnn, x)
-    torch.testing.assert_close(loss, ref_loss)
-    names = ["input", *(n for n, _ in rnn.named_parameters())]
-    for name, a, b in zip(names, grads, ref_grads, strict=True):
-        torch.testing.assert_close(a, b, msg=f"gradient of {name}")
+    _assert_compiled_equals_eager(compiled, rnn, x)
     with torch.no_grad():  # the inference path (no kept buffers) too
         torch.manual_seed(4)
         hidden = compiled(x)[0].hidden[2]
@@ -85,20 +91,26 @@ def test_compiled_with_fullgraph_equals_eager(layer_norm: bool, boundary: str,
 
 def test_a_new_slope_or_length_needs_no_new_graph_per_call() -> None:
     """The slope reaches the operator as a tensor on the host: ``set_slope`` is read by the
-    compiled model without recompiling; a new sequence length compiles once more, with
-    dynamic shapes, and no more after that."""
-    rnn = _model(False)
+    compiled model without recompiling (soft boundaries, the hard sigmoid itself, change
+    with it: a graph that kept the old slope fails); a new sequence length compiles once
+    more, with dynamic shapes, and no more after that."""
+    rnn = _model(False, "soft")
     counter = CompileCounterWithBackend("aot_eager")
     compiled = torch.compile(rnn, backend=counter, fullgraph=True)
-    x = torch.randn(T, N, D)
+    x = torch.randn(T, N, D, requires_grad=True)
     compiled(x)
     graphs = counter.frame_count
+    before = rnn(x)[0].boundary
     for slope in (1.5, 3.0, 4.5):
         rnn.set_slope(slope)
-        torch.testing.assert_close(compiled(x)[0].boundary, rnn(x)[0].boundary)
+        boundary = rnn(x)[0].boundary
+        assert not torch.allclose(boundary, before)  # the slope matters here
+        torch.testing.assert_close(compiled(x)[0].boundary, boundary)
+        _assert_compiled_equals_eager(compiled, rnn, x)  # the backward pass's slope too
+        before = boundary
     assert counter.frame_count == graphs
     for steps in (T + 2, T + 5):
-        x = torch.randn(steps, N, D)
+        x = torch.randn(steps, N, D, requires_grad=True)
         torch.testing.assert_close(compiled(x)[0].hidden[1], rnn(x)[0].hidden[1])
     assert counter.frame_count == graphs + 1
 
@@ -132,21 +144,45 @@ def test_the_loop_operator_passes_opcheck(layer_norm: bool, keep: bool) -> None:
     torch.library.opcheck(torch.ops.hmrnn.hmlstm_loop.default, args)
 
 
+def test_the_backward_operator_runs_the_backend_the_forward_one_chose(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``backend="auto"`` is resolved once, by the forward operator, which hands its choice
+    to the backward one (a kept output), so that the two cannot choose differently."""
+    from hmrnn.model.loop import function
+
+    selected: list[str] = []
+
+    def spy(name: str, like: Tensor, boundary: str) -> object:
+        selected.append(name)
+        return select(name, like, boundary)
+
+    monkeypatch.setattr(function, "select", spy)
+    rnn = _model(False, backend="auto")
+    x = torch.randn(T, N, D, requires_grad=True)
+    _values_and_grads(rnn, rnn, x)
+    assert selected == [STEP, STEP]  # the forward pass's, then the backward pass's
+
+
 def test_export_holds_the_loop_as_the_operator() -> None:
+    """Exported under ``torch.no_grad()`` (an inference program), the operator keeps
+    nothing for a backward pass: its ``keep`` is False, its outputs the loop's own."""
     rnn = _model(True)
     x = torch.randn(T, N, D)
-    program = torch.export.export(rnn, (x,))
-    assert "torch.ops.hmrnn.hmlstm_loop.default" in str(program.graph_module.print_readable(
-        print_output=False))
-    torch.testing.assert_close(program.module()(x)[0].hidden[2], rnn(x)[0].hidden[2])
+    with torch.no_grad():
+        program = torch.export.export(rnn, (x,))
+    loops = [node for module in program.graph_module.modules()  # an autocast region's too
+             if isinstance(module, torch.fx.GraphModule) for node in module.graph.nodes
+             if node.target is torch.ops.hmrnn.hmlstm_loop.default]
+    assert len(loops) == 1
+    keep = loops[0].args[10]
+    assert keep is False
+    assert len(loops[0].meta["val"]) == 2 * len(SIZES) + 1  # h per layer, z, c per layer
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(x)[0].hidden[2], rnn(x)[0].hidden[2])
 
 
 def test_inductor_compiles_forward_and_backward() -> None:
     rnn = _model(False)
     compiled = torch.compile(rnn, fullgraph=True)
-    x = torch.randn(T, N, D, requires_grad=True)
-    loss, grads = _values_and_grads(compiled, rnn, x)
-    ref_loss, ref_grads = _values_and_grads(rnn, rnn, x)
-    torch.testing.assert_close(loss, ref_loss)
-    for a, b in zip(grads, ref_grads, strict=True):
-        torch.testing.assert_close(a, b)
+    _assert_compiled_equals_eager(compiled, rnn, torch.randn(T, N, D, requires_grad=True))

@@ -1,5 +1,6 @@
 """Tests of the corpus readers and load_corpus (hmrnn.data.corpora)."""
 
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -8,6 +9,7 @@ import pytest
 import hmrnn.data.corpora as corpora
 from hmrnn.data import (
     SPLIT_FRACTIONS,
+    CorpusNotFoundError,
     DataError,
     UnknownSymbolError,
     Vocab,
@@ -211,16 +213,21 @@ def test_load_corpus_unknown_name_lists_valid_ones():
 
 
 def test_load_corpus_looks_in_the_cache_and_says_where(tmp_path, monkeypatch):
-    with pytest.raises(DataError) as info:
+    with pytest.raises(CorpusNotFoundError) as info:
         load_corpus("enwik8", cache_dir=tmp_path)
+    missing = f"corpus 'enwik8' (enwik8) was not found in {tmp_path / 'enwik8'}"
+    assert info.value.missing == missing
     assert str(info.value) == (
-        f"corpus 'enwik8' (enwik8) was not found in {tmp_path / 'enwik8'}; "
-        "run `hmrnn data download enwik8` (or train with data.download=true), or give the "
-        "folder that holds it (hmrnn train: data.data_dir=PATH; hmrnn eval and data describe: "
-        "--data-dir PATH)"
-    )
-    with pytest.raises(DataError, match=f"not found in {tmp_path} and {tmp_path / 'ptb'}; run"):
+        f"{missing}; pass the folder that holds it as data_dir, or download=True to download it"
+    )  # the library's own arguments: each command says its own (tests/test_cli_options.py)
+    assert (info.value.name, info.value.downloadable) == ("enwik8", True)
+    with pytest.raises(CorpusNotFoundError, match=f"not found in {tmp_path} and "
+                                                  f"{tmp_path / 'ptb'}; pass the folder"):
         load_corpus("ptb", tmp_path)
+    with pytest.raises(CorpusNotFoundError) as info:
+        load_corpus("tinyshakespeare", cache_dir=tmp_path)
+    assert str(info.value).endswith("as data_dir") and not info.value.downloadable
+    assert pickle.loads(pickle.dumps(info.value)).args == info.value.args
     _write_ptb(tmp_path / "ptb", SMALL_PTB)
     assert load_corpus("ptb", cache_dir=tmp_path).splits["valid"].size == 8
     monkeypatch.setattr(corpora, "DEFAULT_CACHE_DIR", tmp_path)
@@ -237,7 +244,7 @@ def test_load_corpus_downloads_only_when_asked(tmp_path, monkeypatch):
         return cache_dir / name
 
     monkeypatch.setattr(corpora, "fetch", fake_download)
-    with pytest.raises(DataError, match="hmrnn data download text8"):
+    with pytest.raises(CorpusNotFoundError, match="download=True"):
         load_corpus("text8", cache_dir=tmp_path)
     assert calls == []
     corpus = load_corpus("text8", cache_dir=tmp_path, download=True)

@@ -12,11 +12,14 @@ import stat
 import subprocess
 import sys
 import time
+import types
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import RESUME_SETTINGS, tiny_trainer, write_words
+from helpers import RESUME_SETTINGS, error_line, tiny_trainer, write_words
 
 from hmrnn.cli import main
 from hmrnn.training import checkpoint as checkpoint_module
@@ -26,20 +29,13 @@ from hmrnn.training.checkpoint import (
     remove_stale_temporaries,
     save_checkpoint,
 )
-from hmrnn.training.run_dir import RunLock
+from hmrnn.training.run_dir import CONFIG_NAME, RunLock
 from hmrnn.training.trainer import TrainingError
 
 TINY = ["model.hidden_size=8,7,6", "model.embedding_size=6", "model.output_size=12",
         "train.batch_size=4", "train.seq_len=10", "train.eval_batch_size=8",
         "run.progress=false", "run.tensorboard=false", "train.max_minutes=0",
         "train.log_every=1", "--no-report"]
-
-
-def _error_line(capsys) -> str:
-    err = capsys.readouterr().err.strip()
-    assert "Traceback" not in err
-    assert len(err.splitlines()) == 1, err
-    return err
 
 
 def _temporaries(folder: Path) -> list[Path]:
@@ -73,17 +69,30 @@ def test_full_disk_is_one_line_and_keeps_the_good_checkpoints(
 ) -> None:
     run = _copy(trained, tmp_path)
     before = {name: (run / name).read_bytes() for name in ("last.pt", "best.pt")}
-    real = os.fsync
+    config = (run / CONFIG_NAME).read_bytes()
+    resume = ["train", "--resume", f"data.corpus={corpus}", f"run.out_dir={run}",
+              "train.max_steps=6", "train.eval_every=2", *TINY]
 
-    def full(fd: int) -> None:
+    def full(*_args: object) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(checkpoint_module.os, "fsync", full)
-    code = main(["train", "--resume", f"data.corpus={corpus}", f"run.out_dir={run}",
-                 "train.max_steps=6", "train.eval_every=2", *TINY])
-    monkeypatch.setattr(checkpoint_module.os, "fsync", real)
-    assert code == 1
-    line = _error_line(capsys)
+    real = checkpoint_module.atomic_write
+
+    @contextmanager
+    def filling(path: Path) -> Iterator[object]:  # a checkpoint's bytes find no room
+        with real(path):
+            yield types.SimpleNamespace(write=full)
+
+    with monkeypatch.context() as patch:  # full from the start: the first write fails
+        patch.setattr(os, "fsync", full)
+        assert main(resume) == 1
+    line = error_line(capsys)
+    assert "No space left on device" in line and str(run / CONFIG_NAME) in line
+    assert (run / CONFIG_NAME).read_bytes() == config
+    with monkeypatch.context() as patch:  # full once training has begun
+        patch.setattr(checkpoint_module, "atomic_write", filling)
+        assert main(resume) == 1
+    line = error_line(capsys)
     assert "No space left on device" in line and str(run / "last.pt") in line
     assert {name: (run / name).read_bytes() for name in before} == before
     assert _temporaries(run) == []
@@ -162,7 +171,7 @@ def test_a_second_run_goes_to_a_new_folder_and_overwrite_replaces(
     assert max(r["step"] for r in records) == 2  # the earlier run's records are gone
     assert not Path(f"{run}-3").exists()
     assert main([*args, "--overwrite", "--resume"]) == 2
-    assert "give one of them" in _error_line(capsys)
+    assert "give one of them" in error_line(capsys)
 
 
 def test_a_live_run_locks_its_folder(trained: Path, corpus: Path, tmp_path: Path, capsys) -> None:
@@ -173,7 +182,7 @@ def test_a_live_run_locks_its_folder(trained: Path, corpus: Path, tmp_path: Path
             code = main(["train", f"data.corpus={corpus}", f"run.out_dir={folder}",
                          "train.max_steps=6", *TINY, *extra])
         assert code == 2
-        assert "another hmrnn run is writing to this folder" in _error_line(capsys)
+        assert "another hmrnn run is writing to this folder" in error_line(capsys)
     # a killed holder (kill -9) leaves no lock behind: the kernel drops it
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from hmrnn.training.run_dir import RunLock; "
@@ -271,7 +280,7 @@ def test_resume_refuses_what_it_cannot_change(
     code = main(["train", "--resume", f"data.corpus={corpus}", f"run.out_dir={trained}",
                  "train.max_steps=6", *TINY, setting])
     assert code == 2
-    line = _error_line(capsys)
+    line = error_line(capsys)
     assert f"{setting.split('=')[0]} cannot change on resume" in line
 
 

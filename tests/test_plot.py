@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import error_line
 
 from hmrnn.analysis.curves import plot_curves, read_metrics
 from hmrnn.cli import main
@@ -38,13 +39,6 @@ def _write_run(folder: Path, records: list[dict], torn: bool = False) -> Path:
         text += '{"kind": "train", "st'
     (folder / "metrics.jsonl").write_text(text)
     return folder
-
-
-def _error_line(capsys: pytest.CaptureFixture[str]) -> str:
-    err = capsys.readouterr().err.strip()
-    assert "Traceback" not in err
-    assert len(err.splitlines()) == 1, err
-    return err
 
 
 def test_plot_writes_png_and_pdf(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -82,17 +76,17 @@ def test_plot_a_real_run_shape_and_torn_line(tmp_path: Path) -> None:
 
 def test_plot_bad_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["plot", str(tmp_path / "missing")]) == 2
-    assert "does not exist" in _error_line(capsys)
+    assert "does not exist" in error_line(capsys)
     assert main(["plot", str(tmp_path)]) == 2  # a folder without metrics.jsonl
-    assert "no metrics.jsonl" in _error_line(capsys)
+    assert "no metrics.jsonl" in error_line(capsys)
     (tmp_path / "metrics.jsonl").write_text("")
     assert main(["plot", str(tmp_path)]) == 2
-    assert "no metrics records" in _error_line(capsys)
+    assert "no metrics records" in error_line(capsys)
     (tmp_path / "metrics.jsonl").write_text("garbage\n{}\n")
     assert main(["plot", str(tmp_path)]) == 2
-    assert "not JSON" in _error_line(capsys)
+    assert "not JSON" in error_line(capsys)
     run = _write_run(tmp_path / "run", _records())
     assert main(["plot", str(run), "--format", "jpg"]) == 2
-    assert "unknown figure format 'jpg'" in _error_line(capsys)
+    assert "unknown figure format 'jpg'" in error_line(capsys)
     assert main(["plot", str(run), "--dpi", "0"]) == 2
-    assert "dpi" in _error_line(capsys)
+    assert "dpi" in error_line(capsys)

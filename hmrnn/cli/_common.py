@@ -1,16 +1,14 @@
 """What the commands of ``hmrnn`` share: exit codes, the parser class, printing, the
-packaged configs, reading a corpus as training does, reading a text file."""
+packaged configs, each command's advice for a corpus not found, reading a text file."""
 
 from __future__ import annotations
 
 import argparse
 import textwrap
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from hmrnn.data import Corpus
-    from hmrnn.training.config import DataConfig
+from typing import Any
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
@@ -52,28 +50,37 @@ def echo(*args: Any) -> None:
 
 def config_list(*, handwriting: bool) -> str:
     """The names of the packaged configs of the character models (or, with ``handwriting``,
-    of IAM-OnDB), comma-separated, for a ``--config`` help."""
-    from hmrnn.training.config import config_names
+    of IAM-OnDB), comma-separated, for a ``--config`` help. A config that cannot be read is
+    left out: one broken file must not break every command (using it says what is wrong)."""
+    from hmrnn.training.config import ConfigError, config_corpus, config_names
 
-    return ", ".join(name for name, corpus in config_names().items()
-                     if (corpus == HANDWRITING_CORPUS) == handwriting)
+    names = []
+    for name in config_names():
+        try:
+            corpus = config_corpus(name)
+        except ConfigError:
+            continue
+        if (corpus == HANDWRITING_CORPUS) == handwriting:
+            names.append(name)
+    return ", ".join(names)
 
 
-def load_config_corpus(data: DataConfig, data_dir: str | None = None) -> Corpus:
-    """The corpus a config's data section names, read as ``hmrnn train`` reads it (the
-    synthetic corpus's sizes, a text's split fractions); ``data_dir`` replaces
-    ``data.data_dir`` when given."""
-    from hmrnn.data import load_corpus
+@contextmanager
+def corpus_advice(folder: str, download: str = "") -> Iterator[None]:
+    """Say a corpus not found inside the block (``CorpusNotFoundError``) with this
+    command's advice: ``folder``, the flag or override that gives its folder, and for a
+    corpus that can be downloaded, ``hmrnn data download NAME`` and ``download``, the
+    command's own way to download it (if any); raises ``DataError``."""
+    from hmrnn.data import CorpusNotFoundError, DataError
 
-    options: dict[str, Any] = {}
-    if data.corpus == "synthetic":
-        options = {"train_chars": data.synthetic_chars, "valid_chars": data.synthetic_chars // 10,
-                   "test_chars": data.synthetic_chars // 10, "seed": data.seed,
-                   "spaces": data.spaces}
-    elif data.corpus != "ptb":  # ptb has its own splits
-        options = {"fractions": data.fractions}
-    return load_corpus(data.corpus, data_dir or data.data_dir or None,
-                       cache_dir=data.cache_dir or None, download=data.download, **options)
+    try:
+        yield
+    except CorpusNotFoundError as e:
+        fix = f"give the folder that holds it ({folder})"
+        if e.downloadable:
+            also = f" (or {download})" if download else ""
+            fix = f"run `hmrnn data download {e.name}`{also}, or {fix}"
+        raise DataError(f"{e.missing}; {fix}") from None
 
 
 def text_ids(vocab: Any, args: argparse.Namespace) -> tuple[str, Any]:

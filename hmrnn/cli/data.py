@@ -6,12 +6,13 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from hmrnn.cli._common import echo, load_config_corpus
+from hmrnn.cli._common import corpus_advice, echo
 
 
 def cmd_data(args: argparse.Namespace) -> int:
     """Download, verify (a problem is bad input: exit 2) or describe a corpus."""
     from hmrnn.data import DataError, describe, download_corpus, verify_corpus
+    from hmrnn.tasks.charlm.build import corpus_from_config
     from hmrnn.training.config import Config, apply_overrides
 
     if args.action == "download":
@@ -27,7 +28,9 @@ def cmd_data(args: argparse.Namespace) -> int:
     else:  # the corpus as `hmrnn train data.corpus=NAME` reads it (the synthetic one's sizes)
         data = apply_overrides(Config(), {"data.corpus": args.name,
                                           "data.cache_dir": args.cache_dir or ""}).data
-        echo(describe(load_config_corpus(data, args.data_dir)))
+        with corpus_advice("--data-dir PATH"):
+            corpus = corpus_from_config(data, args.data_dir)
+        echo(describe(corpus))
     return 0
 
 

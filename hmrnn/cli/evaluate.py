@@ -7,7 +7,7 @@ import argparse
 import json
 from typing import Any
 
-from hmrnn.cli._common import echo, load_config_corpus, text_ids
+from hmrnn.cli._common import corpus_advice, echo, text_ids
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -16,6 +16,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from hmrnn.analysis.boundaries import computation_summary, format_scores, segmentation_scores
     from hmrnn.data import DataError
+    from hmrnn.tasks.charlm.build import corpus_from_config
     from hmrnn.tasks.charlm.task import evaluate_lm, load_charlm
     from hmrnn.training.config import Config, apply_overrides
 
@@ -33,7 +34,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         data = (apply_overrides(Config(), {"data.corpus": args.corpus}).data if args.corpus
                 else config.data)
         name = data.corpus
-        corpus = load_config_corpus(data, args.data_dir)
+        with corpus_advice("--data-dir PATH"):
+            corpus = corpus_from_config(data, args.data_dir)
         if corpus.vocab != vocab:
             missing = set(corpus.vocab.symbols) - set(vocab.symbols)
             if missing:

@@ -42,13 +42,17 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     summary = inspect_sequence(text, boundary > 0.5, norms, args.out, references=references,
                                width=args.width, checkpoint=str(args.checkpoint), source=source,
                                progress=True)
-    for stats in summary["operation_counts"]:
+    counts = summary["operation_counts"]
+    for stats in counts:
+        rate = ("  (no boundary detector)" if stats is counts[-1]
+                else f"  boundary rate {stats['boundary_rate']:.3f}")
         echo(f"layer{stats['layer']}: UPDATE {stats['update']}  COPY {stats['copy']}  "
-               f"FLUSH {stats['flush']}  boundary rate {stats['boundary_rate']:.3f}")
+             f"FLUSH {stats['flush']}{rate}")
     comp = summary["computation"]
     echo(f"layer updates: {comp['total_updates']} against {comp['stacked_rnn_updates']} for a "
            f"standard stacked RNN ({comp['saved_fraction']:.1%} saved)")
     if summary["segmentation"] is not None:
+        echo("boundaries against the true segmentation (P/R/F1; tol1 allows one step):")
         echo(format_scores(summary["segmentation"]))
     for warning in summary["warnings"]:
         echo(f"warning: {warning}")

@@ -5,18 +5,19 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from hmrnn.cli._common import config_list, load_config_corpus
+from hmrnn.cli._common import config_list, corpus_advice
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train a character model with the generic trainer, then report on the test split."""
     from hmrnn.data import Vocab
-    from hmrnn.tasks.charlm.build import build_charlm
+    from hmrnn.tasks.charlm.build import build_charlm, corpus_from_config
     from hmrnn.tasks.charlm.task import CharLMTask
     from hmrnn.training.session import run_training
 
     def make_task(config: Any, checkpoint: Any, context: Any, say: Any) -> CharLMTask:
-        corpus = load_config_corpus(config.data)
+        with corpus_advice("data.data_dir=PATH", download="train with data.download=true"):
+            corpus = corpus_from_config(config.data)
         if checkpoint is not None and Vocab.from_list(checkpoint["vocab"]) != corpus.vocab:
             raise ValueError("--resume: the corpus's vocabulary differs from the checkpoint's")
         model = build_charlm(config.model, len(corpus.vocab)).to(context.device)

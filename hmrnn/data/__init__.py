@@ -27,7 +27,7 @@ from hmrnn.data.corpora import (
 from hmrnn.data.download import DEFAULT_CACHE_DIR, SOURCES
 from hmrnn.data.download import download as download_corpus
 from hmrnn.data.download import verify as verify_corpus
-from hmrnn.data.errors import DataError, UnknownSymbolError
+from hmrnn.data.errors import CorpusNotFoundError, DataError, UnknownSymbolError
 from hmrnn.data.synthetic import SyntheticText, generate, synthetic_corpus
 from hmrnn.data.vocab import Vocab
 
@@ -37,6 +37,7 @@ __all__ = [
     "SOURCES",
     "SPLIT_FRACTIONS",
     "Corpus",
+    "CorpusNotFoundError",
     "DataError",
     "EvalBatches",
     "StreamBatcher",

@@ -20,7 +20,7 @@ import numpy as np
 from hmrnn.data._corpus import SPLITS, Corpus, describe
 from hmrnn.data.download import DEFAULT_CACHE_DIR
 from hmrnn.data.download import download as fetch
-from hmrnn.data.errors import DataError
+from hmrnn.data.errors import CorpusNotFoundError, DataError
 from hmrnn.data.synthetic import synthetic_corpus
 from hmrnn.data.vocab import Vocab
 
@@ -282,13 +282,7 @@ def _locate(name: str, data_dir: Path | None, cache_dir: Path, download: bool) -
         if download and name in _DOWNLOADABLE:
             return fetch(name, cache_dir)
         looked = str(folder)
-    files = ", ".join(_FILES[name])
-    # Each interface names the folder its own way: say both (the Python API: data_dir=).
-    fix = ("give the folder that holds it (hmrnn train: data.data_dir=PATH; hmrnn eval and "
-           "data describe: --data-dir PATH)")
-    if name in _DOWNLOADABLE:
-        fix = f"run `hmrnn data download {name}` (or train with data.download=true), or {fix}"
-    raise DataError(f"corpus {name!r} ({files}) was not found in {looked}; {fix}")
+    raise CorpusNotFoundError(name, _FILES[name], looked, name in _DOWNLOADABLE)
 
 
 def load_corpus(
@@ -316,8 +310,9 @@ def load_corpus(
         **synthetic_options: keyword arguments of :func:`synthetic_corpus`.
 
     Raises:
-        DataError: for an unknown name, a corpus that is not found, options that do not
-            apply to the corpus, and every problem of the readers.
+        CorpusNotFoundError: a named corpus whose files are not found (a DataError).
+        DataError: for an unknown name, options that do not apply to the corpus, and every
+            problem of the readers.
     """
     if synthetic_options and name != "synthetic":
         raise DataError(

@@ -22,16 +22,13 @@ import hashlib
 import os
 import shutil
 import tarfile
-import tempfile
 import urllib.error
 import urllib.request
 import zipfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
+from hmrnn._io import atomic_write
 from hmrnn.data.errors import DataError
 from hmrnn.progress import progress_bar
 
@@ -144,22 +141,9 @@ def verify(name: str, directory: str | os.PathLike[str]) -> list[str]:
     return problems
 
 
-@contextmanager
-def _atomic_file(target: Path) -> Iterator[IO[bytes]]:
-    """A binary file that appears at ``target`` only once it has been written in full."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def _fetch(url: str, target: Path, desc: str, progress: bool, timeout: float) -> None:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response, _atomic_file(target) as out:
+        with urllib.request.urlopen(url, timeout=timeout) as response, atomic_write(target) as out:
             length = response.headers.get("Content-Length")
             with progress_bar(total=int(length) if length else None, desc=desc, unit="B",
                               enabled=progress, unit_scale=True, unit_divisor=1024) as bar:
@@ -185,7 +169,7 @@ def _extract(archive: Path, url: str, files: dict[str, ExpectedFile], folder: Pa
                     member = next((n for n in names if _matches(n, expected.member)), None)
                     if member is None:
                         raise DataError(f"the archive from {url} has no member {expected.member}")
-                    with zf.open(member) as src, _atomic_file(folder / filename) as dst:
+                    with zf.open(member) as src, atomic_write(folder / filename) as dst:
                         shutil.copyfileobj(src, dst, _CHUNK)
         else:
             with tarfile.open(archive, "r:*") as tf:
@@ -195,7 +179,7 @@ def _extract(archive: Path, url: str, files: dict[str, ExpectedFile], folder: Pa
                     stream = None if info is None else tf.extractfile(info)
                     if stream is None:
                         raise DataError(f"the archive from {url} has no member {expected.member}")
-                    with stream, _atomic_file(folder / filename) as dst:
+                    with stream, atomic_write(folder / filename) as dst:
                         shutil.copyfileobj(stream, dst, _CHUNK)
     except (zipfile.BadZipFile, tarfile.TarError, EOFError) as e:
         raise DataError(f"the archive downloaded from {url} is damaged: {e}") from None

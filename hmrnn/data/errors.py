@@ -42,3 +42,36 @@ class UnknownSymbolError(DataError):
     def __reduce__(self) -> tuple[type, tuple[str, int, int, str | None]]:
         # Exceptions pickle their args; ours takes four, so say how to rebuild it.
         return (type(self), (self.symbol, self.position, self.vocab_size, self.where))
+
+
+class CorpusNotFoundError(DataError):
+    """A named corpus whose files are not where it was looked for.
+
+    The message says which corpus and folder, and how :func:`hmrnn.data.load_corpus` gets
+    it (its ``data_dir``, or ``download=True``); a command line says it its own way, from
+    :attr:`missing` and the attributes.
+
+    Args:
+        name: the corpus name.
+        files: the files it is made of.
+        looked: where they were looked for: a folder, or two joined by ``" and "``.
+        downloadable: whether :func:`hmrnn.data.download_corpus` can fetch it.
+
+    Attributes:
+        name, files, looked, downloadable: as given.
+        missing: the message's first part, what is missing where (no advice).
+    """
+
+    def __init__(self, name: str, files: tuple[str, ...], looked: str, downloadable: bool):
+        self.name = name
+        self.files = files
+        self.looked = looked
+        self.downloadable = downloadable
+        self.missing = f"corpus {name!r} ({', '.join(files)}) was not found in {looked}"
+        fix = "pass the folder that holds it as data_dir"
+        if downloadable:
+            fix += ", or download=True to download it"
+        super().__init__(f"{self.missing}; {fix}")
+
+    def __reduce__(self) -> tuple[type, tuple[str, tuple[str, ...], str, bool]]:
+        return (type(self), (self.name, self.files, self.looked, self.downloadable))

@@ -7,9 +7,10 @@ A checkpoint is one ``torch.save`` file holding only tensors and plain Python da
      "model": state_dict, ...task- and trainer-specific entries...}
 
 Writes go to a temporary file in the same folder (``.NAME.PID.RANDOM.tmp``, with the mode
-the umask gives), are flushed to disk, and then atomically renamed over the target: a
-crash, Ctrl-C or a full disk mid-write leaves the previous checkpoint intact and removes
-the temporary file; one left by a killed process is removed by the next run in the folder.
+the umask gives), are flushed to disk, and then atomically renamed over the target
+(:func:`hmrnn._io.atomic_write`): a crash, Ctrl-C or a full disk mid-write leaves the
+previous checkpoint intact and removes the temporary file; one left by a killed process is
+removed by the next run in the folder (:func:`remove_stale_temporaries`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from __future__ import annotations
 import io
 import os
 import re
-import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
+from hmrnn._io import atomic_write, temporary_writer
 from hmrnn.training.config import Config
 
 FORMAT = "hmrnn"
@@ -42,12 +43,6 @@ def serialize_checkpoint(payload: dict[str, Any]) -> bytes:
     return buffer.getvalue()
 
 
-def temporary_name(path: Path, tag: str = "") -> Path:
-    """``.NAME.PID.RANDOM.tmp`` beside ``path``: the pid tells a later run whether the
-    writer is still alive (:func:`remove_stale_temporaries`)."""
-    return path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}{tag}.tmp"
-
-
 def save_checkpoint(path: str | Path, payload: dict[str, Any] | bytes) -> Path:
     """Atomically write ``payload`` (a dict, plus format and version; or the bytes of
     :func:`serialize_checkpoint`) to ``path``.
@@ -58,19 +53,10 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any] | bytes) -> Path:
     """
     path = Path(path)
     data = payload if isinstance(payload, bytes) else serialize_checkpoint(payload)
-    tmp = temporary_name(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # umask applies
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        with atomic_write(path) as f:
+            f.write(data)
     except OSError as e:
         raise OSError(e.errno, f"cannot write checkpoint: {e.strerror or e}", str(path)) from None
     return path
@@ -86,7 +72,6 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-_OURS = re.compile(r"\.(.+)\.(\d+)\.[0-9a-f]{8}(\.prev)?\.tmp")  # .NAME.PID.RANDOM.tmp
 _LEGACY = re.compile(r"\.(last|best)\.pt\.\w{8}\.tmp")  # mkstemp's, before pids
 
 
@@ -103,9 +88,8 @@ def remove_stale_temporaries(folder: str | Path) -> list[Path]:
     if not folder.is_dir():
         return removed
     for tmp in folder.glob(".*.tmp"):
-        ours = _OURS.fullmatch(tmp.name)
-        if ours is not None:
-            pid = int(ours.group(2))
+        pid = temporary_writer(tmp.name)
+        if pid is not None:
             stale = pid == os.getpid() or not _pid_alive(pid)
         else:
             stale = _LEGACY.fullmatch(tmp.name) is not None

@@ -185,6 +185,7 @@ TRAIN_RULES: dict[str, Rule] = {
     "rate_control": one_of("none", "bias", "loss"),
     "rate_gain": positive(),
     "rate_error": one_of("linear", "logit"),
+    "rate_bias_gradient": ANY,
     "boundary_cap": at_least(0),
 }
 
@@ -430,13 +431,19 @@ def config_path(name_or_path: str) -> Path:
     return packaged
 
 
-def config_names() -> dict[str, str]:
-    """The packaged configs (``hmrnn/configs/*.toml``) by name, sorted: name -> the corpus it
-    trains on (its ``data.corpus``, after its base file's; read without building a Config)."""
-    return {
-        path.stem: str(_file_values(path.stem).get("data.corpus", DataConfig.corpus))
-        for path in sorted(CONFIG_DIR.glob("*.toml"), key=lambda p: p.stem)
-    }
+def config_names() -> list[str]:
+    """The names of the packaged configs (``hmrnn/configs/*.toml``), sorted; no file is read."""
+    return sorted(path.stem for path in CONFIG_DIR.glob("*.toml"))
+
+
+def config_corpus(name_or_path: str) -> str:
+    """The corpus a config file trains on: its ``data.corpus``, after its base file's, read
+    without building a Config.
+
+    Raises:
+        ConfigError: the file, or one it is based on, is missing or not valid TOML.
+    """
+    return str(_file_values(name_or_path).get("data.corpus", DataConfig.corpus))
 
 
 def load_config(name_or_path: str | None = None, overrides: dict[str, Any] | None = None) -> Config:
@@ -483,5 +490,6 @@ def parse_overrides(args: list[str]) -> dict[str, str]:
 __all__ = [
     "Config", "ConfigError", "DataConfig", "ModelConfig", "RunConfig", "TrainConfig",
     "FIXED_ON_RESUME", "RULES", "Rule", "apply_overrides", "check_resume_overrides",
-    "config_names", "load_config", "parse_overrides", "valid_keys", "validate_config",
+    "config_corpus", "config_names", "load_config", "parse_overrides", "valid_keys",
+    "validate_config",
 ]

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import secrets
 import time
 from pathlib import Path
 from typing import Any
 
-# TensorBoard tags of the metrics.jsonl keys that are terse or hold a slash (the others are
-# tagged as they are): the names the CLI prints.
+from hmrnn._io import atomic_write
+
+# TensorBoard tags of the metrics.jsonl keys that are terse (z) or hold a slash, which
+# TensorBoard would read as one more level of its tag groups (chars/s); the others are
+# tagged as they are.
 TAGS = {"z": "boundary_rate", "chars/s": "chars_per_s"}
 
 
@@ -108,13 +109,8 @@ def _truncate(path: Path, step: int) -> None:
             continue
         if line.endswith("\n") and isinstance(record, dict) and record.get("step", 0) <= step:
             kept.append(line)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.writelines(kept)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_write(path) as f:
+        f.write("".join(kept).encode("utf-8"))
 
 
 def _jsonable(value: Any) -> Any:

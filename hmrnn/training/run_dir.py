@@ -18,7 +18,7 @@ import os
 import shutil
 from pathlib import Path
 
-from hmrnn.training.checkpoint import temporary_name
+from hmrnn._io import atomic_write
 from hmrnn.training.config import Config
 
 CONFIG_NAME = "config.toml"
@@ -129,11 +129,7 @@ def write_config(folder: Path, config: Config) -> Path:
     """Write ``folder/config.toml``, the run's resolved config as TOML, atomically; a
     resumed run writes its own (the checkpoint's config with the overrides it took)."""
     path = folder / CONFIG_NAME
-    tmp = temporary_name(path)
-    try:
-        tmp.write_text("# the resolved config of this run (hmrnn writes it at the start of "
-                       "training)\n" + config.to_toml(), encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_write(path) as f:
+        f.write(("# the resolved config of this run (hmrnn writes it at the start of "
+                 "training)\n" + config.to_toml()).encode("utf-8"))
     return path

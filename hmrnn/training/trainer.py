@@ -18,7 +18,6 @@ import dataclasses
 import math
 import os
 import signal
-import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
@@ -29,6 +28,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
+from hmrnn._io import temporary_name
 from hmrnn.progress import around_bars, duration, progress_bar
 from hmrnn.training.checkpoint import (
     CheckpointError,
@@ -36,7 +36,6 @@ from hmrnn.training.checkpoint import (
     remove_stale_temporaries,
     save_checkpoint,
     serialize_checkpoint,
-    temporary_name,
 )
 from hmrnn.training.config import Config, validate_config
 from hmrnn.training.distributed import DistContext
@@ -312,6 +311,8 @@ class Trainer:
         for group in self.optimizer.param_groups:  # the checkpoint's lr, not the config's
             group["lr"] = checkpoint["optimizer"]["param_groups"][0]["lr"]
         self.state = TrainerState(**checkpoint["trainer"])
+        # the run's clock goes on from the checkpoint's (fit() sets it again) also for a
+        # save() or record() without fit()
         self._started = time.monotonic() - self.state.wall
         self.task.load_state_dict(checkpoint["task"])
         torch.set_rng_state(checkpoint["rng"]["torch"])
@@ -466,7 +467,7 @@ class Trainer:
             write_config(self.out_dir, self.config)
             self._writer = self._open_writer(keep_until=self.state.step)
             if self.config.run.tensorboard and not self._writer.tensorboard:
-                print(TENSORBOARD_MISSING, file=sys.stderr, flush=True)
+                self.echo(TENSORBOARD_MISSING)
             if self.state.step:
                 self._event("resume", f"resumed at step {self.state.step}", echo=False)
         try:

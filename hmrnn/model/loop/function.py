@@ -20,7 +20,10 @@ and the fused weights), which are outputs the caller drops, and the backward ope
 returns each weight's gradient as a tensor of its own. The non-tensor arguments are
 plain values: the per-layer tensor names joined into one string, the slope as a 0-dim
 tensor on the host (a compiled model then reads a new slope without recompiling), and
-the random generator of ``"sample"`` boundaries as its state (:func:`_generator`).
+the random generator of ``"sample"`` boundaries as its state (:func:`_generator`). The
+step backend the forward operator chose reaches the backward one as one of those kept
+outputs (its index in ``BACKENDS``), so that the two cannot choose differently (as
+``"auto"`` resolved again, on other tensors and at another time, could).
 
 Shape legend: T time, N batch, L layers, D input size, H_l hidden size of layer l,
 R_1 = 4 H_1 + 1 gate rows of the bottom layer.
@@ -34,7 +37,7 @@ import torch
 from torch import Tensor
 
 from hmrnn.model.cell import HMLSTMCell
-from hmrnn.model.loop.backends import select
+from hmrnn.model.loop.backends import BACKENDS, resolve, select
 from hmrnn.model.loop.backward import run_backward
 from hmrnn.model.loop.forward import run_forward
 from hmrnn.model.loop.weights import cell_tensors, layer_norm_eps, packing_rows, weights_of
@@ -69,6 +72,14 @@ def _loop(
 ) -> list[Tensor]:
     """The forward loop (:func:`run_forward`) as an operator.
 
+    With ``"sample"`` boundaries and no ``rng``, the draws come from torch's default
+    generator, whose state this operator reads and advances although it is declared pure
+    (``mutates_args=()``; the generator is not a tensor argument it could name):
+    ``torch.compile`` and ``torch.export`` do not see that, so a compiled graph may order
+    the call differently against other draws from the default generator than eager does,
+    or drop it where its outputs are unused. Draws that must follow eager's take an
+    explicit generator (``rng``; ``torch.compile`` then breaks the graph before the call).
+
     Args:
         bottom: the bottom layer's ``W x`` without its bias, ``(T, N, R_1)``.
         h0, c0, z0: the initial state, ``L`` tensors ``(N, H_l)``, ``(N, H_l)``, ``(N, 1)``.
@@ -76,16 +87,18 @@ def _loop(
         eps: the layer norms' ``eps``.
         slope: ``a``, a 0-dim tensor on the host.
         boundary: ``"step"``, ``"sample"`` or ``"soft"``.
-        backend: the step backend's name, chosen here (:func:`select`).
+        backend: the step backend's name, resolved here (:func:`resolve`).
         keep: also return what the backward pass reads.
         rng: the state of the generator of ``"sample"`` boundaries (None: torch's default).
 
     Returns:
         ``L`` tensors ``h (T+1, N, H_l)`` (index 0 the initial state), ``z (T+1, N, L)``,
-        the last ``c`` of each layer ``(N, H_l)``; with ``keep``, then the fused weights
+        the last ``c`` of each layer ``(N, H_l)``; with ``keep``, then the backend chosen
+        (its index in ``BACKENDS``, a 0-dim int64 tensor on the host), the fused weights
         and :meth:`Buffers.kept`; with ``rng``, last, the generator's new state.
     """
-    step = select(backend, bottom, boundary)
+    chosen = resolve(backend, bottom, boundary)
+    step = select(chosen, bottom, boundary)
     weights = weights_of(_split(names), tuple(params), eps,
                          packing_rows(bottom.shape[1], bottom.shape[0]))
     generator = _generator(rng, bottom.device)
@@ -94,7 +107,8 @@ def _loop(
     drawn = [generator.get_state()] if generator is not None else []
     out = [*buf.h, buf.z, *(c[-1].clone() for c in buf.c)]
     if keep:
-        out += [w.fused for w in weights if w.fused is not None] + buf.kept()
+        out += [torch.tensor(BACKENDS.index(chosen), device="cpu"),
+                *(w.fused for w in weights if w.fused is not None), *buf.kept()]
     return out + drawn
 
 
@@ -104,26 +118,28 @@ def _loop_shapes(
     params: list[Tensor], names: str, eps: float, slope: Tensor, boundary: str,
     backend: str, keep: bool, rng: Tensor | None,
 ) -> list[Tensor]:
-    """The outputs' shapes: the loop's own buffers, made but not run."""
+    """The outputs' shapes (and strides: contiguous, as :func:`_loop` makes them): the
+    loop's own buffers, made but not run."""
     weights = weights_of(_split(names), tuple(params), eps, 0)
     buf = Buffers(weights, tuple(h0), tuple(c0), tuple(z0), bottom.shape[0], keep)
-    out = [*buf.h, buf.z, *(torch.empty_like(c) for c in c0)]
+    out = [*buf.h, buf.z, *(c.new_empty(c.shape) for c in c0)]
     if keep:
-        out += [w.fused for w in weights if w.fused is not None] + buf.kept()
-    return out + ([torch.empty_like(rng)] if rng is not None else [])
+        out += [torch.empty((), dtype=torch.int64, device="cpu"),
+                *(w.fused for w in weights if w.fused is not None), *buf.kept()]
+    return out + ([rng.new_empty(rng.shape)] if rng is not None else [])
 
 
 def _save(ctx: Any, inputs: tuple[Any, ...], output: list[Tensor]) -> None:
-    """``setup_context`` of :func:`_loop`: keep ``h``, ``z``, what :func:`_loop` kept, the
-    parameters and the slope."""
-    _, h0, _, _, params, names, eps, slope, boundary, backend, keep, rng = inputs
+    """``setup_context`` of :func:`_loop`: keep ``h``, ``z``, what :func:`_loop` kept (the
+    backend it chose first), the parameters and the slope."""
+    _, h0, _, _, params, names, eps, slope, boundary, _, keep, rng = inputs
     L = len(h0)
     kept = output[2 * L + 1 : len(output) - (rng is not None)]
     ctx.mark_non_differentiable(*kept, *output[len(output) - (rng is not None) :])
     ctx.set_materialize_grads(False)
     # the slope copied: a new one set before this backward pass runs is for the next steps
     ctx.save_for_backward(*output[: L + 1], *kept, *params, slope.clone())
-    ctx.layout = (L, len(kept), names, eps, boundary, backend)
+    ctx.layout = (L, len(kept), names, eps, boundary)
     ctx.keep = keep
 
 
@@ -137,10 +153,11 @@ def _backward(ctx: Any, grads: list[Tensor | None]) -> tuple[Any, ...]:
     if not ctx.keep:
         raise RuntimeError("hmrnn::hmlstm_loop ran with keep=False, so it kept nothing for "
                            "its gradient: call it with keep=True where autograd is on")
-    L, K, names, eps, boundary, backend = ctx.layout
+    L, K, names, eps, boundary = ctx.layout
     saved = ctx.saved_tensors
-    h, z, kept, params, slope = (saved[:L], saved[L], saved[L + 1 : L + 1 + K],
-                                 saved[L + 1 + K : -1], saved[-1])
+    h, z, backend, kept, params, slope = (saved[:L], saved[L], saved[L + 1],
+                                          saved[L + 2 : L + 1 + K], saved[L + 1 + K : -1],
+                                          saved[-1])
     g = torch.ops.hmrnn.hmlstm_loop_backward(
         list(grads[:L]), grads[L], list(grads[L + 1 : 2 * L + 1]), list(h), z, list(kept),
         list(params), names, eps, slope, boundary, backend,
@@ -156,7 +173,7 @@ _loop.register_autograd(_backward, setup_context=_save)
 def _loop_backward(
     grad_h: list[Tensor | None], grad_z: Tensor | None, grad_c: list[Tensor | None],
     h: list[Tensor], z: Tensor, kept: list[Tensor], params: list[Tensor], names: str,
-    eps: float, slope: Tensor, boundary: str, backend: str,
+    eps: float, slope: Tensor, boundary: str, backend: Tensor,
 ) -> list[Tensor]:
     """BPTT through ``hmrnn::hmlstm_loop`` (:func:`run_backward`) as an operator.
 
@@ -166,14 +183,15 @@ def _loop_backward(
         grad_c: per layer, the gradient of the last ``c`` ``(N, H_l)`` (None: zero).
         h, z: the forward loop's outputs.
         kept: what it kept (the fused weights and :meth:`Buffers.kept`).
-        params, names, eps, slope, boundary, backend: its arguments (the backend chosen
-            again as it was there).
+        params, names, eps, slope, boundary: its arguments.
+        backend: the step backend it chose, its index in ``BACKENDS`` (a 0-dim int64
+            tensor on the host): the same one runs here.
 
     Returns:
         The gradients of ``bottom (T, N, R_1)``, of ``h0``, ``c0``, ``z0`` (``L`` tensors
         each) and of every tensor of ``params``, each a tensor of its own.
     """
-    step = select(backend, z, boundary)
+    step = select(BACKENDS[int(backend)], z, boundary)
     T, N = z.shape[0] - 1, z.shape[1]
     tensors = iter(kept)
     weights = weights_of(_split(names), tuple(params), eps, packing_rows(N, T), tensors)
@@ -192,14 +210,15 @@ def _loop_backward(
 def _loop_backward_shapes(
     grad_h: list[Tensor | None], grad_z: Tensor | None, grad_c: list[Tensor | None],
     h: list[Tensor], z: Tensor, kept: list[Tensor], params: list[Tensor], names: str,
-    eps: float, slope: Tensor, boundary: str, backend: str,
+    eps: float, slope: Tensor, boundary: str, backend: Tensor,
 ) -> list[Tensor]:
-    """The gradients' shapes: those of the tensors they are the gradients of."""
+    """The gradients' shapes (and strides: contiguous, as :func:`_loop_backward` makes
+    them): those of the tensors they are the gradients of."""
     T, N = z.shape[0] - 1, z.shape[1]
     bottom = z.new_empty(T, N, params[0].shape[0])  # params[0]: the bottom layer's U
     states = [x.new_empty(N, x.shape[2]) for x in h]
-    return [bottom, *states, *(torch.empty_like(s) for s in states),
-            *(z.new_empty(N, 1) for _ in h), *(torch.empty_like(p) for p in params)]
+    return [bottom, *states, *(s.new_empty(s.shape) for s in states),
+            *(z.new_empty(N, 1) for _ in h), *(p.new_empty(p.shape) for p in params)]
 
 
 def hmlstm_loop(
@@ -233,6 +252,11 @@ def hmlstm_loop(
         ``h``, ``c``, ``z`` of every layer. Differentiable in the input, the initial state
         and every parameter when autograd is on, once: a backward pass with
         ``create_graph=True`` raises ``RuntimeError``.
+
+    The operator keeps what its backward pass reads only where autograd is on and a
+    tensor requires a gradient, as this call finds them: ``torch.export`` of an inference
+    program should run under ``torch.no_grad()``, else the program it records keeps (and
+    allocates) every buffer of that backward pass.
     """
     names, params = cell_tensors(cells)
     bottom = cells[0].bottom_up(input)  # (T, N, R_1): the input is known in advance

@@ -36,8 +36,8 @@ from torch import Tensor
 
 from hmrnn.model.loop.backends.interface import Backend, Step, Term, TermGrad
 
-__all__ = ["BACKENDS", "Backend", "Step", "Term", "TermGrad", "check_name", "cpu_serves", "select",
-           "triton_serves"]
+__all__ = ["BACKENDS", "Backend", "Step", "Term", "TermGrad", "check_name", "cpu_serves", "resolve",
+           "select", "triton_serves"]
 
 BACKENDS = ("auto", "aten", "cpu", "triton")
 
@@ -75,7 +75,20 @@ def check_name(name: str) -> str:
 
 
 def select(name: str, like: Tensor, boundary: str) -> Backend:
-    """The backend ``name`` for steps on tensors like ``like`` with boundaries ``boundary``.
+    """The backend ``name`` for steps on tensors like ``like`` with boundaries ``boundary``:
+    the module of :func:`resolve`'s name."""
+    import hmrnn.model.loop.backends.aten as aten
+    import hmrnn.model.loop.backends.cpu as cpu
+
+    chosen = resolve(name, like, boundary)
+    if chosen == "triton":
+        return _triton() or aten  # resolve() found it importable
+    return cpu if chosen == "cpu" else aten
+
+
+def resolve(name: str, like: Tensor, boundary: str) -> str:
+    """The step backend ``name`` stands for on tensors like ``like`` with boundaries
+    ``boundary``: ``"aten"``, ``"cpu"`` or ``"triton"``.
 
     ``"auto"``, where ``boundary != "sample"``: the Triton step for float32 on a CUDA
     device where triton imports and ``HMRNN_TRITON=1`` (opt-in); the C step (``"cpu"``) for
@@ -84,32 +97,28 @@ def select(name: str, like: Tensor, boundary: str) -> Backend:
     boundaries, another device or dtype) or ``RuntimeError`` (no library, or no triton,
     here). ``"triton"`` takes CPU tensors where its kernels run in Triton's interpreter.
     """
-    import hmrnn.model.loop.backends.aten as aten
-    import hmrnn.model.loop.backends.cpu as cpu
-
     check_name(name)
     if name == "auto":
         if boundary != "sample" and triton_serves(like):
-            return _triton() or aten
-        return cpu if boundary != "sample" and cpu_serves(like) else aten
-    if name == "aten":
-        return aten
+            return "triton"
+        return "cpu" if boundary != "sample" and cpu_serves(like) else "aten"
     if name == "triton":
-        return _select_triton(like, boundary)
-    if boundary == "sample":
-        raise ValueError('backend="cpu" cannot draw boundary="sample" (torch\'s generator '
-                         'draws them): use backend="aten" or "auto"')
-    if like.device.type != "cpu" or like.dtype != torch.float32:
-        raise ValueError(f'backend="cpu" runs float32 on the CPU, got {like.dtype} on '
-                         f"{like.device}")
-    if not cpu_serves(like):
-        raise RuntimeError('backend="cpu": the C step is not available here (no compiler, '
-                           "or HMRNN_KERNELS=0)")
-    return cpu
+        _check_triton(like, boundary)
+    elif name == "cpu":
+        if boundary == "sample":
+            raise ValueError('backend="cpu" cannot draw boundary="sample" (torch\'s generator '
+                             'draws them): use backend="aten" or "auto"')
+        if like.device.type != "cpu" or like.dtype != torch.float32:
+            raise ValueError(f'backend="cpu" runs float32 on the CPU, got {like.dtype} on '
+                             f"{like.device}")
+        if not cpu_serves(like):
+            raise RuntimeError('backend="cpu": the C step is not available here (no compiler, '
+                               "or HMRNN_KERNELS=0)")
+    return name
 
 
-def _select_triton(like: Tensor, boundary: str) -> Backend:
-    """``select("triton", ...)``: the Triton step, or why it cannot serve."""
+def _check_triton(like: Tensor, boundary: str) -> None:
+    """Why the Triton step cannot serve (``ValueError`` or ``RuntimeError``), if it cannot."""
     if boundary == "sample":
         raise ValueError('backend="triton" cannot draw boundary="sample" (torch\'s generator '
                          'draws them): use backend="aten" or "auto"')
@@ -122,4 +131,3 @@ def _select_triton(like: Tensor, boundary: str) -> Backend:
         raise ValueError(f'backend="triton" runs float32 on a CUDA device (or on the CPU in '
                          f"Triton's interpreter, TRITON_INTERPRET=1), got {like.dtype} on "
                          f"{like.device}")
-    return module
