@@ -253,10 +253,10 @@ class Trainer:
         return payload
 
     def good_checkpoint(self) -> str:
-        """Where the newest good ``last.pt`` is, in words, for messages."""
+        """Where the newest good ``last.pt`` is, as the end of a sentence for messages."""
         if self._good is None:
-            return "none was written"
-        return f"{self._good[0]} (step {self._good[1]})"
+            return "no good checkpoint was written"
+        return f"the last good checkpoint is {self._good[0]} (step {self._good[1]})"
 
     def _checkpoint_bytes(self) -> bytes | None:
         """The serialised checkpoint (every process takes part in gathering it), on the
@@ -268,8 +268,8 @@ class Trainer:
             {k: payload[k] for k in ("model", "optimizer", "task") if k in payload})
         if bad:
             self._event("warning", f"warning: no checkpoint written at step {self.state.step}: "
-                        f"{len(bad)} tensor(s) hold NaN or inf ({bad[0]}, ...); the last good "
-                        f"one is {self.good_checkpoint()}")
+                        f"{len(bad)} tensor(s) hold NaN or inf ({bad[0]}, ...); "
+                        f"{self.good_checkpoint()}")
             return None
         return serialize_checkpoint(payload)
 
@@ -388,8 +388,7 @@ class Trainer:
     def _checkpoint_after(self, loss: float) -> None:
         if not math.isfinite(loss):
             self._event("warning", f"warning: the validation loss at step {self.state.step} is "
-                        f"not finite: no checkpoint written; the last good one is "
-                        f"{self.good_checkpoint()}")
+                        f"not finite: no checkpoint written; {self.good_checkpoint()}")
             self._saved_step = self.state.step
             return
         previous = self.state.best_saved
@@ -507,8 +506,8 @@ class Trainer:
                         if consecutive_bad >= cfg.max_nonfinite:
                             raise TrainingError(
                                 f"stopped: {consecutive_bad} steps in a row had a non-finite "
-                                f"loss or gradient (last at step {self.state.step}); the last "
-                                f"good checkpoint is {self.good_checkpoint()}; try a lower "
+                                f"loss or gradient (last at step {self.state.step}); "
+                                f"{self.good_checkpoint()}; try a lower "
                                 "train.lr"
                             )
                     shown = {"loss": loss, **stats, "lr": self.lr, "chars/s": rate.value,
@@ -580,8 +579,8 @@ class Trainer:
                         self.last_path.unlink(missing_ok=True)
                     self._good = previous
                 self._event("warning", f"warning: the validation loss at step "
-                            f"{self.state.step} is not finite: last.pt not updated; the last "
-                            f"good checkpoint is {self.good_checkpoint()}")
+                            f"{self.state.step} is not finite: last.pt not updated; "
+                            f"{self.good_checkpoint()}")
             elif written and loss < self.state.best_saved:
                 self.state.best_saved = loss
                 self._save_last(best=True)
