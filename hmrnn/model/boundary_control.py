@@ -71,9 +71,7 @@ class RateController:
     With ``own_bias`` the controller alone moves those biases: a gradient hook zeroes
     their gradient, so the optimiser leaves them where the controller put them (except
     for an L2 term the optimiser adds itself, such as Adam's ``weight_decay``). Otherwise
-    Adam moves them too, by up to its learning rate a step, and the rate settles where the
-    two pushes cancel rather than at the target (with gain 0.05 and learning rate 0.002:
-    0.1 for a target of 0.05).
+    the optimiser moves them too (Adam: by up to its learning rate a step).
 
     Args:
         rnn: the HM-LSTM stack.
