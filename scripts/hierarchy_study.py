@@ -45,6 +45,7 @@ ROWS: dict[str, list[str]] = {
     # the paper's recipe (step boundaries, its slope annealing), no control
     "none": ["train.rate_control=none", *PAPER_SLOPE],
     "authors": ["train.rate_control=none", *PAPER_SLOPE, *AUTHORS],
+    "none-sample": ["train.rate_control=none", *PAPER_SLOPE, "model.boundary=sample"],
     "ratio-loss": ["train.rate_control=loss", "train.rate_gain=1.0", *PAPER_SLOPE],
     # the linear controller with the paper's slope annealing, and its variants
     "control-slow": [*LINEAR, *PAPER_SLOPE],
