@@ -73,7 +73,7 @@ def score(row: str, seed: int, run_dir: Path) -> dict[str, object]:
 
     from hmrnn.analysis.verdict import hierarchy_summary
     from hmrnn.tasks.charlm.build import corpus_from_config
-    from hmrnn.tasks.charlm.task import evaluate_lm, load_charlm
+    from hmrnn.tasks.charlm.task import evaluate_lm, load_charlm, segment_references
 
     torch.set_num_threads(1)
     model, _, config, _ = load_charlm(run_dir / "best.pt")
@@ -81,9 +81,7 @@ def score(row: str, seed: int, run_dir: Path) -> dict[str, object]:
     result = evaluate_lm(model, corpus.splits["test"], batch_size=config.train.eval_batch_size,
                          seq_len=config.train.seq_len)
     assert result.boundary is not None and corpus.boundaries is not None
-    truth = corpus.boundaries["test"]
-    summary = hierarchy_summary(result.boundary > 0.5,
-                                {k: truth[k][:-1] for k in ("word", "phrase")})
+    summary = hierarchy_summary(result.boundary > 0.5, segment_references(corpus, "test"))
     f1 = summary["f1"]
     return {"row": row, "seed": seed, "overrides": ROWS[row], "bpc": round(result.bpc, 4),
             "rates": [round(r, 3) for r in summary["rates"]],

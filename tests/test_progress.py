@@ -92,7 +92,8 @@ def test_a_time_budget_gives_the_bar_a_total_and_an_eta(
     assert planned._planned_steps() == 20  # the first budget to run out
     trainer = _trainer(tmp_path, echo=lambda m: terminal.write(m + "\n"),
                        **{"run.progress": "true", "train.max_minutes": "0.02",
-                          "train.max_steps": "0", "train.eval_every": "2"})
+                          "train.max_steps": "0", "train.eval_every": "2",
+                          "train.patience": "1000000"})  # no early stop on a fast machine
     result = trainer.fit()
     assert result.stopped_by == "max_minutes" and result.step > 2
     out = terminal.getvalue()

@@ -39,9 +39,9 @@ def _final_report(trainer: Any, corpus: Any, say: Any) -> None:
     a hierarchy formed (in words), and a sample."""
     import torch
 
-    from hmrnn.analysis.boundaries import format_scores, segmentation_scores, text_boundaries
+    from hmrnn.analysis.boundaries import format_scores, segmentation_scores
     from hmrnn.analysis.verdict import hierarchy_summary, hierarchy_verdict
-    from hmrnn.tasks.charlm.task import evaluate_lm, sample_text
+    from hmrnn.tasks.charlm.task import evaluate_lm, sample_text, segment_references
     from hmrnn.training.checkpoint import load_checkpoint
 
     context = trainer.context
@@ -63,14 +63,11 @@ def _final_report(trainer: Any, corpus: Any, say: Any) -> None:
         say("boundary rates: " + " ".join(
             f"layer{l + 1}={r:.3f}" for l, r in enumerate(result.boundary_rates())))
         z = result.boundary > 0.5
+        references = segment_references(corpus, "test")
         if corpus.boundaries is not None:  # the synthetic corpus's true word and phrase ends
-            truth = corpus.boundaries["test"]
-            references = {k: truth[k][:-1] for k in ("word", "phrase")}
             scores = segmentation_scores(z, None, references)
         else:
-            text = corpus.vocab.decode(corpus.splits["test"][:-1])
-            references = {"word": text_boundaries(text, convention="last")}
-            scores = segmentation_scores(z, text)
+            scores = segmentation_scores(z, corpus.vocab.decode(corpus.splits["test"][:-1]))
         say("boundaries against the true segmentation (test split; tol1 allows one step):")
         say(format_scores(scores))
         say("hierarchy (test split):")

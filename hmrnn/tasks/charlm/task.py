@@ -118,13 +118,15 @@ def evaluate_lm(
     return LMEvaluation(nll_mean, nll_mean / LN2, int(total[1]), boundary)
 
 
-def word_reference(corpus: Corpus, split: str) -> np.ndarray:
-    """True word ends of a split at its input positions (``len - 1``): the synthetic
-    corpus's own, else the last character before each space, ``_`` or newline."""
-    ids = corpus.splits[split]
+def segment_references(corpus: Corpus, split: str) -> dict[str, np.ndarray]:
+    """True segment ends of a split at its input positions (``len - 1``): the synthetic
+    corpus's own word and phrase ends, else the word ends only, the last character before
+    each space, ``_`` or newline."""
     if corpus.boundaries is not None:
-        return corpus.boundaries[split]["word"][:-1]
-    return text_boundaries(corpus.vocab.decode(ids[:-1]), convention="last")
+        truth = corpus.boundaries[split]
+        return {kind: truth[kind][:-1] for kind in ("word", "phrase")}
+    text = corpus.vocab.decode(corpus.splits[split][:-1])
+    return {"word": text_boundaries(text, convention="last")}
 
 
 class CharLMTask:
@@ -147,7 +149,7 @@ class CharLMTask:
         self.state: Any = None
         self._pending: Any = None
         self._references = {
-            split: word_reference(corpus, split) for split in ("valid", "test")
+            split: segment_references(corpus, split) for split in ("valid", "test")
         }
         self.boundaries = BoundaryTraining(model.rnn, cfg, self.context)
 
@@ -200,12 +202,12 @@ class CharLMTask:
         metrics: dict[str, Any] = {"loss": result.nll, "bpc": result.bpc}
         if result.boundary is not None:
             metrics["z"] = result.boundary_rates()
-            ref = self._references[split][: result.chars]
-            metrics["f1_word"] = boundary_prf(result.boundary[:, 0] > 0.5, ref, tolerance=1).f1
-            truth = self.corpus.boundaries
-            if truth is not None and result.boundary.shape[1] > 2:
-                phrase = truth[split]["phrase"][:-1][: result.chars]
-                metrics["f1_phrase"] = boundary_prf(result.boundary[:, 1] > 0.5, phrase,
+            references = {kind: ends[: result.chars]
+                          for kind, ends in self._references[split].items()}
+            z = result.boundary > 0.5
+            metrics["f1_word"] = boundary_prf(z[:, 0], references["word"], tolerance=1).f1
+            if "phrase" in references and z.shape[1] > 2:  # layer 2 has a detector
+                metrics["f1_phrase"] = boundary_prf(z[:, 1], references["phrase"],
                                                     tolerance=1).f1
         return {**metrics, **self.boundaries.last}  # the detectors as last measured in training
 
