@@ -37,6 +37,8 @@ ROWS: dict[str, list[str]] = {
     "main-own-bias": ["train.rate_bias_gradient=false"],
     "main-3000": ["train.max_steps=3000"],  # longer training (overrides --steps)
     "main-seq100": ["train.seq_len=100"],  # longer segments
+    "main-cap": ["train.boundary_cap=1.9365"],  # the authors' boundary-row norm cap
+    "main-wd": ["train.weight_decay=0.0005"],  # the authors' weight decay
     "linear-slope5": [*LINEAR, "train.slope_max=5"],
     "linear-slope3": [*LINEAR, "train.slope_max=3"],
     "linear-slope5-cap": [*LINEAR, "train.slope_max=5", "train.boundary_cap=1.9365"],
