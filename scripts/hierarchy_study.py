@@ -49,6 +49,8 @@ ROWS: dict[str, list[str]] = {
     "authors": ["train.rate_control=none", *PAPER_SLOPE, *AUTHORS],
     "none-sample": ["train.rate_control=none", *PAPER_SLOPE, "model.boundary=sample"],
     "ratio-loss": ["train.rate_control=loss", "train.rate_gain=1.0", *PAPER_SLOPE],
+    # a binomial prior on each stream's boundary count in place of the controller
+    "prior": ["train.rate_control=prior", "train.rate_gain=1.0"],
     # the linear controller with the paper's slope annealing, and its variants
     "control-slow": [*LINEAR, *PAPER_SLOPE],
     "control-slow-gain0.01": [*LINEAR, "train.rate_gain=0.01", *PAPER_SLOPE],

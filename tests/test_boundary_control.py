@@ -16,6 +16,7 @@ from hmrnn.analysis.verdict import hierarchy_summary, hierarchy_verdict
 from hmrnn.model.boundary_control import (
     LOGIT_FLOOR,
     RateController,
+    binomial_prior_loss,
     boundary_grad_norms,
     boundary_preactivation,
     cap_boundary_rows,
@@ -122,6 +123,33 @@ def test_ratio_loss_is_flat_at_the_target_and_pushes_towards_it() -> None:
     assert grad_at(0.5) > 0 > grad_at(0.05)
 
 
+def test_binomial_prior_is_the_negative_log_pmf_per_step() -> None:
+    stats = pytest.importorskip("scipy.stats")
+    boundary = torch.zeros(40, 3, 3, dtype=torch.float64)
+    counts = [[0, 5], [8, 2], [40, 13]]  # per stream: layer-1 and layer-2 boundaries
+    for n, per_layer in enumerate(counts):
+        for l, k in enumerate(per_layer):
+            boundary[:k, n, l] = 1.0
+    targets = [0.2, 0.05]
+    expected = sum(-stats.binom.logpmf([c[l] for c in counts], 40, p).mean() / 40
+                   for l, p in enumerate(targets))
+    assert float(binomial_prior_loss(boundary, targets)) == pytest.approx(expected, rel=1e-12)
+
+
+def test_binomial_prior_pulls_the_count_towards_t_p_and_its_gradient_is_exact() -> None:
+    def grad_at(count: int) -> float:
+        boundary = torch.zeros(100, 1, 2, dtype=torch.float64)
+        boundary[:count, :, 0] = 1.0
+        boundary.requires_grad_(True)
+        binomial_prior_loss(boundary, [0.2]).backward()
+        return float(boundary.grad[0, 0, 0])  # d loss / d count
+
+    assert grad_at(40) > 0 > grad_at(5)
+    soft = torch.rand(30, 4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    assert torch.autograd.gradcheck(lambda b: binomial_prior_loss(b, [0.3, 0.1]),
+                                    (soft.requires_grad_(True),))
+
+
 def test_cap_scales_only_rows_above_the_cap() -> None:
     rnn = HMLSTM(4, 5, 3)
     with torch.no_grad():
@@ -191,3 +219,20 @@ def test_a_run_logs_the_instruments_and_holds_the_rates(tmp_path, monkeypatch) -
     assert train and all(len(r["dead0"]) == 2 and len(r["zgrad"]) == 2 for r in train)
     last = train[-1]["z"]
     assert abs(last[0] - 0.2) < 0.15 and abs(last[1] - 0.05) < 0.15
+
+
+@pytest.mark.parametrize("control, loss", [("loss", ratio_loss), ("prior", binomial_prior_loss),
+                                           ("bias", None), ("none", None)])
+def test_the_step_adds_the_chosen_rate_loss(control: str, loss) -> None:
+    from hmrnn.tasks.hooks import BoundaryTraining
+    from hmrnn.training.config import TrainConfig
+    from hmrnn.training.distributed import DistContext
+
+    train = TrainConfig(rate_control=control, rate_gain=0.3, boundary_rate=(0.2, 0.05))
+    boundary = torch.rand(20, 4, 3, generator=torch.Generator().manual_seed(1))
+    added = BoundaryTraining(HMLSTM(4, 5, 3), train, DistContext()).loss(boundary)
+    if loss is None:
+        assert added is None
+    else:
+        assert added is not None
+        assert float(added) == pytest.approx(0.3 * float(loss(boundary, [0.2, 0.05])))

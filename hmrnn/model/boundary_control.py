@@ -13,6 +13,8 @@ configs, and measured in docs/hierarchy.md:
   detector that has saturated at 0 or at 1;
 - :func:`ratio_loss`: the H-Net form of a rate loss (a differentiable alternative, which
   only reaches detectors inside the linear region);
+- :func:`binomial_prior_loss`: the negative log-probability of each stream's boundary
+  count under a binomial prior (Dynamic Token Pooling's form), with the same reach;
 - :func:`cap_boundary_rows`: the authors' code caps the norm of each weight's boundary row.
 
 Instruments: :func:`boundary_preactivation` recomputes ``s_z`` of every step from a
@@ -134,6 +136,23 @@ def ratio_loss(boundary: Tensor, targets: Sequence[float]) -> Tensor:
     held = rates.detach()
     return (alpha / (alpha - 1) * ((alpha - 1) * rates * held
                                    + (1 - rates) * (1 - held))).sum()
+
+
+def binomial_prior_loss(boundary: Tensor, targets: Sequence[float]) -> Tensor:
+    """Per boundary layer, ``-log Binomial(k; T, p) / T`` averaged over the streams, summed.
+
+    ``k`` is the number of boundaries a stream's segment of ``T`` steps holds (a real
+    number through the straight-through estimator; the binomial coefficient through
+    ``lgamma``), ``p`` the layer's target. Per step it is minimal near ``k = T p``; it
+    penalises a count far from ``T p`` more than one near it, unlike :func:`ratio_loss`,
+    which is linear in the batch's rate. ``boundary (T, N, L)``.
+    """
+    T = boundary.shape[0]
+    k = boundary[..., :-1].double().sum(dim=0)  # (N, L-1): boundaries per stream and layer
+    p = torch.tensor(targets, dtype=k.dtype, device=k.device)
+    log_prob = (math.lgamma(T + 1) - torch.lgamma(k + 1) - torch.lgamma(T - k + 1)
+                + k * torch.log(p) + (T - k) * torch.log1p(-p))
+    return (-log_prob.mean(dim=0) / T).sum().to(boundary.dtype)
 
 
 @torch.no_grad()

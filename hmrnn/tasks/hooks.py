@@ -14,6 +14,7 @@ from hmrnn.analysis.boundaries import collapse_warnings
 from hmrnn.analysis.verdict import COLLAPSED_ABOVE, COLLAPSED_BELOW
 from hmrnn.model.boundary_control import (
     RateController,
+    binomial_prior_loss,
     boundary_grad_norms,
     boundary_preactivation,
     cap_boundary_rows,
@@ -45,17 +46,22 @@ def boundary_warnings(metrics: Mapping[str, Any]) -> list[str]:
     return collapse_warnings(metrics.get("z", []), low=COLLAPSED_BELOW, high=COLLAPSED_ABOVE)
 
 
+RATE_LOSSES: dict[str, Callable[[Tensor, Sequence[float]], Tensor]] = {
+    "loss": ratio_loss, "prior": binomial_prior_loss}
+"""The rate losses by ``train.rate_control``."""
+
+
 class BoundaryTraining:
     """A task's share of the boundary options and instruments of an HM-LSTM stack
     (docs/model.md decision 9; :mod:`hmrnn.model.boundary_control`), from ``train``.
 
-    :meth:`loss` is added to the task's loss (the ratio loss, when ``rate_control`` is
-    ``"loss"``); :meth:`observe` is told each step's shown ``stats`` and, on the steps the
-    trainer logs, what :meth:`instruments` needs; :meth:`end_step` then runs the bias
-    controller and the row cap after an accepted step (the rates averaged over every
-    process) and adds the detectors' instruments (dead shares, gradient norms) to those
-    ``stats``; ``last`` keeps the latest instruments. A stack without boundaries gets
-    none of it.
+    :meth:`loss` is added to the task's loss (the ratio loss when ``rate_control`` is
+    ``"loss"``, the binomial prior when it is ``"prior"``); :meth:`observe` is told each
+    step's shown ``stats`` and, on the steps the trainer logs, what :meth:`instruments`
+    needs; :meth:`end_step` then runs the bias controller and the row cap after an
+    accepted step (the rates averaged over every process) and adds the detectors'
+    instruments (dead shares, gradient norms) to those ``stats``; ``last`` keeps the
+    latest instruments. A stack without boundaries gets none of it.
     """
 
     def __init__(self, rnn: nn.Module, train: TrainConfig, context: DistContext) -> None:
@@ -77,9 +83,9 @@ class BoundaryTraining:
     def loss(self, boundary: Tensor | None) -> Tensor | None:
         """The rate loss to add for a step's ``boundary (T, N, L)``, or None."""
         train = self.train
-        if self.rnn is None or boundary is None or train.rate_control != "loss":
+        if self.rnn is None or boundary is None or train.rate_control not in RATE_LOSSES:
             return None
-        return train.rate_gain * ratio_loss(boundary, train.boundary_rate)
+        return train.rate_gain * RATE_LOSSES[train.rate_control](boundary, train.boundary_rate)
 
     def observe(self, step: int, stats: dict[str, Any], input: Callable[[], Tensor],
                 state: HMLSTMState | None, output: RNNOutput) -> None:

@@ -152,9 +152,10 @@ class TrainConfig:
     adam_beta2: float = 0.999  # the authors' code: 0.99
     weight_decay: float = 0.0  # Adam's (L2); the authors' code: 5e-4
     # Boundary-rate control (docs/model.md decision 9; not the paper's, off in its configs):
-    rate_control: str = "bias"  # none | bias: integral control of the boundary bias | loss
+    rate_control: str = "bias"  # none | bias: integral control of the bias | loss | prior
     boundary_rate: tuple[float, ...] = (0.2, 0.05)  # target rate per layer below the top
     rate_gain: float = 0.05  # bias step per unit of rate error (bias), or the loss's weight
+    # (loss: the H-Net ratio loss; prior: a binomial prior on each stream's boundary count)
     rate_error: str = "logit"  # the controller's error: logit (log-odds) | linear (target - rate)
     rate_bias_gradient: bool = True  # bias control: the optimiser also trains the boundary bias
     boundary_cap: float = 0.0  # norm cap of each weight's boundary row (authors: 1.9365); 0: off
@@ -182,7 +183,7 @@ TRAIN_RULES: dict[str, Rule] = {
     "adam_beta2": OPEN_UNIT,
     "weight_decay": at_least(0),
     "boundary_rate": OPEN_UNIT,
-    "rate_control": one_of("none", "bias", "loss"),
+    "rate_control": one_of("none", "bias", "loss", "prior"),
     "rate_gain": positive(),
     "rate_error": one_of("linear", "logit"),
     "rate_bias_gradient": ANY,
