@@ -10,17 +10,21 @@ lands, and the table (mean and spread over seeds) is printed from that file.
 
     python scripts/hierarchy_study.py --rows main none --seeds 0 1 2
     python scripts/hierarchy_study.py --table-only        # the table of what has landed
+    python scripts/hierarchy_study.py --rescore --rows main   # score landed runs again
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+import numpy as np
 
 AUTHORS = ["train.boundary_cap=1.9365", "train.adam_beta2=0.99", "train.weight_decay=0.0005"]
 PAPER_SLOPE = ["train.slope_rate=0.04", "train.slope_max=5"]  # the paper's annealing
@@ -39,6 +43,10 @@ ROWS: dict[str, list[str]] = {
     "main-seq100": ["train.seq_len=100"],  # longer segments
     "main-cap": ["train.boundary_cap=1.9365"],  # the authors' boundary-row norm cap
     "main-wd": ["train.weight_decay=0.0005"],  # the authors' weight decay
+    # the local straight-through estimator (model.boundary_grad, docs/model.md decision 9)
+    "main-local": ["model.boundary_grad=local"],
+    "main-local-seq100": ["model.boundary_grad=local", "train.seq_len=100"],
+    "main-local-slope5": ["model.boundary_grad=local", "train.slope_max=5"],
     "linear-slope5": [*LINEAR, "train.slope_max=5"],
     "linear-slope3": [*LINEAR, "train.slope_max=3"],
     "linear-slope5-cap": [*LINEAR, "train.slope_max=5", "train.boundary_cap=1.9365"],
@@ -71,6 +79,24 @@ def train(row: str, seed: int, steps: int, out: Path) -> Path:
     return run_dir
 
 
+def word_marks(text: str, fired: np.ndarray) -> dict[str, float]:
+    """Per word category of the synthetic lexicon, the share of its words whose end a
+    layer marked (``fired (S,)``, on the last letter or one step after it); ``{}`` for a
+    text without spaces, whose words cannot be read off."""
+    from hmrnn.data.synthetic import lexicon
+
+    if " " not in text:
+        return {}
+    category = {word: name for name, words in lexicon().items() for word in words}
+    marked: dict[str, list[int]] = {name: [0, 0] for name in lexicon()}
+    for match in re.finditer(r"[a-z]+", text):
+        last = match.end() - 1
+        counts = marked[category[match.group().rstrip("s")]]  # stems hold no "s"
+        counts[0] += bool(fired[last] or (last + 1 < len(fired) and fired[last + 1]))
+        counts[1] += 1
+    return {name: round(hit / total, 3) for name, (hit, total) in marked.items() if total}
+
+
 def score(row: str, seed: int, run_dir: Path) -> dict[str, object]:
     """Test-split scores of the run's best checkpoint."""
     import torch
@@ -85,21 +111,25 @@ def score(row: str, seed: int, run_dir: Path) -> dict[str, object]:
     result = evaluate_lm(model, corpus.splits["test"], batch_size=config.train.eval_batch_size,
                          seq_len=config.train.seq_len)
     assert result.boundary is not None and corpus.boundaries is not None
-    summary = hierarchy_summary(result.boundary > 0.5, segment_references(corpus, "test"))
+    fired = np.asarray(result.boundary > 0.5)  # (S, L)
+    summary = hierarchy_summary(fired, segment_references(corpus, "test"))
     f1 = summary["f1"]
+    text = "".join(corpus.vocab.symbols[i] for i in corpus.splits["test"][: len(fired)])
     return {"row": row, "seed": seed, "overrides": ROWS[row], "bpc": round(result.bpc, 4),
             "rates": [round(r, 3) for r in summary["rates"]],
             "saved": round(summary["saved_fraction"], 3),
             "l1_word_f1": round(f1["layer1"]["word"]["f1"], 3),
             "l1_word_convention": f1["layer1"]["word"]["convention"],
             "l2_phrase_f1": round(f1["layer2"]["phrase"]["f1"], 3),
-            "l2_phrase_convention": f1["layer2"]["phrase"]["convention"]}
+            "l2_phrase_convention": f1["layer2"]["phrase"]["convention"],
+            "l2_marks": word_marks(text, fired[:, 1])}
 
 
-def run_one(row: str, seed: int, steps: int, out: Path) -> None:
+def run_one(row: str, seed: int, steps: int, out: Path, rescore: bool = False) -> None:
     try:
-        result = score(row, seed, train(row, seed, steps, out))
-    except (subprocess.CalledProcessError, OSError, ValueError) as err:
+        run_dir = out / f"{row}-s{seed}" if rescore else train(row, seed, steps, out)
+        result = score(row, seed, run_dir)
+    except (subprocess.CalledProcessError, OSError, ValueError, RuntimeError) as err:
         print(f"{row} seed {seed} failed ({err}); see {out}/{row}-s{seed}.log", flush=True)
         return
     with open(out / "results.jsonl", "a") as f:
@@ -113,14 +143,26 @@ def _cell(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {statistics.pstdev(values):.3f}"
 
 
+def _marks(marks: dict[str, float]) -> str:
+    """The categories whose words' ends a layer marked at least half the time: ``N+V``."""
+    return "+".join(name[0] for name, share in marks.items() if share >= 0.5) or "-"
+
+
 def table(out: Path) -> str:
-    """Mean ± spread (population standard deviation) per row over the seeds that landed."""
-    by_row: dict[str, list[dict]] = {}
+    """Mean ± spread (population standard deviation) per row over the seeds that landed
+    (the last record of a row and seed, when it was scored again), and per seed the word
+    categories layer 2 marks (D determiners, A adjectives, N nouns, V verbs, P
+    prepositions; a phrase ends with its noun)."""
+    latest: dict[tuple[str, int], dict] = {}
     for line in (out / "results.jsonl").read_text().splitlines():
         record = json.loads(line)
+        latest[record["row"], record["seed"]] = record
+    by_row: dict[str, list[dict]] = {}
+    for record in latest.values():
         by_row.setdefault(record["row"], []).append(record)
     lines = ["| row | overrides | seeds | test BPC | rate 1 | rate 2 | layer-1 word F1 | "
-             "layer-2 phrase F1 | saved |", "| --- | --- | --- |" + " ---: |" * 6]
+             "layer-2 phrase F1 | saved | layer 2 marks |",
+             "| --- | --- | --- |" + " ---: |" * 6 + " --- |"]
     for row, records in by_row.items():
         def get(key: str, i: int | None = None, records: list[dict] = records) -> list[float]:
             return [r[key] if i is None else r[key][i] for r in records]
@@ -129,7 +171,8 @@ def table(out: Path) -> str:
             f"| {row} | `{' '.join(records[0]['overrides']) or '(defaults)'}` | "
             f"{','.join(str(r['seed']) for r in records)} | {_cell(get('bpc'))} | "
             f"{_cell(get('rates', 0))} | {_cell(get('rates', 1))} | "
-            f"{_cell(get('l1_word_f1'))} | {_cell(get('l2_phrase_f1'))} | {_cell(get('saved'))} |")
+            f"{_cell(get('l1_word_f1'))} | {_cell(get('l2_phrase_f1'))} | {_cell(get('saved'))} | "
+            f"{' / '.join(_marks(r['l2_marks']) if 'l2_marks' in r else '?' for r in records)} |")
     return "\n".join(lines)
 
 
@@ -141,12 +184,15 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("runs/hierarchy-study"))
     parser.add_argument("--table-only", action="store_true")
+    parser.add_argument("--rescore", action="store_true",
+                        help="score the rows' existing runs again instead of training them")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.table_only:
         jobs = [(row, seed) for seed in args.seeds for row in args.rows]
         with ThreadPoolExecutor(args.parallel) as pool:
-            for future in [pool.submit(run_one, r, s, args.steps, args.out) for r, s in jobs]:
+            for future in [pool.submit(run_one, r, s, args.steps, args.out, args.rescore)
+                           for r, s in jobs]:
                 future.result()
     print(table(args.out))
 

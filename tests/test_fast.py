@@ -21,16 +21,20 @@ SIZES = (5, 6, 4)
 
 @pytest.mark.parametrize("skip_gated", [False, True])
 @pytest.mark.parametrize("layer_norm", [False, True])
-@pytest.mark.parametrize("mode", ["step", "sample", "soft"])
+@pytest.mark.parametrize("mode, boundary_grad", [("step", "chain"), ("sample", "chain"),
+                                                 ("soft", "chain"), ("step", "local"),
+                                                 ("soft", "local")])
 @pytest.mark.parametrize("sizes", [SIZES, (4, 3)])
 def test_fast_equals_reference_forward_and_gradients(
-    mode: str, layer_norm: bool, sizes: tuple[int, ...], skip_gated: bool,
-    device: torch.device, monkeypatch: pytest.MonkeyPatch,
+    mode: str, boundary_grad: str, layer_norm: bool, sizes: tuple[int, ...],
+    skip_gated: bool, device: torch.device, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """``skip_gated``: the gated terms' products only on the rows let in (large weights)."""
+    """``skip_gated``: the gated terms' products only on the rows let in (large weights);
+    ``boundary_grad="local"``: the reference recomputes ``s_z`` from detached states."""
     if skip_gated:
         monkeypatch.setattr(hmrnn.model.loop.weights, "LARGE_WEIGHT", 0)
     rnn = wide_hmlstm(D, sizes, mode, layer_norm).to(device)
+    rnn.boundary_grad = boundary_grad
     x = torch.randn(T, N, D, dtype=torch.float64).to(device).requires_grad_()
     state = random_state(sizes, N, 1, device)
     with torch.no_grad():
@@ -68,14 +72,17 @@ def test_inference_path_equals_training_path(layer_norm: bool, device: torch.dev
             torch.testing.assert_close(u.detach(), v, rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.parametrize("boundary_grad", ["chain", "local"])
 @pytest.mark.parametrize("layer_norm", [False, True])
 def test_float32_training_step_matches_reference(
-    layer_norm: bool, device: torch.device, monkeypatch: pytest.MonkeyPatch
+    layer_norm: bool, boundary_grad: str, device: torch.device,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """In float32 the large-weight path (oneDNN products where available) is taken."""
+    """In float32 the large-weight path (oneDNN products where available) is taken, and
+    on the CPU the C step where it compiled."""
     monkeypatch.setattr(hmrnn.model.loop.weights, "LARGE_WEIGHT", 0)
     torch.manual_seed(0)
-    rnn = HMLSTM(3, 8, 3, layer_norm=layer_norm).to(device)
+    rnn = HMLSTM(3, 8, 3, layer_norm=layer_norm, boundary_grad=boundary_grad).to(device)
     x = torch.randn(5, 4, 3).to(device)
     losses = {}
     for fast in (True, False):
@@ -88,6 +95,34 @@ def test_float32_training_step_matches_reference(
     assert losses[True][0] == pytest.approx(losses[False][0], rel=1e-5)
     for a, b in zip(losses[True][1], losses[False][1], strict=True):  # (per-term LN amplifies
         assert float((a - b).norm() / b.norm()) < 1e-4                # rounding elementwise)
+
+
+@pytest.mark.parametrize("layer_norm", [False, True])
+def test_local_straight_through_keeps_the_forward_and_the_detectors_gradient(
+    layer_norm: bool,
+) -> None:
+    """``boundary_grad="local"`` changes only where the boundary's gradient goes: the
+    same outputs; the detectors' weights still learn; the initial state's gradient
+    differs (its straight-through share is cut)."""
+    rnn = wide_hmlstm(D, SIZES, "step", layer_norm)
+    x = torch.randn(T, N, D, dtype=torch.float64, requires_grad=True)
+    state = random_state(SIZES, N, 1, torch.device("cpu"))
+    with torch.no_grad():
+        shapes = [v.shape for v in loop_outputs(rnn, x, state)]
+    g = torch.Generator().manual_seed(2)
+    weights = [torch.randn(s, generator=g, dtype=torch.float64) for s in shapes]
+    results = {}
+    for mode in ("chain", "local"):
+        rnn.boundary_grad = mode
+        results[mode] = outputs_and_grads(rnn, True, x, state, weights)
+    (chain_values, chain_grads), (local_values, local_grads) = results.values()
+    for a, b in zip(chain_values, local_values, strict=True):
+        assert torch.equal(a, b)
+    names = ["input"] + [f"state.{k}[{l}]" for k in "hcz" for l in range(len(SIZES))]
+    names += [n for n, _ in rnn.named_parameters()]
+    grads = dict(zip(names, zip(chain_grads, local_grads, strict=True), strict=True))
+    assert not torch.allclose(*grads["state.h[0]"])
+    assert float(grads["layers.0.U"][1][-1].norm()) > 0  # the detector's row still learns
 
 
 def test_second_derivatives_are_refused() -> None:

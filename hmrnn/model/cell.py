@@ -116,6 +116,21 @@ class HMLSTMCell(nn.Module):
         s += f", above_size={self.above_size}" if self.above_size is not None else ""
         return s + (", layer_norm=True" if self.layer_norm else "")
 
+    def _preactivation(self, bottom_up: Tensor, z_below: Tensor, h_above: Tensor | None,
+                       h_prev: Tensor, z_prev: Tensor) -> Tensor:
+        """``s`` of Eq. 5-7 with the bias, ``(N, R)``."""
+        recurrent = F.linear(h_prev, self.U)
+        if self.layer_norm:
+            recurrent = self.ln_recurrent(recurrent)
+        s = recurrent + z_below * bottom_up  # Eq. 5 + Eq. 7
+        if self.U_td is not None:
+            assert h_above is not None
+            top_down = F.linear(h_above, self.U_td)
+            if self.layer_norm:
+                top_down = self.ln_top_down(top_down)
+            s = s + z_prev * top_down  # Eq. 6: only after this layer's own boundary
+        return s + self.bias
+
     def bottom_up(self, h_below: Tensor) -> Tensor:
         """``W h^{below}`` (normalised when ``layer_norm``): ``(*, Hb) -> (*, R)``.
 
@@ -134,6 +149,7 @@ class HMLSTMCell(nn.Module):
         slope: Tensor | float,
         boundary: str = "step",
         generator: torch.Generator | None = None,
+        detector_input: Tensor | None = None,
     ) -> LayerState:
         """One step.
 
@@ -145,22 +161,24 @@ class HMLSTMCell(nn.Module):
             slope: the hard sigmoid's slope ``a``.
             boundary: ``"step"``, ``"sample"`` or ``"soft"`` (docs/model.md decision 5).
             generator: random generator for ``"sample"``.
+            detector_input: the local straight-through estimator (``boundary_grad="local"``,
+                docs/model.md decision 9): ``bottom_up`` computed from a detached
+                ``h^{below}`` (in the bottom layer, ``bottom_up`` itself). The boundary
+                unit's ``s_z`` is then recomputed from detached states (``h``, ``z`` of
+                this layer and the ones beside it), so that its gradient reaches the
+                detector's weights but no earlier state, and ``z = COPY z_{t-1} + (1 -
+                COPY) z_new`` holds its COPY share constant. None: the chained estimator.
 
         Returns:
             the layer's ``(h, c, z)`` at ``t``.
         """
         h_prev, c_prev, z_prev = state
-        recurrent = F.linear(h_prev, self.U)
-        if self.layer_norm:
-            recurrent = self.ln_recurrent(recurrent)
-        s = recurrent + z_below * bottom_up  # (N, R)  Eq. 5 + Eq. 7
-        if self.U_td is not None:
+        s = self._preactivation(bottom_up, z_below, h_above, h_prev, z_prev)  # (N, R)
+        if detector_input is not None and self.has_boundary:
             assert h_above is not None
-            top_down = F.linear(h_above, self.U_td)
-            if self.layer_norm:
-                top_down = self.ln_top_down(top_down)
-            s = s + z_prev * top_down  # Eq. 6: only after this layer's own boundary
-        s = s + self.bias
+            s_z = self._preactivation(detector_input, z_below.detach(), h_above.detach(),
+                                      h_prev.detach(), z_prev.detach())[:, -1:]
+            s = torch.cat([s[:, :-1], s_z], dim=1)
         H = self.hidden_size
         f = torch.sigmoid(s[:, :H])
         i = torch.sigmoid(s[:, H : 2 * H])
@@ -176,7 +194,9 @@ class HMLSTMCell(nn.Module):
         h = copy * h_prev + (1.0 - copy) * (o * torch.tanh(c_out))  # Eq. 3
         if self.has_boundary:
             z_tilde = hard_sigmoid(s[:, 4 * H :], slope)  # (N, 1)  Eq. 10
-            z = copy * z_prev + (1.0 - copy) * binarize(z_tilde, boundary, generator)
+            # local: COPY passes z's gradient on as it passes z, not through its own share
+            kept = copy if detector_input is None else copy.detach()
+            z = kept * z_prev + (1.0 - kept) * binarize(z_tilde, boundary, generator)
         else:
             z = torch.zeros_like(z_prev)  # docs/model.md decision 2
         return LayerState(h, c, z)

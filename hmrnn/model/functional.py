@@ -10,6 +10,8 @@ import torch
 from torch import Tensor
 
 BOUNDARY_MODES = ("step", "sample", "soft")
+BOUNDARY_GRADS = ("chain", "local")
+"""How far the straight-through gradient of a boundary reaches (docs/model.md decision 9)."""
 
 
 def hard_sigmoid(x: Tensor, slope: Tensor | float) -> Tensor:

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from hmrnn.model.cell import HMLSTMCell, LayerState
-from hmrnn.model.functional import BOUNDARY_MODES, slope_schedule
+from hmrnn.model.functional import BOUNDARY_GRADS, BOUNDARY_MODES, slope_schedule
 from hmrnn.model.loop import check_name, hmlstm_loop
 from hmrnn.model.types import (
     RNNOutput,
@@ -118,6 +118,12 @@ class HMLSTM(nn.Module):
         boundary: ``"step"`` (default: hard threshold, straight-through gradient),
             ``"sample"`` (Bernoulli, straight-through) or ``"soft"`` (no binarisation).
             May be changed after construction, e.g. to evaluate a sampled model with steps.
+        boundary_grad: where the straight-through gradient of a boundary goes (not the
+            paper's option, docs/model.md decision 9): ``"chain"`` (default, the paper's)
+            into everything ``s_z`` reads, earlier states included, so that it chains
+            through the earlier boundaries; ``"local"``: into the detector's weights (and
+            the bottom layer's input) only, as if the states ``s_z`` reads were constants.
+            The forward pass is the same. May be changed after construction.
         layer_norm: layer normalisation as docs/model.md decision 7.
         batch_first: input and output sequences are ``(N, T, *)``; the state never is.
         fast: run the fast loop of :mod:`hmrnn.model.loop` (one autograd node for the whole
@@ -186,6 +192,7 @@ class HMLSTM(nn.Module):
         num_layers: int | None = None,
         *,
         boundary: str = "step",
+        boundary_grad: str = "chain",
         layer_norm: bool = False,
         batch_first: bool = False,
         fast: bool = True,
@@ -212,6 +219,7 @@ class HMLSTM(nn.Module):
         self.layer_norm = layer_norm
         self.batch_first = batch_first
         self.boundary = boundary
+        self.boundary_grad = boundary_grad
         self.fast = fast
         self.backend = backend
         kw = factory_kwargs(device, dtype)
@@ -234,7 +242,8 @@ class HMLSTM(nn.Module):
         """``input_size, hidden_size, num_layers=L`` and every setting off its default,
         as ``nn.LSTM``'s repr."""
         s = f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}"
-        for name, default in (("boundary", "step"), ("layer_norm", False),
+        for name, default in (("boundary", "step"), ("boundary_grad", "chain"),
+                              ("layer_norm", False),
                               ("batch_first", False), ("fast", True), ("backend", "auto")):
             value = getattr(self, name)
             if value != default:
@@ -269,6 +278,16 @@ class HMLSTM(nn.Module):
         if mode not in BOUNDARY_MODES:
             raise ValueError(f"boundary must be one of {BOUNDARY_MODES}, got {mode!r}")
         self._boundary = mode
+
+    @property
+    def boundary_grad(self) -> str:
+        return self._boundary_grad
+
+    @boundary_grad.setter
+    def boundary_grad(self, mode: str) -> None:
+        if mode not in BOUNDARY_GRADS:
+            raise ValueError(f"boundary_grad must be one of {BOUNDARY_GRADS}, got {mode!r}")
+        self._boundary_grad = mode
 
     def set_slope(self, slope: float) -> None:
         """Set the hard sigmoid's slope ``a`` (> 0) used from the next step on."""
@@ -323,6 +342,7 @@ class HMLSTM(nn.Module):
                 hidden, boundary, *last = hmlstm_loop(
                     self.cells, input, state.h, state.c, state.z, self._slope_host,
                     self._boundary, generator, self._backend,
+                    local=self._boundary_grad == "local",
                 )
             state = HMLSTMState(*last)
         else:
@@ -342,6 +362,7 @@ class HMLSTM(nn.Module):
         cells = self.cells
         bottom_input = cells[0].bottom_up(input)  # (T, N, R_1): the input is known in advance
         ones = input.new_ones(N, 1)
+        local = self._boundary_grad == "local"
         hidden_steps: list[list[Tensor]] = [[] for _ in range(L)]
         boundary_steps: list[Tensor] = []
         for t in range(T):
@@ -349,9 +370,11 @@ class HMLSTM(nn.Module):
             for l, cell in enumerate(cells):
                 bottom_up = bottom_input[t] if l == 0 else cell.bottom_up(h[l - 1])
                 h_above = h[l + 1] if l + 1 < L else None  # still h^{l+1}_{t-1}
+                detector_input = (None if not local else bottom_up if l == 0
+                                  else cell.bottom_up(h[l - 1].detach()))
                 h[l], c[l], z[l] = cell(
                     bottom_up, z_below, h_above, LayerState(h[l], c[l], z[l]),
-                    self.slope, self._boundary, generator,
+                    self.slope, self._boundary, generator, detector_input,
                 )
                 z_below = z[l]
                 hidden_steps[l].append(h[l])

@@ -22,22 +22,25 @@ def build_rnn(
     *,
     layer_norm: bool = False,
     boundary: str = "step",
+    boundary_grad: str = "chain",
     device: Any = None,
     dtype: torch.dtype | None = None,
 ) -> nn.Module:
     """A recurrent stack: ``"hmlstm"``, ``"lstm"`` or ``"cwrnn"`` (clockwork RNN).
 
     ``layer_norm`` picks the LayerNorm variant of each (``lstm`` without it is PyTorch's
-    fused ``nn.LSTM``); ``boundary`` only applies to the HM-LSTM. A ``hidden_size`` of
-    one element is used for every layer; ``num_layers`` left out is inferred from a
-    ``hidden_size`` that lists one size per layer (as each stack's constructor does).
+    fused ``nn.LSTM``); ``boundary`` and ``boundary_grad`` only apply to the HM-LSTM. A
+    ``hidden_size`` of one element is used for every layer; ``num_layers`` left out is
+    inferred from a ``hidden_size`` that lists one size per layer (as each stack's
+    constructor does).
     """
     sizes = hidden_size
     if not isinstance(hidden_size, int) and len(hidden_size) == 1 and num_layers is not None:
         sizes = hidden_size[0]  # one size for every layer
     if kind == "hmlstm":
-        return HMLSTM(input_size, sizes, num_layers, boundary=boundary, layer_norm=layer_norm,
-                      device=device, dtype=dtype)
+        return HMLSTM(input_size, sizes, num_layers, boundary=boundary,
+                      boundary_grad=boundary_grad, layer_norm=layer_norm, device=device,
+                      dtype=dtype)
     if kind == "lstm":
         name = "ln-lstm" if layer_norm else "lstm"
     elif kind == "cwrnn":

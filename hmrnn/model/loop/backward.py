@@ -11,6 +11,13 @@ place. Each weight's gradient is then one matrix product over all steps
 (:func:`weight_grads`), as cuDNN does, instead of one per step; in training a large layer
 (CPU) makes a gated term's share only on the rows its boundary let in.
 
+With ``local`` (the HMLSTM's ``boundary_grad="local"``, docs/model.md decision 9) each
+step's gradient of ``s_z`` is held apart before it is spread: the states and the boundary
+gates it would reach get none of it (as if ``s_z`` read constants), and the weight
+gradients get all of it (:func:`_weight_grads` adds the boundary row's share of each
+normalised term, which the spread left out). ``z = COPY z_{t-1} + (1 - COPY) z_bin``
+then holds its COPY share constant: the backend steps read a zero ``z_bin - z_{t-1}``.
+
 Shape legend: T time, N batch, L layers, H hidden size of the layer, R = 4H + 1 gate rows
 (4H in the top layer), K = H + Ha + Hb.
 """
@@ -35,6 +42,8 @@ def run_backward(
     grad_z: Tensor | None,
     grad_c_last: list[Tensor | None],
     backend: Backend,
+    *,
+    local: bool = False,
 ) -> tuple[Tensor, list[Tensor], list[Tensor], list[Tensor], list[dict[str, Tensor]]]:
     """BPTT through :func:`hmrnn.model.loop.forward.run_forward`'s steps, in reverse.
 
@@ -44,6 +53,9 @@ def run_backward(
         grad_z: the gradient of ``buf.z`` ``(T+1, N, L)`` (None: zero).
         grad_c_last: per layer, the gradient of the last ``c`` ``(N, H)`` (None: zero).
         backend: the step functions (those the forward loop ran).
+        local: the straight-through gradient of each boundary reaches the detector's
+            weights (and, through the returned ``grad_bottom``, the bottom layer's input),
+            not the states and boundaries its ``s_z`` read.
 
     Returns:
         ``(grad_bottom (T, N, R_1), grad_h0, grad_c0, grad_z0, grad_weights)``: one
@@ -61,12 +73,17 @@ def run_backward(
               else like.new_zeros(N, w.hidden_size)
               for g, w in zip(grad_c_last, weights, strict=True)]
     grads = [Workspace(w, steps, N, like, grads=True) for w in weights]  # dL/d(what it wrote)
+    # with local: per layer with a detector, dL/ds_z of every step (T, N, 1), held apart
+    held = [like.new_empty(steps, N, 1) if local and l < L - 1 else None for l in range(L)]
     gz_acc = _backward_loop(weights, buf, 0.5 * slope, grad_h, grad_z, gh_acc, gc_acc, grads,
-                            backend)
+                            backend, held)
+    for g, kept in zip(grads, held, strict=True):
+        if kept is not None:
+            g.act[..., -1:] = kept
     grad_h0 = [g if (gh := grad_h[l]) is None else g + gh[0] for l, g in enumerate(gh_acc)]
     grad_z0 = [g if grad_z is None else g + grad_z[0, :, l : l + 1]
                for l, g in enumerate(gz_acc)]
-    weight_grads = [_weight_grads(weights, buf, l, grads[l]) for l in range(L)]
+    weight_grads = [_weight_grads(weights, buf, l, grads[l], held[l]) for l in range(L)]
     return grads[0].act, grad_h0, gc_acc, grad_z0, weight_grads
 
 
@@ -74,10 +91,13 @@ def _backward_loop(
     weights: list[LayerWeights], buf: Buffers, half_slope: float,
     grad_h: list[Tensor | None], grad_z: Tensor | None,
     gh_acc: list[Tensor], gc_acc: list[Tensor], grads: list[Workspace], backend: Backend,
+    held: list[Tensor | None],
 ) -> list[Tensor]:
     """:func:`run_backward`'s steps: they update the running gradients ``gh_acc`` and
     ``gc_acc`` (per layer ``(N, H)``) in place, fill ``grads`` and return the gradient of
-    each layer's initial ``z`` ``(N, 1)`` so far. Each step function is bound once."""
+    each layer's initial ``z`` ``(N, 1)`` so far. Each step function is bound once. Where
+    ``held[l]`` is given, each step moves its ``dL/ds_z`` there before spreading ``dL/ds``
+    (``grads[l].act`` then holds 0 in that row)."""
     L = len(weights)
     N = gh_acc[0].shape[0]
     gz_acc = [gh_acc[0].new_zeros(N, 1) for _ in range(L)]  # apart: each is returned
@@ -93,9 +113,13 @@ def _backward_loop(
         g_h = gh.contiguous() if gh is not None else None  # (rows adjacent)
         g_z = grad_z[:, :, l : l + 1] if grad_z is not None else None
         H = w.hidden_size
+        # local: z = COPY z_prev + (1 - COPY) z_bin holds its COPY share constant, so the
+        # share's gradient through z_bin - z_prev (zdiff) is left out
+        zdiff = (torch.zeros_like(work.zdiff) if held[l] is not None and work.zdiff is not None
+                 else work.zdiff)
         first.append(backend.hm_backward(
             N, H, not top, work.act, work.tanh_c, s.c, s.c_prev, work.u, work.diff,
-            work.zdiff, s.z_prev, s.z_below, work.stats("cell"),
+            zdiff, s.z_prev, s.z_below, work.stats("cell"),
             w.norm("cell")[0] if w.ln is not None else None, gh_acc[l],
             g_h[1:] if g_h is not None else None, gc_acc[l], gz_acc[l],
             g_z[1:] if g_z is not None else None, gz_below, g_work.act, g_work.tanh_c,
@@ -121,8 +145,11 @@ def _backward_loop(
                                                 gz_acc[l], gz_below, rec, td, bu))
     for t in range(buf.z.shape[0] - 2, -1, -1):
         for l in range(L - 1, -1, -1):
-            w, g_slot, gx = weights[l], grads[l].slots[t], g_x[l]
+            w, g_slot, gx, kept = weights[l], grads[l].slots[t], g_x[l], held[l]
             first[l](t)
+            if kept is not None:
+                kept[t].copy_(g_slot.act[:, -1:])
+                g_slot.act[:, -1:].zero_()
             if gx is not None:  # dL/d[h_prev | z h_above | z_below h_below]
                 w.product("fused^T")(g_slot.act, out=gx)
                 second[l](t)
@@ -147,12 +174,15 @@ def _layer_norm_stats(work: Workspace, key: str) -> tuple[Tensor, Tensor]:
 
 
 def _weight_grads(
-    weights: list[LayerWeights], buf: Buffers, l: int, grads: Workspace
+    weights: list[LayerWeights], buf: Buffers, l: int, grads: Workspace,
+    held: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """Each weight's gradient as one product over all steps: ``sum_t g_t^T x_t``.
 
     ``grads`` holds, step by step, the gradients of ``s`` (``act``), of the products
     before normalisation (``proj``) and of ``tanh``'s input (``tanh_c``: ``LN(c)``'s output).
+    ``held (T, N, 1)``: the ``dL/ds_z`` the spread left out of ``proj`` (local
+    straight-through), whose share each normalised term's weight gets here.
     """
     w, work = weights[l], buf.work[l]
     R, top = w.rows, len(weights) - 1
@@ -180,9 +210,16 @@ def _weight_grads(
             continue
         gate = gates[name]
         g_proj = grads.proj[name].reshape(-1, R)
+        key = LN_OF[name]
+        if held is not None:  # the boundary row's share, which proj has not
+            upstream_z = torch.zeros_like(grads.act)
+            upstream_z[..., -1:] = held if gate is None else held * gate
+            g_z, _, _ = _layer_norm_backward(
+                upstream_z, work.proj[name], (R,), *_layer_norm_stats(work, key),
+                *w.norm(key), [True, False, False])
+            g_proj = g_proj + g_z.reshape(-1, R)
         out[name] = _gated_outer(g_proj, h.reshape(-1, h.shape[2]),
                                  gate if w.skip_gated else None)
-        key = LN_OF[name]
         upstream = grads.act if gate is None else grads.act * gate
         _, out[f"ln_{key}.weight"], out[f"ln_{key}.bias"] = _layer_norm_backward(
             upstream, work.proj[name], (R,), *_layer_norm_stats(work, key), *w.norm(key),

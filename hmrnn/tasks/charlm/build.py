@@ -15,6 +15,7 @@ def build_charlm(config: ModelConfig, vocab_size: int) -> CharLM:
     rnn = build_rnn(
         config.rnn, config.embedding_size, config.hidden_size, config.num_layers,
         layer_norm=config.layer_norm, boundary=config.boundary,
+        boundary_grad=config.boundary_grad,
     )
     return CharLM(vocab_size, rnn, config.output_size)
 

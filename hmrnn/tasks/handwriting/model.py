@@ -126,6 +126,7 @@ def build_handwriting_model(config: ModelConfig) -> HandwritingModel:
     rnn = build_rnn(
         config.rnn, 3, config.hidden_size, config.num_layers,
         layer_norm=config.layer_norm, boundary=config.boundary,
+        boundary_grad=config.boundary_grad,
     )
     return HandwritingModel(rnn, config.output_size, config.mixture_components)
 
