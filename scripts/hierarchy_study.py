@@ -43,7 +43,10 @@ ROWS: dict[str, list[str]] = {
     "main-seq100": ["train.seq_len=100"],  # longer segments
     "main-cap": ["train.boundary_cap=1.9365"],  # the authors' boundary-row norm cap
     "main-wd": ["train.weight_decay=0.0005"],  # the authors' weight decay
-    # the local straight-through estimator (model.boundary_grad, docs/model.md decision 9)
+    # where the straight-through gradient goes (model.boundary_grad, docs/model.md decision 9)
+    "main-hold": ["model.boundary_grad=hold"],
+    "main-hold-seq100": ["model.boundary_grad=hold", "train.seq_len=100"],
+    "main-hold-slope5": ["model.boundary_grad=hold", "train.slope_max=5"],
     "main-local": ["model.boundary_grad=local"],
     "main-local-seq100": ["model.boundary_grad=local", "train.seq_len=100"],
     "main-local-slope5": ["model.boundary_grad=local", "train.slope_max=5"],

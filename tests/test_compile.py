@@ -129,9 +129,11 @@ def test_an_explicit_generator_draws_as_in_eager() -> None:
     assert 0 < float(z_ref[..., :-1].detach().mean()) < 1
 
 
-@pytest.mark.parametrize("keep, local", [(False, False), (True, False), (True, True)])
+@pytest.mark.parametrize("keep, boundary_grad", [(False, "chain"), (True, "chain"),
+                                                 (True, "local")])
 @pytest.mark.parametrize("layer_norm", [False, True])
-def test_the_loop_operator_passes_opcheck(layer_norm: bool, keep: bool, local: bool) -> None:
+def test_the_loop_operator_passes_opcheck(layer_norm: bool, keep: bool,
+                                          boundary_grad: str) -> None:
     rnn = _model(layer_norm)
     names, params = cell_tensors(rnn.cells)
     x = torch.randn(T, N, D)
@@ -140,7 +142,7 @@ def test_the_loop_operator_passes_opcheck(layer_norm: bool, keep: bool, local: b
     args = (bottom, list(state.h), list(state.c), list(state.z),
             [p.detach().requires_grad_(keep) for p in params], _join(names),
             layer_norm_eps(rnn.cells), torch.tensor(2.0, dtype=torch.float64), "step", STEP,
-            keep, None, local)
+            keep, None, boundary_grad)
     torch.library.opcheck(torch.ops.hmrnn.hmlstm_loop.default, args)
 
 

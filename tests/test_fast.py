@@ -9,7 +9,7 @@ import torch
 from helpers import loop_outputs, outputs_and_grads, random_state, wide_hmlstm
 
 import hmrnn.model.loop.weights
-from hmrnn.model.hmlstm import HMLSTM
+from hmrnn.model.hmlstm import HMLSTM, HMLSTMState
 from hmrnn.model.loop import select
 from hmrnn.model.loop.backends import aten
 from hmrnn.model.loop.backends.cpu import library
@@ -22,15 +22,16 @@ SIZES = (5, 6, 4)
 @pytest.mark.parametrize("skip_gated", [False, True])
 @pytest.mark.parametrize("layer_norm", [False, True])
 @pytest.mark.parametrize("mode, boundary_grad", [("step", "chain"), ("sample", "chain"),
-                                                 ("soft", "chain"), ("step", "local"),
-                                                 ("soft", "local")])
+                                                 ("soft", "chain"), ("step", "hold"),
+                                                 ("step", "local"), ("soft", "local")])
 @pytest.mark.parametrize("sizes", [SIZES, (4, 3)])
 def test_fast_equals_reference_forward_and_gradients(
     mode: str, boundary_grad: str, layer_norm: bool, sizes: tuple[int, ...],
     skip_gated: bool, device: torch.device, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """``skip_gated``: the gated terms' products only on the rows let in (large weights);
-    ``boundary_grad="local"``: the reference recomputes ``s_z`` from detached states."""
+    ``boundary_grad``: the reference detaches COPY's share of ``z`` ("hold", "local") and
+    recomputes ``s_z`` from detached states ("local")."""
     if skip_gated:
         monkeypatch.setattr(hmrnn.model.loop.weights, "LARGE_WEIGHT", 0)
     rnn = wide_hmlstm(D, sizes, mode, layer_norm).to(device)
@@ -72,7 +73,7 @@ def test_inference_path_equals_training_path(layer_norm: bool, device: torch.dev
             torch.testing.assert_close(u.detach(), v, rtol=1e-12, atol=1e-14)
 
 
-@pytest.mark.parametrize("boundary_grad", ["chain", "local"])
+@pytest.mark.parametrize("boundary_grad", ["chain", "hold", "local"])
 @pytest.mark.parametrize("layer_norm", [False, True])
 def test_float32_training_step_matches_reference(
     layer_norm: bool, boundary_grad: str, device: torch.device,
@@ -98,12 +99,12 @@ def test_float32_training_step_matches_reference(
 
 
 @pytest.mark.parametrize("layer_norm", [False, True])
-def test_local_straight_through_keeps_the_forward_and_the_detectors_gradient(
-    layer_norm: bool,
+@pytest.mark.parametrize("boundary_grad", ["hold", "local"])
+def test_held_and_local_straight_through_keep_the_forward_and_the_detectors_gradient(
+    boundary_grad: str, layer_norm: bool,
 ) -> None:
-    """``boundary_grad="local"`` changes only where the boundary's gradient goes: the
-    same outputs; the detectors' weights still learn; the initial state's gradient
-    differs (its straight-through share is cut)."""
+    """``boundary_grad`` changes only where the boundary's gradient goes: the same
+    outputs; the detectors' weights still learn; the initial state's gradient differs."""
     rnn = wide_hmlstm(D, SIZES, "step", layer_norm)
     x = torch.randn(T, N, D, dtype=torch.float64, requires_grad=True)
     state = random_state(SIZES, N, 1, torch.device("cpu"))
@@ -111,18 +112,43 @@ def test_local_straight_through_keeps_the_forward_and_the_detectors_gradient(
         shapes = [v.shape for v in loop_outputs(rnn, x, state)]
     g = torch.Generator().manual_seed(2)
     weights = [torch.randn(s, generator=g, dtype=torch.float64) for s in shapes]
-    results = {}
-    for mode in ("chain", "local"):
-        rnn.boundary_grad = mode
-        results[mode] = outputs_and_grads(rnn, True, x, state, weights)
-    (chain_values, chain_grads), (local_values, local_grads) = results.values()
-    for a, b in zip(chain_values, local_values, strict=True):
+    chain_values, chain_grads = outputs_and_grads(rnn, True, x, state, weights)
+    rnn.boundary_grad = boundary_grad
+    values, grads = outputs_and_grads(rnn, True, x, state, weights)
+    for a, b in zip(chain_values, values, strict=True):
         assert torch.equal(a, b)
     names = ["input"] + [f"state.{k}[{l}]" for k in "hcz" for l in range(len(SIZES))]
     names += [n for n, _ in rnn.named_parameters()]
-    grads = dict(zip(names, zip(chain_grads, local_grads, strict=True), strict=True))
-    assert not torch.allclose(*grads["state.h[0]"])
-    assert float(grads["layers.0.U"][1][-1].norm()) > 0  # the detector's row still learns
+    by_name = dict(zip(names, zip(chain_grads, grads, strict=True), strict=True))
+    assert not all(torch.allclose(*by_name[f"state.{k}[0]"]) for k in "hz")
+    assert float(by_name["layers.0.U"][1][-1].norm()) > 0  # the detector's row still learns
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_the_chained_gradient_doubles_through_each_copy_that_holding_passes_once(
+    fast: bool,
+) -> None:
+    """The exploding hop (docs/model.md decision 9): a layer that COPYs while its
+    detector would fire (``z_{t-1} = 0``, ``z_new = 1``) passes ``z``'s gradient through
+    ``z = COPY z_{t-1} + (1 - COPY) z_new`` with the factor ``1 + z_new = 2``; holding the
+    COPY share passes it with 1, as COPY passes ``z`` itself. The detectors here are
+    saturated, so no straight-through gradient adds to it."""
+    steps = 12
+    rnn = HMLSTM(2, 4, 3, dtype=torch.float64, fast=fast)
+    with torch.no_grad():
+        rnn.cells[0].bias[-1] = -100.0  # layer 1 never ends a segment: layer 2 COPYs
+        rnn.cells[1].bias[-1] = 100.0  # while its own detector would fire
+    x = torch.randn(steps, 1, 2, dtype=torch.float64)
+    grads = {}
+    for mode in ("chain", "hold"):
+        rnn.boundary_grad = mode
+        state = rnn.initial_state(1)
+        z0 = state.z[1].clone().requires_grad_()
+        out, _ = rnn(x, HMLSTMState(state.h, state.c, (state.z[0], z0, state.z[2])))
+        assert float(out.boundary[..., 1].sum()) == 0  # z stays 0: COPY throughout
+        (grads[mode],) = torch.autograd.grad(out.boundary[-1, 0, 1], z0)
+    assert float(grads["chain"]) == 2.0**steps
+    assert float(grads["hold"]) == 1.0
 
 
 def test_second_derivatives_are_refused() -> None:

@@ -150,6 +150,7 @@ class HMLSTMCell(nn.Module):
         boundary: str = "step",
         generator: torch.Generator | None = None,
         detector_input: Tensor | None = None,
+        hold_copy: bool = False,
     ) -> LayerState:
         """One step.
 
@@ -161,13 +162,14 @@ class HMLSTMCell(nn.Module):
             slope: the hard sigmoid's slope ``a``.
             boundary: ``"step"``, ``"sample"`` or ``"soft"`` (docs/model.md decision 5).
             generator: random generator for ``"sample"``.
-            detector_input: the local straight-through estimator (``boundary_grad="local"``,
-                docs/model.md decision 9): ``bottom_up`` computed from a detached
-                ``h^{below}`` (in the bottom layer, ``bottom_up`` itself). The boundary
-                unit's ``s_z`` is then recomputed from detached states (``h``, ``z`` of
-                this layer and the ones beside it), so that its gradient reaches the
-                detector's weights but no earlier state, and ``z = COPY z_{t-1} + (1 -
-                COPY) z_new`` holds its COPY share constant. None: the chained estimator.
+            detector_input: ``boundary_grad="local"`` (docs/model.md decision 9):
+                ``bottom_up`` computed from a detached ``h^{below}`` (in the bottom layer,
+                ``bottom_up`` itself). The boundary unit's ``s_z`` is then recomputed from
+                detached states (``h``, ``z`` of this layer and the ones beside it), so
+                that its gradient reaches the detector's weights but no earlier state.
+            hold_copy: ``boundary_grad="hold"`` or ``"local"``: ``z = COPY z_{t-1} + (1 -
+                COPY) z_new`` holds its COPY share constant, so that COPY passes ``z``'s
+                gradient on as it passes ``z``.
 
         Returns:
             the layer's ``(h, c, z)`` at ``t``.
@@ -194,8 +196,7 @@ class HMLSTMCell(nn.Module):
         h = copy * h_prev + (1.0 - copy) * (o * torch.tanh(c_out))  # Eq. 3
         if self.has_boundary:
             z_tilde = hard_sigmoid(s[:, 4 * H :], slope)  # (N, 1)  Eq. 10
-            # local: COPY passes z's gradient on as it passes z, not through its own share
-            kept = copy if detector_input is None else copy.detach()
+            kept = copy.detach() if hold_copy else copy
             z = kept * z_prev + (1.0 - kept) * binarize(z_tilde, boundary, generator)
         else:
             z = torch.zeros_like(z_prev)  # docs/model.md decision 2

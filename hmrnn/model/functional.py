@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 BOUNDARY_MODES = ("step", "sample", "soft")
-BOUNDARY_GRADS = ("chain", "local")
+BOUNDARY_GRADS = ("chain", "hold", "local")
 """How far the straight-through gradient of a boundary reaches (docs/model.md decision 9)."""
 
 

@@ -118,12 +118,15 @@ class HMLSTM(nn.Module):
         boundary: ``"step"`` (default: hard threshold, straight-through gradient),
             ``"sample"`` (Bernoulli, straight-through) or ``"soft"`` (no binarisation).
             May be changed after construction, e.g. to evaluate a sampled model with steps.
-        boundary_grad: where the straight-through gradient of a boundary goes (not the
-            paper's option, docs/model.md decision 9): ``"chain"`` (default, the paper's)
-            into everything ``s_z`` reads, earlier states included, so that it chains
-            through the earlier boundaries; ``"local"``: into the detector's weights (and
-            the bottom layer's input) only, as if the states ``s_z`` reads were constants.
-            The forward pass is the same. May be changed after construction.
+        boundary_grad: where the straight-through gradient of a boundary goes
+            (docs/model.md decision 9; the forward pass is the same): ``"chain"`` (default,
+            the paper's) everywhere, through ``z``'s COPY share (``z = COPY z_{t-1} + (1 -
+            COPY) z_new``) and into everything ``s_z`` reads; ``"hold"``: that COPY
+            share held constant, so COPY passes ``z``'s gradient on as it passes ``z``
+            (through the share it can double at each COPY step); ``"local"``: held, and
+            ``s_z``'s gradient reaches the detector's weights (and the bottom layer's
+            input) only, as if the states it reads were constants. May be changed after
+            construction.
         layer_norm: layer normalisation as docs/model.md decision 7.
         batch_first: input and output sequences are ``(N, T, *)``; the state never is.
         fast: run the fast loop of :mod:`hmrnn.model.loop` (one autograd node for the whole
@@ -342,7 +345,7 @@ class HMLSTM(nn.Module):
                 hidden, boundary, *last = hmlstm_loop(
                     self.cells, input, state.h, state.c, state.z, self._slope_host,
                     self._boundary, generator, self._backend,
-                    local=self._boundary_grad == "local",
+                    boundary_grad=self._boundary_grad,
                 )
             state = HMLSTMState(*last)
         else:
@@ -362,7 +365,7 @@ class HMLSTM(nn.Module):
         cells = self.cells
         bottom_input = cells[0].bottom_up(input)  # (T, N, R_1): the input is known in advance
         ones = input.new_ones(N, 1)
-        local = self._boundary_grad == "local"
+        local, hold = self._boundary_grad == "local", self._boundary_grad != "chain"
         hidden_steps: list[list[Tensor]] = [[] for _ in range(L)]
         boundary_steps: list[Tensor] = []
         for t in range(T):
@@ -374,7 +377,7 @@ class HMLSTM(nn.Module):
                                   else cell.bottom_up(h[l - 1].detach()))
                 h[l], c[l], z[l] = cell(
                     bottom_up, z_below, h_above, LayerState(h[l], c[l], z[l]),
-                    self.slope, self._boundary, generator, detector_input,
+                    self.slope, self._boundary, generator, detector_input, hold,
                 )
                 z_below = z[l]
                 hidden_steps[l].append(h[l])

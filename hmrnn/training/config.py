@@ -111,7 +111,7 @@ class ModelConfig:
     embedding_size: int = 64  # paper: 128
     output_size: int = 256  # the gated output embedding h^e; paper: 512 / 2048
     boundary: str = "step"  # step | sample | soft
-    boundary_grad: str = "chain"  # straight-through into earlier states (paper) | local
+    boundary_grad: str = "chain"  # straight-through everywhere (paper) | hold | local
     layer_norm: bool = True
     mixture_components: int = 20  # handwriting: Gaussians of the mixture density head
 
@@ -123,7 +123,7 @@ MODEL_RULES: dict[str, Rule] = {
     "embedding_size": at_least(1),
     "output_size": at_least(1),
     "boundary": one_of("step", "sample", "soft"),
-    "boundary_grad": one_of("chain", "local"),
+    "boundary_grad": one_of("chain", "hold", "local"),
     "layer_norm": ANY,
     "mixture_components": at_least(1),
 }

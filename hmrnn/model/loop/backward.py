@@ -11,12 +11,13 @@ place. Each weight's gradient is then one matrix product over all steps
 (:func:`weight_grads`), as cuDNN does, instead of one per step; in training a large layer
 (CPU) makes a gated term's share only on the rows its boundary let in.
 
-With ``local`` (the HMLSTM's ``boundary_grad="local"``, docs/model.md decision 9) each
-step's gradient of ``s_z`` is held apart before it is spread: the states and the boundary
-gates it would reach get none of it (as if ``s_z`` read constants), and the weight
-gradients get all of it (:func:`_weight_grads` adds the boundary row's share of each
-normalised term, which the spread left out). ``z = COPY z_{t-1} + (1 - COPY) z_bin``
-then holds its COPY share constant: the backend steps read a zero ``z_bin - z_{t-1}``.
+The HMLSTM's ``boundary_grad`` (docs/model.md decision 9) needs no backend of its own.
+``"hold"``: ``z = COPY z_{t-1} + (1 - COPY) z_bin`` holds its COPY share constant, so the
+backend steps read a zero ``z_bin - z_{t-1}``. ``"local"``: held, and each step's
+gradient of ``s_z`` is held apart before it is spread: the states and the boundary gates
+it would reach get none of it (as if ``s_z`` read constants), and the weight gradients
+get all of it (:func:`_weight_grads` adds the boundary row's share of each normalised
+term, which the spread left out).
 
 Shape legend: T time, N batch, L layers, H hidden size of the layer, R = 4H + 1 gate rows
 (4H in the top layer), K = H + Ha + Hb.
@@ -43,7 +44,7 @@ def run_backward(
     grad_c_last: list[Tensor | None],
     backend: Backend,
     *,
-    local: bool = False,
+    boundary_grad: str = "chain",
 ) -> tuple[Tensor, list[Tensor], list[Tensor], list[Tensor], list[dict[str, Tensor]]]:
     """BPTT through :func:`hmrnn.model.loop.forward.run_forward`'s steps, in reverse.
 
@@ -53,9 +54,8 @@ def run_backward(
         grad_z: the gradient of ``buf.z`` ``(T+1, N, L)`` (None: zero).
         grad_c_last: per layer, the gradient of the last ``c`` ``(N, H)`` (None: zero).
         backend: the step functions (those the forward loop ran).
-        local: the straight-through gradient of each boundary reaches the detector's
-            weights (and, through the returned ``grad_bottom``, the bottom layer's input),
-            not the states and boundaries its ``s_z`` read.
+        boundary_grad: ``"chain"``, ``"hold"`` or ``"local"`` (above; with ``"local"``
+            the bottom layer's detector reaches its input through ``grad_bottom``).
 
     Returns:
         ``(grad_bottom (T, N, R_1), grad_h0, grad_c0, grad_z0, grad_weights)``: one
@@ -74,9 +74,10 @@ def run_backward(
               for g, w in zip(grad_c_last, weights, strict=True)]
     grads = [Workspace(w, steps, N, like, grads=True) for w in weights]  # dL/d(what it wrote)
     # with local: per layer with a detector, dL/ds_z of every step (T, N, 1), held apart
+    local = boundary_grad == "local"
     held = [like.new_empty(steps, N, 1) if local and l < L - 1 else None for l in range(L)]
     gz_acc = _backward_loop(weights, buf, 0.5 * slope, grad_h, grad_z, gh_acc, gc_acc, grads,
-                            backend, held)
+                            backend, boundary_grad != "chain", held)
     for g, kept in zip(grads, held, strict=True):
         if kept is not None:
             g.act[..., -1:] = kept
@@ -91,13 +92,14 @@ def _backward_loop(
     weights: list[LayerWeights], buf: Buffers, half_slope: float,
     grad_h: list[Tensor | None], grad_z: Tensor | None,
     gh_acc: list[Tensor], gc_acc: list[Tensor], grads: list[Workspace], backend: Backend,
-    held: list[Tensor | None],
+    hold: bool, held: list[Tensor | None],
 ) -> list[Tensor]:
     """:func:`run_backward`'s steps: they update the running gradients ``gh_acc`` and
     ``gc_acc`` (per layer ``(N, H)``) in place, fill ``grads`` and return the gradient of
-    each layer's initial ``z`` ``(N, 1)`` so far. Each step function is bound once. Where
-    ``held[l]`` is given, each step moves its ``dL/ds_z`` there before spreading ``dL/ds``
-    (``grads[l].act`` then holds 0 in that row)."""
+    each layer's initial ``z`` ``(N, 1)`` so far. Each step function is bound once. With
+    ``hold`` the steps read a zero ``z_bin - z_{t-1}``. Where ``held[l]`` is given, each
+    step moves its ``dL/ds_z`` there before spreading ``dL/ds`` (``grads[l].act`` then
+    holds 0 in that row)."""
     L = len(weights)
     N = gh_acc[0].shape[0]
     gz_acc = [gh_acc[0].new_zeros(N, 1) for _ in range(L)]  # apart: each is returned
@@ -113,10 +115,7 @@ def _backward_loop(
         g_h = gh.contiguous() if gh is not None else None  # (rows adjacent)
         g_z = grad_z[:, :, l : l + 1] if grad_z is not None else None
         H = w.hidden_size
-        # local: z = COPY z_prev + (1 - COPY) z_bin holds its COPY share constant, so the
-        # share's gradient through z_bin - z_prev (zdiff) is left out
-        zdiff = (torch.zeros_like(work.zdiff) if held[l] is not None and work.zdiff is not None
-                 else work.zdiff)
+        zdiff = torch.zeros_like(work.zdiff) if hold and work.zdiff is not None else work.zdiff
         first.append(backend.hm_backward(
             N, H, not top, work.act, work.tanh_c, s.c, s.c_prev, work.u, work.diff,
             zdiff, s.z_prev, s.z_below, work.stats("cell"),

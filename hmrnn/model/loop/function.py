@@ -68,7 +68,7 @@ def _generator(rng: Tensor | None, device: torch.device) -> torch.Generator | No
 def _loop(
     bottom: Tensor, h0: list[Tensor], c0: list[Tensor], z0: list[Tensor],
     params: list[Tensor], names: str, eps: float, slope: Tensor, boundary: str,
-    backend: str, keep: bool, rng: Tensor | None, local: bool,
+    backend: str, keep: bool, rng: Tensor | None, boundary_grad: str,
 ) -> list[Tensor]:
     """The forward loop (:func:`run_forward`) as an operator.
 
@@ -90,8 +90,8 @@ def _loop(
         backend: the step backend's name, resolved here (:func:`resolve`).
         keep: also return what the backward pass reads.
         rng: the state of the generator of ``"sample"`` boundaries (None: torch's default).
-        local: the backward pass keeps the straight-through gradient local (the HMLSTM's
-            ``boundary_grad="local"``); the forward pass does not read it.
+        boundary_grad: the HMLSTM's, for the backward pass (the forward pass does not
+            read it).
 
     Returns:
         ``L`` tensors ``h (T+1, N, H_l)`` (index 0 the initial state), ``z (T+1, N, L)``,
@@ -118,7 +118,7 @@ def _loop(
 def _loop_shapes(
     bottom: Tensor, h0: list[Tensor], c0: list[Tensor], z0: list[Tensor],
     params: list[Tensor], names: str, eps: float, slope: Tensor, boundary: str,
-    backend: str, keep: bool, rng: Tensor | None, local: bool,
+    backend: str, keep: bool, rng: Tensor | None, boundary_grad: str,
 ) -> list[Tensor]:
     """The outputs' shapes (and strides: contiguous, as :func:`_loop` makes them): the
     loop's own buffers, made but not run."""
@@ -134,14 +134,14 @@ def _loop_shapes(
 def _save(ctx: Any, inputs: tuple[Any, ...], output: list[Tensor]) -> None:
     """``setup_context`` of :func:`_loop`: keep ``h``, ``z``, what :func:`_loop` kept (the
     backend it chose first), the parameters and the slope."""
-    _, h0, _, _, params, names, eps, slope, boundary, _, keep, rng, local = inputs
+    _, h0, _, _, params, names, eps, slope, boundary, _, keep, rng, boundary_grad = inputs
     L = len(h0)
     kept = output[2 * L + 1 : len(output) - (rng is not None)]
     ctx.mark_non_differentiable(*kept, *output[len(output) - (rng is not None) :])
     ctx.set_materialize_grads(False)
     # the slope copied: a new one set before this backward pass runs is for the next steps
     ctx.save_for_backward(*output[: L + 1], *kept, *params, slope.clone())
-    ctx.layout = (L, len(kept), names, eps, boundary, local)
+    ctx.layout = (L, len(kept), names, eps, boundary, boundary_grad)
     ctx.keep = keep
 
 
@@ -155,14 +155,14 @@ def _backward(ctx: Any, grads: list[Tensor | None]) -> tuple[Any, ...]:
     if not ctx.keep:
         raise RuntimeError("hmrnn::hmlstm_loop ran with keep=False, so it kept nothing for "
                            "its gradient: call it with keep=True where autograd is on")
-    L, K, names, eps, boundary, local = ctx.layout
+    L, K, names, eps, boundary, boundary_grad = ctx.layout
     saved = ctx.saved_tensors
     h, z, backend, kept, params, slope = (saved[:L], saved[L], saved[L + 1],
                                           saved[L + 2 : L + 1 + K], saved[L + 1 + K : -1],
                                           saved[-1])
     g = torch.ops.hmrnn.hmlstm_loop_backward(
         list(grads[:L]), grads[L], list(grads[L + 1 : 2 * L + 1]), list(h), z, list(kept),
-        list(params), names, eps, slope, boundary, backend, local,
+        list(params), names, eps, slope, boundary, backend, boundary_grad,
     )
     return (g[0], g[1 : L + 1], g[L + 1 : 2 * L + 1], g[2 * L + 1 : 3 * L + 1], g[3 * L + 1 :],
             None, None, None, None, None, None, None, None)
@@ -175,7 +175,7 @@ _loop.register_autograd(_backward, setup_context=_save)
 def _loop_backward(
     grad_h: list[Tensor | None], grad_z: Tensor | None, grad_c: list[Tensor | None],
     h: list[Tensor], z: Tensor, kept: list[Tensor], params: list[Tensor], names: str,
-    eps: float, slope: Tensor, boundary: str, backend: Tensor, local: bool,
+    eps: float, slope: Tensor, boundary: str, backend: Tensor, boundary_grad: str,
 ) -> list[Tensor]:
     """BPTT through ``hmrnn::hmlstm_loop`` (:func:`run_backward`) as an operator.
 
@@ -185,7 +185,7 @@ def _loop_backward(
         grad_c: per layer, the gradient of the last ``c`` ``(N, H_l)`` (None: zero).
         h, z: the forward loop's outputs.
         kept: what it kept (the fused weights and :meth:`Buffers.kept`).
-        params, names, eps, slope, boundary, local: its arguments.
+        params, names, eps, slope, boundary, boundary_grad: its arguments.
         backend: the step backend it chose, its index in ``BACKENDS`` (a 0-dim int64
             tensor on the host): the same one runs here.
 
@@ -200,7 +200,8 @@ def _loop_backward(
     buf = Buffers.restore(weights, [t.detach() for t in h], z.detach(), tensors)
     with torch.autocast(z.device.type, enabled=False):  # as the forward loop ran
         g_bottom, g_h0, g_c0, g_z0, g_weights = run_backward(
-            weights, buf, float(slope), grad_h, grad_z, grad_c, step, local=local)
+            weights, buf, float(slope), grad_h, grad_z, grad_c, step,
+            boundary_grad=boundary_grad)
     # a fused weight's gradients are column views of one product: autograd would copy
     # each into the parameter's layout anyway, so this costs nothing more
     g_params = [g[name].contiguous() for layer, g in zip(_split(names), g_weights, strict=True)
@@ -212,7 +213,7 @@ def _loop_backward(
 def _loop_backward_shapes(
     grad_h: list[Tensor | None], grad_z: Tensor | None, grad_c: list[Tensor | None],
     h: list[Tensor], z: Tensor, kept: list[Tensor], params: list[Tensor], names: str,
-    eps: float, slope: Tensor, boundary: str, backend: Tensor, local: bool,
+    eps: float, slope: Tensor, boundary: str, backend: Tensor, boundary_grad: str,
 ) -> list[Tensor]:
     """The gradients' shapes (and strides: contiguous, as :func:`_loop_backward` makes
     them): those of the tensors they are the gradients of."""
@@ -234,7 +235,7 @@ def hmlstm_loop(
     generator: torch.Generator | None = None,
     backend: str = "auto",
     *,
-    local: bool = False,
+    boundary_grad: str = "chain",
 ) -> tuple[tuple[Tensor, ...], Tensor, tuple[Tensor, ...], tuple[Tensor, ...], tuple[Tensor, ...]]:
     """Run the stack over a sequence: what :meth:`hmrnn.model.hmlstm.HMLSTM.forward` computes.
 
@@ -250,9 +251,8 @@ def hmlstm_loop(
             the draws come from torch's default generator).
         backend: the step backend, ``"auto"``, ``"aten"``, ``"cpu"`` or ``"triton"``
             (:func:`hmrnn.model.loop.backends.select`), chosen once for the whole call.
-        local: the straight-through gradient of a boundary reaches the detector's weights
-            (and the bottom layer's input), not the states its ``s_z`` read
-            (:func:`hmrnn.model.loop.backward.run_backward`).
+        boundary_grad: where the straight-through gradient of a boundary goes
+            (:class:`hmrnn.model.hmlstm.HMLSTM`, :func:`hmrnn.model.loop.backward.run_backward`).
 
     Returns:
         ``hidden`` (``L`` tensors ``(T, N, H_l)``), ``boundary (T, N, L)``, and the last
@@ -275,7 +275,7 @@ def hmlstm_loop(
         slope = torch.tensor(float(slope), dtype=torch.float64)
     out = torch.ops.hmrnn.hmlstm_loop(
         bottom, list(h0), list(c0), list(z0), list(params), _join(names),
-        layer_norm_eps(cells), slope, boundary, backend, keep, rng, local,
+        layer_norm_eps(cells), slope, boundary, backend, keep, rng, boundary_grad,
     )
     if generator is not None:
         generator.set_state(out[-1])
