@@ -19,6 +19,7 @@ from hmrnn.model.boundary_control import (
     binomial_prior_loss,
     boundary_grad_norms,
     boundary_preactivation,
+    cap_boundary_gains,
     cap_boundary_rows,
     detector_shares,
     ratio_loss,
@@ -161,6 +162,22 @@ def test_cap_scales_only_rows_above_the_cap() -> None:
     assert float(rnn.cells[0].U[-1].detach().norm()) == pytest.approx(1.9365)
     assert torch.equal(rnn.cells[1].W[-1], small)
     assert torch.equal(rnn.cells[0].U[:-1], other_rows)
+
+
+def test_gain_cap_clamps_only_the_boundary_entry_of_each_term_norm() -> None:
+    rnn = HMLSTM(4, 5, 3, layer_norm=True)
+    with torch.no_grad():
+        for cell in rnn.cells:
+            for norm in (cell.ln_recurrent, cell.ln_bottom_up, cell.ln_cell):
+                norm.weight.fill_(0.9)
+        rnn.cells[1].ln_top_down.weight[-1] = -0.7
+    cap_boundary_gains(rnn, 0.25)
+    for cell in rnn.cells:
+        capped = cell.has_boundary
+        assert float(cell.ln_recurrent.weight[-1]) == pytest.approx(0.25 if capped else 0.9)
+        assert float(cell.ln_bottom_up.weight[0]) == pytest.approx(0.9)
+        assert torch.all(cell.ln_cell.weight == 0.9)
+    assert float(rnn.cells[1].ln_top_down.weight[-1]) == pytest.approx(-0.25)
 
 
 def test_detector_shares_count_both_flat_sides_of_the_hard_sigmoid() -> None:

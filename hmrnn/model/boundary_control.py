@@ -15,7 +15,9 @@ configs, and measured in docs/hierarchy.md:
   only reaches detectors inside the linear region);
 - :func:`binomial_prior_loss`: the negative log-probability of each stream's boundary
   count under a binomial prior (Dynamic Token Pooling's form), with the same reach;
-- :func:`cap_boundary_rows`: the authors' code caps the norm of each weight's boundary row.
+- :func:`cap_boundary_rows`: the authors' code caps the norm of each weight's boundary row;
+- :func:`cap_boundary_gains`: with layer norm the boundary unit's scale is its layer
+  norms' gains (row z of each), which that cap does not reach: this one caps them.
 
 Instruments: :func:`boundary_preactivation` recomputes ``s_z`` of every step from a
 forward pass's states, :func:`detector_shares` the share of detectors outside the hard
@@ -166,6 +168,16 @@ def cap_boundary_rows(rnn: HMLSTM, max_norm: float) -> None:
                 norm = float(row.norm())
                 if norm > max_norm:
                     row.mul_(max_norm / norm)
+
+
+@torch.no_grad()
+def cap_boundary_gains(rnn: HMLSTM, max_gain: float) -> None:
+    """Clamp the boundary entry (row z) of each layer-normalised term's gain to
+    ``[-max_gain, max_gain]`` (a stack without layer norm is left as it is)."""
+    for cell in _detectors(rnn):
+        if cell.layer_norm:
+            for norm in (cell.ln_recurrent, cell.ln_top_down, cell.ln_bottom_up):
+                norm.weight[-1].clamp_(-max_gain, max_gain)
 
 
 @torch.no_grad()

@@ -17,6 +17,7 @@ from hmrnn.model.boundary_control import (
     binomial_prior_loss,
     boundary_grad_norms,
     boundary_preactivation,
+    cap_boundary_gains,
     cap_boundary_rows,
     detector_shares,
     ratio_loss,
@@ -117,6 +118,8 @@ class BoundaryTraining:
             self.controller.update((mean / self.context.world_size).tolist())
         if self.train.boundary_cap > 0:
             cap_boundary_rows(self.rnn, self.train.boundary_cap)
+        if self.train.boundary_gain_cap > 0:
+            cap_boundary_gains(self.rnn, self.train.boundary_gain_cap)
 
     def instruments(
         self, input: Tensor, state: HMLSTMState | None, output: RNNOutput

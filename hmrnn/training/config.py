@@ -161,6 +161,7 @@ class TrainConfig:
     rate_error: str = "logit"  # the controller's error: logit (log-odds) | linear (target - rate)
     rate_bias_gradient: bool = True  # bias control: the optimiser also trains the boundary bias
     boundary_cap: float = 0.0  # norm cap of each weight's boundary row (authors: 1.9365); 0: off
+    boundary_gain_cap: float = 0.0  # cap of the boundary entry of each term's LN gain; 0: off
 
 
 TRAIN_RULES: dict[str, Rule] = {
@@ -190,6 +191,7 @@ TRAIN_RULES: dict[str, Rule] = {
     "rate_error": one_of("linear", "logit"),
     "rate_bias_gradient": ANY,
     "boundary_cap": at_least(0),
+    "boundary_gain_cap": at_least(0),
 }
 
 
