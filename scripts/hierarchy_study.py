@@ -122,7 +122,7 @@ def score(row: str, seed: int, run_dir: Path) -> dict[str, object]:
     fired = np.asarray(result.boundary > 0.5)  # (S, L)
     summary = hierarchy_summary(fired, segment_references(corpus, "test"))
     f1 = summary["f1"]
-    text = "".join(corpus.vocab.symbols[i] for i in corpus.splits["test"][: len(fired)])
+    text = corpus.vocab.decode(corpus.splits["test"][: len(fired)])
     return {"row": row, "seed": seed, "overrides": ROWS[row], "bpc": round(result.bpc, 4),
             "rates": [round(r, 3) for r in summary["rates"]],
             "saved": round(summary["saved_fraction"], 3),

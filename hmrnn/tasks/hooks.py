@@ -59,7 +59,7 @@ class BoundaryTraining:
     :meth:`loss` is added to the task's loss (the ratio loss when ``rate_control`` is
     ``"loss"``, the binomial prior when it is ``"prior"``); :meth:`observe` is told each
     step's shown ``stats`` and, on the steps the trainer logs, what :meth:`instruments`
-    needs; :meth:`end_step` then runs the bias controller and the row cap after an
+    needs; :meth:`end_step` then runs the bias controller and the caps after an
     accepted step (the rates averaged over every process) and adds the detectors'
     instruments (dead shares, gradient norms) to those ``stats``; ``last`` keeps the
     latest instruments. A stack without boundaries gets none of it.

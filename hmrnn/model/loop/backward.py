@@ -204,14 +204,15 @@ def _weight_grads(
     hidden = {"U": buf.h[l][:-1],  # h_{t-1}
               "U_td": buf.h[l + 1][:-1] if l < top else None,  # h^{above}_{t-1}
               "W": buf.h[l - 1][1:] if l > 0 else None}  # h^{below}_t
+    # with held: dL/ds_z in the boundary row, zeros elsewhere (each term gates its copy)
+    upstream_z = torch.zeros_like(grads.act) if held is not None else None
     for name, h in hidden.items():
         if h is None:
             continue
         gate = gates[name]
         g_proj = grads.proj[name].reshape(-1, R)
         key = LN_OF[name]
-        if held is not None:  # the boundary row's share, which proj has not
-            upstream_z = torch.zeros_like(grads.act)
+        if held is not None and upstream_z is not None:  # the boundary row's share
             upstream_z[..., -1:] = held if gate is None else held * gate
             g_z, _, _ = _layer_norm_backward(
                 upstream_z, work.proj[name], (R,), *_layer_norm_stats(work, key),
