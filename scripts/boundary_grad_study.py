@@ -28,13 +28,16 @@ from hmrnn.tasks.charlm.task import load_charlm
 
 
 def gradient_norms(checkpoint: Path, windows: int, seq_len: int, batch: int, seed: int,
-                   dtype: torch.dtype) -> dict[str, list[float]]:
-    """Per ``boundary_grad``, the gradient norm over every parameter on each window."""
+                   dtype: torch.dtype, slope: float | None = None) -> dict[str, list[float]]:
+    """Per ``boundary_grad``, the gradient norm over every parameter on each window, at
+    the checkpoint's slope or at ``slope``."""
     model, _, config, _ = load_charlm(checkpoint)
     model = model.to(dtype)
     rnn = model.rnn
     if not isinstance(rnn, HMLSTM):
         raise SystemExit(f"{checkpoint} holds a {type(rnn).__name__}, not an HM-LSTM")
+    if slope is not None:
+        rnn.set_slope(slope)
     train = torch.as_tensor(corpus_from_config(config.data).splits["train"]).long()
     starts = np.random.default_rng(seed).integers(0, len(train) - seq_len - 1, (windows, batch))
     norms: dict[str, list[float]] = {}
@@ -61,12 +64,15 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--double", action="store_true", help="float64 instead of float32")
+    parser.add_argument("--slope", type=float, help="the hard sigmoid's slope (default: the "
+                        "checkpoint's)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     norms = gradient_norms(args.checkpoint, args.windows, args.seq_len, args.batch, args.seed,
-                           torch.float64 if args.double else torch.float32)
+                           torch.float64 if args.double else torch.float32, args.slope)
     print(f"gradient norm over {args.windows} windows of {args.seq_len} x {args.batch} "
-          f"({'float64' if args.double else 'float32'}), {args.checkpoint}")
+          f"({'float64' if args.double else 'float32'}"
+          f"{'' if args.slope is None else f', slope {args.slope:g}'}), {args.checkpoint}")
     print("| boundary_grad | median | worst | windows above 1e3 |")
     print("| --- | ---: | ---: | ---: |")
     for mode, values in norms.items():
