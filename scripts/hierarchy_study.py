@@ -50,6 +50,7 @@ ROWS: dict[str, list[str]] = {
     "main-hold-slope5": ["model.boundary_grad=hold", "train.slope_max=5"],
     "main-hold-gain0.2": ["model.boundary_grad=hold", "train.rate_gain=0.2"],
     "main-local-gain0.2": ["model.boundary_grad=local", "train.rate_gain=0.2"],
+    "main-local-gain0.2-0.05": ["model.boundary_grad=local", "train.rate_gain=0.2,0.05"],
     "main-hold-cap": ["model.boundary_grad=hold", "train.boundary_cap=1.9365"],
     "main-hold-gaincap": ["model.boundary_grad=hold", "train.boundary_gain_cap=0.2"],
     "main-local": ["model.boundary_grad=local"],

@@ -63,6 +63,14 @@ def test_every_field_has_a_rule_and_the_packaged_configs_pass() -> None:
         validate_config(load_config(path.stem))
     with pytest.raises(ConfigError, match="model.hidden_size must give one size or one per"):
         validate_config(load_config(None, {"model.hidden_size": "4,4"}))
+    with pytest.raises(ConfigError, match=r"train.rate_gain must give one value or one per "
+                                          r"target of train.boundary_rate \(2\), got 3 values"):
+        validate_config(load_config(None, {"train.rate_gain": "0.2,0.05,0.05"}))
+    with pytest.raises(ConfigError, match=r"train.rate_gain must give one value "
+                                          r"\(train.rate_control='loss' takes one weight\)"):
+        validate_config(load_config(None, {"train.rate_control": "loss",
+                                           "train.rate_gain": "0.2,0.05"}))
+    validate_config(load_config(None, {"train.rate_gain": "0.2,0.05"}))
 
 
 def test_clip_zero_means_off() -> None:

@@ -63,6 +63,10 @@ def test_controller_moves_each_bias_towards_its_target_even_when_saturated() -> 
     assert after[0] == pytest.approx(before[0] + 0.5 * 0.2)
     assert after[1] == pytest.approx(before[1] - 0.5 * 0.4)
     assert torch.equal(rnn.cells[2].bias, top)  # the top layer has no detector
+    RateController(rnn, [0.2, 0.05], gain=[0.5, 2.0]).update([0.0, 0.45])  # one per layer
+    final = [float(c.bias[-1].detach()) for c in rnn.cells[:2]]
+    assert final[0] == pytest.approx(after[0] + 0.5 * 0.2)
+    assert final[1] == pytest.approx(after[1] - 2.0 * 0.4)
 
 
 def test_logit_error_matches_the_linear_one_near_the_target_and_recovers_faster() -> None:
@@ -102,11 +106,14 @@ def test_owning_the_bias_keeps_the_optimiser_off_its_boundary_entry(own_bias: bo
 @pytest.mark.parametrize("targets, gain, error, message", [
     ([0.2], 0.01, "linear", r"targets: one per layer below the top, 2 here, got 1"),
     ([0.2, 1.0], 0.01, "linear", r"targets must lie in \(0, 1\), got \[0.2, 1.0\]"),
-    ([0.2, 0.05], 0.0, "linear", r"gain must be positive, got 0.0"),
+    ([0.2, 0.05], 0.0, "linear", r"one positive value, or one per layer below the top "
+                                 r"\(2\), got 0.0"),
+    ([0.2, 0.05], [0.1, 0.1, 0.1], "linear", r"one per layer below the top \(2\), got "
+                                             r"\[0.1, 0.1, 0.1\]"),
     ([0.2, 0.05], 0.01, "log", r"error is linear or logit, got 'log'"),
 ])
-def test_controller_refuses_bad_settings(targets: list[float], gain: float, error: str,
-                                         message: str) -> None:
+def test_controller_refuses_bad_settings(targets: list[float], gain: float | list[float],
+                                         error: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         RateController(HMLSTM(4, 5, 3), targets, gain, error)
 
@@ -245,7 +252,7 @@ def test_the_step_adds_the_chosen_rate_loss(control: str, loss) -> None:
     from hmrnn.training.config import TrainConfig
     from hmrnn.training.distributed import DistContext
 
-    train = TrainConfig(rate_control=control, rate_gain=0.3, boundary_rate=(0.2, 0.05))
+    train = TrainConfig(rate_control=control, rate_gain=(0.3,), boundary_rate=(0.2, 0.05))
     boundary = torch.rand(20, 4, 3, generator=torch.Generator().manual_seed(1))
     added = BoundaryTraining(HMLSTM(4, 5, 3), train, DistContext()).loss(boundary)
     if loss is None:

@@ -46,6 +46,9 @@ def test_overrides_are_coerced_by_field_type() -> None:
     assert c.model.hidden_size == (512, 256, 128)
     assert c.data.spaces is False
     assert c.train.max_steps == 1000
+    assert load_config(None, parse_overrides(["train.rate_gain=0.2"])).train.rate_gain == (0.2,)
+    assert load_config(None, parse_overrides(
+        ["train.rate_gain=[0.2, 0.05]"])).train.rate_gain == (0.2, 0.05)
 
 
 def test_toml_round_trip() -> None:

@@ -67,7 +67,7 @@ class RateController:
     """Integral control of each boundary layer's rate through its boundary bias.
 
     After each optimiser step, :meth:`update` moves the bias of layer ``l``'s boundary
-    unit (row z of ``layers.{l}.bias``) by ``gain * (target_l - rate_l)``, ``rate_l`` the
+    unit (row z of ``layers.{l}.bias``) by ``gain_l * (target_l - rate_l)``, ``rate_l`` the
     share of the step's ``(t, n)`` at which layer ``l`` fired. In steady state the rate
     equals the target; where the detector fires is left to the gradient. Stateless: the
     bias is a parameter, so checkpoints and resume carry the controller with the model.
@@ -80,7 +80,8 @@ class RateController:
     Args:
         rnn: the HM-LSTM stack.
         targets: one rate in (0, 1) per layer below the top.
-        gain: bias change per unit of rate error and step (> 0).
+        gain: bias change per unit of rate error and step (> 0): one for every layer, or
+            one per layer below the top.
         error: ``"linear"``, ``target - rate``; or ``"logit"``,
             ``t (1 - t) (logit(t) - logit(rate))`` (the linear error's gain at the target,
             but a layer dead at 0 is revived about as fast as a saturated one is brought
@@ -88,15 +89,19 @@ class RateController:
         own_bias: keep the optimiser off the boundary biases.
     """
 
-    def __init__(self, rnn: HMLSTM, targets: Sequence[float], gain: float,
+    def __init__(self, rnn: HMLSTM, targets: Sequence[float], gain: float | Sequence[float],
                  error: str = "linear", own_bias: bool = False) -> None:
-        if not gain > 0:
-            raise ValueError(f"the rate controller's gain must be positive, got {gain}")
         if error not in ("linear", "logit"):
             raise ValueError(f"the rate controller's error is linear or logit, got {error!r}")
         self.rnn = rnn
         self.targets = _check_targets(rnn, targets)
-        self.gain = float(gain)
+        gains = (float(gain),) if isinstance(gain, int | float) else tuple(map(float, gain))
+        if len(gains) == 1:
+            gains *= len(self.targets)
+        if len(gains) != len(self.targets) or not all(g > 0 for g in gains):
+            raise ValueError(f"the rate controller's gain: one positive value, or one per "
+                             f"layer below the top ({len(self.targets)}), got {gain}")
+        self.gains = gains
         self.error = error
         if own_bias:
             for cell in _detectors(rnn):
@@ -112,8 +117,9 @@ class RateController:
     @torch.no_grad()
     def update(self, rates: Sequence[float]) -> None:
         """Move each boundary bias towards its target; ``rates``: one per boundary layer."""
-        for cell, target, rate in zip(_detectors(self.rnn), self.targets, rates, strict=True):
-            cell.bias[-1] += self.gain * self._error(target, float(rate))
+        for cell, target, gain, rate in zip(_detectors(self.rnn), self.targets, self.gains,
+                                            rates, strict=True):
+            cell.bias[-1] += gain * self._error(target, float(rate))
 
 
 def _without_boundary_row(grad: Tensor) -> Tensor:

@@ -86,7 +86,7 @@ class BoundaryTraining:
         train = self.train
         if self.rnn is None or boundary is None or train.rate_control not in RATE_LOSSES:
             return None
-        return train.rate_gain * RATE_LOSSES[train.rate_control](boundary, train.boundary_rate)
+        return train.rate_gain[0] * RATE_LOSSES[train.rate_control](boundary, train.boundary_rate)
 
     def observe(self, step: int, stats: dict[str, Any], input: Callable[[], Tensor],
                 state: HMLSTMState | None, output: RNNOutput) -> None:

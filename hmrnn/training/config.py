@@ -156,7 +156,8 @@ class TrainConfig:
     # Boundary-rate control (docs/model.md decision 9; not the paper's, off in its configs):
     rate_control: str = "bias"  # none | bias: integral control of the bias | loss | prior
     boundary_rate: tuple[float, ...] = (0.2, 0.05)  # target rate per layer below the top
-    rate_gain: float = 0.05  # bias step per unit of rate error (bias), or the loss's weight
+    rate_gain: tuple[float, ...] = (0.05,)  # bias step per unit of rate error (bias; one
+    # for every layer or one per layer below the top), or the loss's weight (one value)
     # (loss: the H-Net ratio loss; prior: a binomial prior on each stream's boundary count)
     rate_error: str = "logit"  # the controller's error: logit (log-odds) | linear (target - rate)
     rate_bias_gradient: bool = True  # bias control: the optimiser also trains the boundary bias
@@ -378,6 +379,13 @@ def validate_config(config: Config) -> Config:
                                                            abs_tol=1e-6):
         raise ConfigError(f"data.fractions must be three fractions (train, valid, test) "
                           f"summing to 1, got {list(config.data.fractions)}")
+    train = config.train
+    gains = len(train.rate_gain)
+    if gains != 1 and (train.rate_control != "bias" or gains != len(train.boundary_rate)):
+        per_layer = (f" or one per target of train.boundary_rate ({len(train.boundary_rate)})"
+                     if train.rate_control == "bias" else
+                     f" (train.rate_control={train.rate_control!r} takes one weight)")
+        raise ConfigError(f"train.rate_gain must give one value{per_layer}, got {gains} values")
     return config
 
 
