@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from hmrnn._io import temporary_name
-from hmrnn.progress import around_bars, duration, progress_bar
+from hmrnn.progress import around_bars, progress_bar
 from hmrnn.training.checkpoint import (
     CheckpointError,
     nonfinite_tensors,
@@ -39,7 +39,8 @@ from hmrnn.training.checkpoint import (
 )
 from hmrnn.training.config import Config, validate_config
 from hmrnn.training.distributed import DistContext
-from hmrnn.training.metrics_log import MetricsWriter
+from hmrnn.training.pace import SymbolRate, format_metrics, plain_line, planned_steps
+from hmrnn.training.records import RunRecords
 from hmrnn.training.run_dir import write_config
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -218,10 +219,10 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
         self._signal: int | None = None
         self._interrupt_now = False  # a signal raises KeyboardInterrupt at once
-        self._writer: MetricsWriter | None = None
+        self.records = RunRecords(self.out_dir, tensorboard=config.run.tensorboard,
+                                  is_main=self.context.is_main, echo=self.echo)
         self._good: tuple[Path, int] | None = None  # the newest last.pt written, its step
         self._saved_step = -1  # the step last.pt was last settled at (written or refused)
-        self._started = time.monotonic()  # when the run started, less state.wall (see _wall)
 
     # -- checkpoints -------------------------------------------------------------------
 
@@ -234,7 +235,7 @@ class Trainer:
         return self.out_dir / "best.pt"
 
     def _payload(self) -> dict[str, Any]:
-        self.state.wall = self._wall()
+        self.state.wall = self.records.wall()
         rng: dict[str, Any] = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
@@ -313,7 +314,7 @@ class Trainer:
         self.state = TrainerState(**checkpoint["trainer"])
         # the run's clock goes on from the checkpoint's (fit() sets it again) also for a
         # save() or record() without fit()
-        self._started = time.monotonic() - self.state.wall
+        self.records.start_clock(self.state.wall)
         self.task.load_state_dict(checkpoint["task"])
         torch.set_rng_state(checkpoint["rng"]["torch"])
         if "cuda" in checkpoint["rng"] and torch.cuda.is_available():
@@ -459,22 +460,19 @@ class Trainer:
             TrainingError: too many non-finite steps in a row.
             OSError: a checkpoint or log cannot be written (the earlier checkpoints stay).
         """
-        self._started = time.monotonic() - self.state.wall
+        self.records.start_clock(self.state.wall)
         if self.context.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             remove_stale_temporaries(self.out_dir)
             write_config(self.out_dir, self.config)
-            self._writer = self._open_writer(keep_until=self.state.step)
-            if self.config.run.tensorboard and not self._writer.tensorboard:
+            if not self.records.open(keep_until=self.state.step) and self.config.run.tensorboard:
                 self.echo(TENSORBOARD_MISSING)
             if self.state.step:
                 self._event("resume", f"resumed at step {self.state.step}", echo=False)
         try:
             return self._fit()
         finally:
-            if self._writer is not None:
-                self._writer.close()
-                self._writer = None
+            self.records.close()
 
     def _fit(self) -> FitResult:
         cfg = self.train_cfg
@@ -484,7 +482,7 @@ class Trainer:
         consecutive_bad = 0
         stopped_by = self._budget_reason()
         self._saved_step = -1
-        rate = _Rate()
+        rate = SymbolRate()
         since = (self.state.step, self.state.elapsed)  # this session's start, for its speed
         last_line: float | None = None  # when the last plain progress line was printed
         try:
@@ -514,12 +512,14 @@ class Trainer:
                              **hooked}
                     bar.total = self._planned_steps()
                     bar.update(1)
-                    bar.set_postfix_str(_format(shown), refresh=False)
+                    bar.set_postfix_str(format_metrics(shown), refresh=False)
                     if self.state.step % cfg.log_every == 0:
                         self.record("train", shown)
                         if bar.disable and (last_line is None
                                             or time.monotonic() - last_line >= PLAIN_LOG_SECONDS):
-                            self.echo(self._plain_line(shown, bar.total, since))
+                            self.echo(plain_line(
+                                shown, step=self.state.step, total=bar.total, since=since,
+                                elapsed=self.state.elapsed, wall=self.records.wall()))
                             last_line = time.monotonic()
                     stopped_by = self._budget_reason()
                     if self.state.step % cfg.eval_every == 0:
@@ -591,54 +591,23 @@ class Trainer:
 
     def _log_eval(self, split: str, metrics: dict[str, Any]) -> None:
         self.record(split, metrics)
-        self.echo(f"step {self.state.step} {split}: {_format(metrics)}")
+        self.echo(f"step {self.state.step} {split}: {format_metrics(metrics)}")
         for warning in self.task.warnings(metrics):
             self._event("warning", f"warning: {warning}")
-
-    # -- the run's records ---------------------------------------------------------------
-
-    def _wall(self) -> float:
-        """Seconds since the run started, evaluations included, summed over resumed runs."""
-        return time.monotonic() - self._started
-
-    def _open_writer(self, keep_until: int | None) -> MetricsWriter:
-        return MetricsWriter(self.out_dir, tensorboard=self.config.run.tensorboard,
-                             keep_until=keep_until)
 
     def record(self, kind: str, metrics: dict[str, Any]) -> None:
         """Append ``metrics`` of ``kind`` at the current step to the run's ``metrics.jsonl``
         (and TensorBoard), on the main process: the trainer's own ``train`` and ``valid``
         records, and an evaluation made after :meth:`fit`, e.g. the report's ``test``."""
-        if self._writer is not None:
-            self._writer.write(kind, self.state.step, metrics, wall=self._wall())
-        elif self.context.is_main:
-            with self._open_writer(keep_until=None) as writer:
-                writer.write(kind, self.state.step, metrics, wall=self._wall())
+        self.records.record(kind, self.state.step, metrics)
 
     def _event(self, name: str, message: str, *, echo: bool = True, **values: Any) -> None:
-        """Say ``message`` (unless not ``echo``) and record it as event ``name`` in
-        ``metrics.jsonl``, with numbers ``values``."""
-        if echo:
-            self.echo(message)
-        if self._writer is not None:
-            self._writer.event(name, self.state.step, message, wall=self._wall(), **values)
-
-    # -- progress ------------------------------------------------------------------------
+        self.records.event(name, self.state.step, message, echo=echo, **values)
 
     def _planned_steps(self) -> int | None:
-        """The step at which the first budget runs out (None: no budget), for the bar's
-        total and ETA; the time budget counts as the steps that fit in what is left of it
-        at the run's mean time per step so far."""
-        cfg = self.train_cfg
-        ends = []
-        if cfg.max_steps:
-            ends.append(cfg.max_steps)
-        if cfg.max_epochs:
-            ends.append(math.ceil(cfg.max_epochs * self.task.steps_per_epoch))
-        if cfg.max_minutes and self.state.step and self.state.elapsed > 0:
-            left = max(cfg.max_minutes * 60 - self.state.elapsed, 0.0)
-            ends.append(self.state.step + math.ceil(left * self.state.step / self.state.elapsed))
-        return min(ends) if ends else None
+        """The step at which the first budget runs out (:func:`.pace.planned_steps`)."""
+        return planned_steps(self.train_cfg, self.state.step, self.state.elapsed,
+                             self.task.steps_per_epoch)
 
     def _progress(self) -> Any:
         """The training bar (:func:`hmrnn.progress.progress_bar`; drawn on the main process
@@ -646,44 +615,3 @@ class Trainer:
         return progress_bar(total=self._planned_steps(), desc="train", unit="step",
                             enabled=self.config.run.progress and self.context.is_main,
                             initial=self.state.step, mininterval=1.0)
-
-    def _plain_line(self, shown: dict[str, Any], total: int | None,
-                    since: tuple[int, float]) -> str:
-        """The progress of training in one line, for when no bar is drawn: the step, the
-        numbers the bar shows, steps per second this session, time since the run started
-        and, with a budget, the training time left."""
-        steps, seconds = self.state.step - since[0], self.state.elapsed - since[1]
-        speed = steps / seconds if seconds > 0 else 0.0
-        where = f"step {self.state.step}" + (f"/{total}" if total else "")
-        left = (f", {duration((total - self.state.step) / speed)} left"
-                if total and speed > 0 else "")
-        return (f"{where} train: {_format(shown)} ({speed:.3g} steps/s, "
-                f"{duration(self._wall())} elapsed{left})")
-
-
-class _Rate:
-    """Symbols per second over the recent steps (an exponential moving average)."""
-
-    def __init__(self) -> None:
-        self.symbols = 0.0
-        self.seconds = 0.0
-
-    def add(self, symbols: int, seconds: float) -> None:
-        self.symbols = 0.9 * self.symbols + symbols
-        self.seconds = 0.9 * self.seconds + seconds
-
-    @property
-    def value(self) -> float:
-        return self.symbols / self.seconds if self.seconds > 0 else 0.0
-
-
-def _format(values: dict[str, Any]) -> str:
-    parts = []
-    for k, v in values.items():
-        if isinstance(v, list | tuple):
-            parts.append(f"{k}=" + "/".join(f"{x:.2f}" for x in v))
-        elif isinstance(v, float):
-            parts.append(f"{k}={v:.0f}" if abs(v) >= 1000 else f"{k}={v:.4g}")
-        elif isinstance(v, int | str):
-            parts.append(f"{k}={v}")
-    return " ".join(parts)
