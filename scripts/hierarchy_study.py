@@ -51,6 +51,10 @@ ROWS: dict[str, list[str]] = {
     "main-hold-gain0.2": ["model.boundary_grad=hold", "train.rate_gain=0.2"],
     "main-local-gain0.2": ["model.boundary_grad=local", "train.rate_gain=0.2"],
     "main-local-gain0.2-0.05": ["model.boundary_grad=local", "train.rate_gain=0.2,0.05"],
+    # layer 2's target falls from layer 1's (0.2) to its own (0.05) over the first steps
+    "main-warmup500": ["train.rate_warmup=500"],
+    "main-local-gain0.2-warmup500": ["model.boundary_grad=local", "train.rate_gain=0.2",
+                                     "train.rate_warmup=500"],
     "main-hold-cap": ["model.boundary_grad=hold", "train.boundary_cap=1.9365"],
     "main-hold-gaincap": ["model.boundary_grad=hold", "train.boundary_gain_cap=0.2"],
     "main-local": ["model.boundary_grad=local"],

@@ -89,6 +89,23 @@ def test_logit_error_matches_the_linear_one_near_the_target_and_recovers_faster(
         before + 0.05 * 0.95 * (math.log(0.05 / 0.95) - math.log(LOGIT_FLOOR / (1 - LOGIT_FLOOR))))
 
 
+def test_warmup_starts_every_target_at_layer_1s_and_reaches_its_own() -> None:
+    rnn = HMLSTM(4, 5, 4)  # three boundary layers
+    controller = RateController(rnn, [0.2, 0.05, 0.01], gain=1.0, error="logit", warmup=100)
+    assert controller.targets_at(0) == pytest.approx((0.2, 0.2, 0.2))
+    logit = [math.log(t / (1 - t)) for t in (0.2, 0.05, 0.01)]
+    halfway = controller.targets_at(50)
+    for k in range(3):  # the midpoint in log-odds
+        assert math.log(halfway[k] / (1 - halfway[k])) == pytest.approx(
+            (logit[0] + logit[k]) / 2)
+    assert controller.targets_at(100) == controller.targets_at(10**6) == (0.2, 0.05, 0.01)
+    before = float(rnn.cells[1].bias[-1].detach())
+    controller.update([0.2, 0.2, 0.2], step=0)  # on target during the warmup: no move
+    assert float(rnn.cells[1].bias[-1].detach()) == pytest.approx(before, abs=1e-9)
+    controller.update([0.2, 0.2, 0.2])  # no step: the final targets
+    assert float(rnn.cells[1].bias[-1].detach()) < before
+
+
 @pytest.mark.parametrize("own_bias", [False, True])
 def test_owning_the_bias_keeps_the_optimiser_off_its_boundary_entry(own_bias: bool) -> None:
     torch.manual_seed(0)
@@ -260,3 +277,19 @@ def test_the_step_adds_the_chosen_rate_loss(control: str, loss) -> None:
     else:
         assert added is not None
         assert float(added) == pytest.approx(0.3 * float(loss(boundary, [0.2, 0.05])))
+
+
+def test_the_controller_is_told_the_global_step_for_its_warmup() -> None:
+    from hmrnn.tasks.hooks import BoundaryTraining
+    from hmrnn.training.config import TrainConfig
+    from hmrnn.training.distributed import DistContext
+
+    rnn = HMLSTM(4, 5, 3)
+    train = TrainConfig(rate_gain=(1.0,), boundary_rate=(0.2, 0.05), rate_warmup=100)
+    hooks = BoundaryTraining(rnn, train, DistContext())
+    start = float(rnn.cells[1].bias[-1].detach())
+    for step in (0, 200):  # layer 2 at layer 1's target: on target at 0, too high at 200
+        hooks.observe(step, {"z": [0.2, 0.2]}, lambda: torch.zeros(1), None, None)  # type: ignore[arg-type]
+        hooks.end_step(True)
+        moved = float(rnn.cells[1].bias[-1].detach()) - start
+        assert abs(moved) < 1e-9 if step == 0 else moved == pytest.approx(-0.0740, abs=1e-4)

@@ -87,10 +87,14 @@ class RateController:
             but a layer dead at 0 is revived about as fast as a saturated one is brought
             down), the rate clipped to ``[LOGIT_FLOOR, 1 - LOGIT_FLOOR]``.
         own_bias: keep the optimiser off the boundary biases.
+        warmup: with ``warmup > 0``, the targets of the layers above the first start at the
+            first layer's target and reach their own after ``warmup`` steps, linearly in
+            log-odds (:meth:`targets_at`): a layer above first fires at every boundary of
+            layer 1 and then has to drop the ones it needs least.
     """
 
     def __init__(self, rnn: HMLSTM, targets: Sequence[float], gain: float | Sequence[float],
-                 error: str = "linear", own_bias: bool = False) -> None:
+                 error: str = "linear", own_bias: bool = False, warmup: int = 0) -> None:
         if error not in ("linear", "logit"):
             raise ValueError(f"the rate controller's error is linear or logit, got {error!r}")
         self.rnn = rnn
@@ -102,6 +106,10 @@ class RateController:
             raise ValueError(f"the rate controller's gain: one positive value, or one per "
                              f"layer below the top ({len(self.targets)}), got {gain}")
         self.gains = gains
+        if warmup < 0:
+            raise ValueError(f"the rate controller's warmup is a number of steps >= 0, "
+                             f"got {warmup}")
+        self.warmup = int(warmup)
         self.error = error
         if own_bias:
             for cell in _detectors(rnn):
@@ -111,15 +119,29 @@ class RateController:
         if self.error == "linear":
             return target - rate
         rate = min(max(rate, LOGIT_FLOOR), 1.0 - LOGIT_FLOOR)
-        return target * (1 - target) * (math.log(target / (1 - target))
-                                        - math.log(rate / (1 - rate)))
+        return target * (1 - target) * (_logit(target) - _logit(rate))
+
+    def targets_at(self, step: int) -> tuple[float, ...]:
+        """The targets after global step ``step`` (the warmup's; ``targets`` after it)."""
+        if step >= self.warmup:
+            return self.targets
+        done = step / self.warmup
+        first = _logit(self.targets[0])
+        return tuple(1.0 / (1.0 + math.exp(-((1 - done) * first + done * _logit(t))))
+                     for t in self.targets)
 
     @torch.no_grad()
-    def update(self, rates: Sequence[float]) -> None:
-        """Move each boundary bias towards its target; ``rates``: one per boundary layer."""
-        for cell, target, gain, rate in zip(_detectors(self.rnn), self.targets, self.gains,
+    def update(self, rates: Sequence[float], step: int | None = None) -> None:
+        """Move each boundary bias towards its target; ``rates``: one per boundary layer;
+        ``step``: the global step the rates were seen at (None: after any warmup)."""
+        targets = self.targets if step is None else self.targets_at(step)
+        for cell, target, gain, rate in zip(_detectors(self.rnn), targets, self.gains,
                                             rates, strict=True):
             cell.bias[-1] += gain * self._error(target, float(rate))
+
+
+def _logit(p: float) -> float:
+    return math.log(p / (1 - p))
 
 
 def _without_boundary_row(grad: Tensor) -> Tensor:

@@ -71,13 +71,14 @@ class BoundaryTraining:
         self.context = context
         self.last: dict[str, list[float]] = {}
         self._stats: dict[str, Any] = {}
+        self._step: int | None = None  # the global step observe() saw
         self._probe: tuple[Tensor, HMLSTMState | None, RNNOutput] | None = None
         self.controller = None
         if self.rnn is not None and train.rate_control != "none":
             if train.rate_control == "bias":
                 self.controller = RateController(
                     self.rnn, train.boundary_rate, train.rate_gain, train.rate_error,
-                    own_bias=not train.rate_bias_gradient)
+                    own_bias=not train.rate_bias_gradient, warmup=train.rate_warmup)
             else:  # validated like the controller's targets
                 RateController(self.rnn, train.boundary_rate, 1.0)
 
@@ -94,6 +95,7 @@ class BoundaryTraining:
         step the trainer logs, keep the stack's input (``input()``, made only then), initial
         ``state`` and ``output`` (detached) for :meth:`instruments`."""
         self._stats = stats
+        self._step = step
         self._probe = None
         if (step + 1) % self.train.log_every == 0:
             with torch.no_grad():
@@ -115,7 +117,7 @@ class BoundaryTraining:
         if self.controller is not None:
             mean = self.context.all_reduce_sum(
                 torch.tensor(list(rates), dtype=torch.float64, device=self.context.device))
-            self.controller.update((mean / self.context.world_size).tolist())
+            self.controller.update((mean / self.context.world_size).tolist(), self._step)
         if self.train.boundary_cap > 0:
             cap_boundary_rows(self.rnn, self.train.boundary_cap)
         if self.train.boundary_gain_cap > 0:

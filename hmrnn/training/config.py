@@ -160,6 +160,8 @@ class TrainConfig:
     # for every layer or one per layer below the top), or the loss's weight (one value)
     # (loss: the H-Net ratio loss; prior: a binomial prior on each stream's boundary count)
     rate_error: str = "logit"  # the controller's error: logit (log-odds) | linear (target - rate)
+    rate_warmup: int = 0  # bias control: steps over which the targets above layer 1 fall from
+    # layer 1's to their own (linearly in log-odds); 0: each layer's own target from the start
     rate_bias_gradient: bool = True  # bias control: the optimiser also trains the boundary bias
     boundary_cap: float = 0.0  # norm cap of each weight's boundary row (authors: 1.9365); 0: off
     boundary_gain_cap: float = 0.0  # cap of the boundary entry of each term's LN gain; 0: off
@@ -190,6 +192,7 @@ TRAIN_RULES: dict[str, Rule] = {
     "rate_control": one_of("none", "bias", "loss", "prior"),
     "rate_gain": positive(),
     "rate_error": one_of("linear", "logit"),
+    "rate_warmup": at_least(0),
     "rate_bias_gradient": ANY,
     "boundary_cap": at_least(0),
     "boundary_gain_cap": at_least(0),
@@ -386,6 +389,9 @@ def validate_config(config: Config) -> Config:
                      if train.rate_control == "bias" else
                      f" (train.rate_control={train.rate_control!r} takes one weight)")
         raise ConfigError(f"train.rate_gain must give one value{per_layer}, got {gains} values")
+    if train.rate_warmup and train.rate_control != "bias":
+        raise ConfigError(f"train.rate_warmup needs train.rate_control='bias' (the controller), "
+                          f"got {train.rate_control!r}")
     return config
 
 
