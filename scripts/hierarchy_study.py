@@ -51,6 +51,11 @@ ROWS: dict[str, list[str]] = {
     "main-hold-gain0.2": ["model.boundary_grad=hold", "train.rate_gain=0.2"],
     "main-local-gain0.2": ["model.boundary_grad=local", "train.rate_gain=0.2"],
     "main-local-gain0.2-0.05": ["model.boundary_grad=local", "train.rate_gain=0.2,0.05"],
+    "main-no-spaces-local": ["data.spaces=false", "model.boundary_grad=local",
+                             "train.rate_gain=0.2"],
+    # the targets at the true word and phrase rates of the text without spaces
+    "main-no-spaces-local-rates": ["data.spaces=false", "model.boundary_grad=local",
+                                   "train.rate_gain=0.2", "train.boundary_rate=0.22,0.074"],
     # layer 2's target falls from layer 1's (0.2) to its own (0.05) over the first steps
     "main-warmup500": ["train.rate_warmup=500"],
     "main-local-gain0.2-warmup500": ["model.boundary_grad=local", "train.rate_gain=0.2",
