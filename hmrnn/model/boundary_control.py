@@ -89,7 +89,7 @@ class RateController:
         own_bias: keep the optimiser off the boundary biases.
         warmup: with ``warmup > 0``, the targets of the layers above the first start at the
             first layer's target and reach their own after ``warmup`` steps, linearly in
-            log-odds (:meth:`targets_at`): a layer above first fires at every boundary of
+            log-odds (:meth:`targets_at`): a layer above the first fires at every boundary of
             layer 1 and then has to drop the ones it needs least.
     """
 
