@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -94,8 +95,12 @@ def test_a_time_budget_gives_the_bar_a_total_and_an_eta(
                        **{"run.progress": "true", "train.max_minutes": "0.02",
                           "train.max_steps": "0", "train.eval_every": "2",
                           "train.patience": "1000000"})  # no early stop on a fast machine
-    result = trainer.fit()
-    assert result.stopped_by == "max_minutes" and result.step > 2
+    ticks = iter(range(10**9))  # a step clock that does not depend on the machine's load
+    with monkeypatch.context() as clock:
+        clock.setattr(time, "perf_counter", lambda: 0.05 * next(ticks))
+        result = trainer.fit()
+    # 1.2 s of training at 0.05 s a step (as the step clock reads it), give or take rounding
+    assert result.stopped_by == "max_minutes" and 20 <= result.step <= 25
     out = terminal.getvalue()
     last = [line for line in out.split("\r") if line.startswith("train:")][-1]
     assert f"{result.step}/{result.step} [" in last and WITH_ETA.search(last)
