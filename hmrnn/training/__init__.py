@@ -1,2 +1,2 @@
 """Training that knows no particular corpus or model: config, trainer, checkpoints,
-distributed runs, metrics. A task plugs in through :class:`hmrnn.training.trainer.Task`."""
+distributed runs, metrics. A task plugs in through :class:`hmrnn.training.task.Task`."""

@@ -25,7 +25,8 @@ from hmrnn.training.config import (
 )
 from hmrnn.training.distributed import DistContext, setup, teardown
 from hmrnn.training.run_dir import RunLock, choose_run_dir, clear_run, holds_run
-from hmrnn.training.trainer import Task, Trainer
+from hmrnn.training.task import Task
+from hmrnn.training.trainer import Trainer
 
 Say = Callable[..., None]
 MakeTask = Callable[[Config, "dict[str, Any] | None", DistContext, Say], Task]

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -42,6 +42,7 @@ from hmrnn.training.distributed import DistContext
 from hmrnn.training.pace import SymbolRate, format_metrics, plain_line, planned_steps
 from hmrnn.training.records import RunRecords
 from hmrnn.training.run_dir import write_config
+from hmrnn.training.task import Task
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 PLAIN_LOG_SECONDS = 10.0
@@ -88,59 +89,6 @@ def seeded_rng(seed: int, device: torch.device) -> Iterator[None]:
 
 class TrainingError(RuntimeError):
     """Training cannot go on (one line, for the CLI)."""
-
-
-class Task(Protocol):
-    """What the trainer needs of a task (character LM, handwriting, ...)."""
-
-    @property
-    def model(self) -> nn.Module:
-        """The model trained (unwrapped); its parameters are optimised and checkpointed."""
-        ...
-
-    @property
-    def kind(self) -> str:
-        """Stored in checkpoints, e.g. ``"charlm"``."""
-        ...
-
-    @property
-    def steps_per_epoch(self) -> int: ...
-
-    @property
-    def symbols_per_step(self) -> int:
-        """Characters (or points) per step over all processes, for the throughput figure."""
-        ...
-
-    def on_step(self, epoch: float) -> dict[str, float]:
-        """Called before every training step, ``epoch`` = steps done / steps per epoch:
-        adjust the model for it (e.g. anneal a slope) and return numbers to show."""
-        ...
-
-    def warnings(self, metrics: dict[str, Any]) -> list[str]:
-        """Warnings (one line each) that the metrics of an evaluation deserve."""
-        ...
-
-    def train_loss(self, model: nn.Module, step: int) -> tuple[Tensor, dict[str, Any]]:
-        """Mean training loss of global step ``step`` through ``model`` (maybe DDP-wrapped),
-        and numbers to show (floats, or lists of floats such as per-layer boundary rates)."""
-        ...
-
-    def end_step(self, accepted: bool) -> None:
-        """Keep (or, for a skipped non-finite step, drop) what the step carried forward."""
-        ...
-
-    def evaluate(self, split: str) -> dict[str, Any]:
-        """Metrics over the split (``train.eval_chars`` may cap it); ``"loss"`` is the one
-        to minimise."""
-        ...
-
-    def state_dict(self) -> dict[str, Any]: ...
-
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
-
-    def checkpoint_extras(self) -> dict[str, Any]:
-        """What a checkpoint needs besides the weights to rebuild the task (vocabulary, ...)."""
-        ...
 
 
 @dataclass
