@@ -1,4 +1,7 @@
-"""One line per training run: steps, characters seen, epochs, training time, throughput.
+"""One line per training run: steps, characters seen, epochs, training time, throughput;
+and, from its logged training records, the largest pre-clip gradient norm, the logged steps
+at which layer 1's boundary rate left 0.1-0.4 (the hierarchy issue's PTB band) and each
+boundary layer's range of logged rates from step 100 on.
 
     python scripts/run_summary.py runs/cpu-ptb runs/cpu-ptb-lnlstm
 
@@ -21,15 +24,28 @@ def summary(run: Path) -> str:
     config = Config.from_dict(checkpoint["config"])
     state = checkpoint["trainer"]
     chars = state["step"] * config.train.batch_size * config.train.seq_len
-    valid = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    valid = [r for r in valid if r["kind"] == "valid"]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    valid = [r for r in records if r["kind"] == "valid"]
     last = valid[-1] if valid else {}
+    train = [r for r in records if r["kind"] == "train"]
+    largest = max(train, key=lambda r: r["grad_norm"]) if train else None
+    rates = [r for r in train if "z" in r]
+    outside = ", ".join(f"{r['step']} ({r['z'][0]:.2f})" for r in rates
+                        if not 0.1 <= r["z"][0] <= 0.4) or "none"
+    later = [r["z"] for r in rates if r["step"] >= 100]
+    ranges = ", ".join(f"layer {layer + 1} {min(z[layer] for z in later):.3f}-"
+                       f"{max(z[layer] for z in later):.3f}"
+                       for layer in range(len(later[0]) if later else 0))
     return (
         f"{run}: {state['step']} steps, {chars:,} characters, "
         f"{state['elapsed'] / 60:.1f} min of training steps, "
         f"{chars / state['elapsed']:,.0f} chars/s, best valid {state['best_saved']:.4f} nats "
         f"({state['best_saved'] / 0.6931471805599453:.3f} BPC), last valid BPC "
         f"{last.get('bpc', float('nan')):.3f} at step {last.get('step', '-')}"
+        + (f"; largest logged gradient norm {largest['grad_norm']:.3g} (step {largest['step']})"
+           if largest else "")
+        + (f"; logged steps with layer 1's rate outside 0.1-0.4: {outside}; logged rates "
+           f"from step 100 on: {ranges}" if rates else "")
     )
 
 
