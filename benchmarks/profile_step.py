@@ -37,14 +37,18 @@ MATMUL = ("aten::mm", "aten::addmm", "aten::bmm", "mkldnn::_linear_pointwise",
           "aten::mkldnn_rnn_layer")
 
 
-def _shares(step: Callable[[], None], cuda: bool) -> tuple[dict[str, float], int, int, float]:
+def _shares(step: Callable[[], None], cuda: bool, top: int = 0
+            ) -> tuple[dict[str, float], int, int, float]:
     """Self CPU seconds of one profiled step, by kind; its count of ATen calls; and on CUDA
-    its count of GPU kernels and their total seconds."""
+    its count of GPU kernels and their total seconds. With ``top``, also print the ``top``
+    GPU kernels by their total time in the step."""
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=activities) as prof:
         step()
         if cuda:
             torch.cuda.synchronize()
+    if cuda and top:
+        print(prof.key_averages().table(sort_by="self_device_time_total", row_limit=top))
     kinds = {"matmul": 0.0, "other ATen ops": 0.0, "rest": 0.0}
     calls = kernels = 0
     gpu_seconds = 0.0
@@ -74,12 +78,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=True,
+                        help="CUDA: TF32 in float32 matrix products, as `hmrnn train` runs")
+    parser.add_argument("--top", type=int, default=0,
+                        help="CUDA: also print the N operations with the most GPU time")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     sizes = [args.hidden] * args.layers
     device = torch.device(args.device)
     cuda = device.type == "cuda"
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = args.tf32
     models = {
         "nn.LSTM": bench_model("lstm", 50, 128, sizes, args.hidden, False, device),
         "HM-LSTM": bench_model("hmlstm", 50, 128, sizes, args.hidden, False, device),
@@ -105,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             if cuda:
                 torch.cuda.synchronize(device)
             times.append(time.perf_counter() - start)
-        kinds, calls, kernels, gpu_seconds = _shares(step, cuda)
+        kinds, calls, kernels, gpu_seconds = _shares(step, cuda, args.top)
         total = sum(kinds.values())
         cells = " | ".join(f"{100 * v / total:.0f}%" for v in kinds.values())
         gpu = f" {kernels:,} | {1e3 * gpu_seconds:.1f} |" if cuda else ""

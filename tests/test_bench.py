@@ -30,23 +30,30 @@ def test_prints_every_row_and_target(
     assert main([*TINY, "--device", device.type, "--train", "8:2", "--cell-loop"]) == 0
     out = capsys.readouterr().out
     rows = _table(out)
-    trained = ("nn.LSTM", "HM-LSTM", "LN-HM-LSTM", "HM-LSTM cell loop")
+    trained = ("nn.LSTM", "HM-LSTM", "LN-HM-LSTM", "LN-LSTM", "HM-LSTM cell loop")
     expected = [(m, "train") for m in trained] + [(m, "forward") for m in trained]
     expected += [(m, "eval") for m in ("nn.LSTM", "HM-LSTM", "HM-LSTM sparse")]
     expected += [(m, "generate") for m in ("nn.LSTM", "HM-LSTM", "HM-LSTM streaming")]
     assert [(r[0], r[1]) for r in rows] == expected
-    for model, mode, _, _, chars, ratio, dense, copy in rows:
+    cuda = device.type == "cuda"
+    for model, mode, _, _, chars, ratio, dense, copy, *peak in rows:
+        assert len(peak) == cuda  # the peak memory column, on CUDA only
+        if cuda:  # a step's peak on train rows only
+            assert bool(peak[0]) == (mode == "train")
+            assert mode != "train" or float(peak[0].replace(",", "")) >= 0  # tiny: rounds to 0
         assert float(chars.replace(",", "")) > 0
         assert ratio == "1 (ref.)" if model == "nn.LSTM" else float(ratio) > 0
         assert bool(dense) == model.startswith("HM-LSTM ")
-        if model == "nn.LSTM":
+        if model in ("nn.LSTM", "LN-LSTM"):
             assert copy == ""
         elif mode != "generate" or model == "HM-LSTM streaming":
             shares = [float(c.rstrip("%")) for c in copy.split(" / ")]
             assert len(shares) == 2 and shares[0] == 0  # the bottom layer never copies
-    assert "2x8" in rows[0][2] and rows[8][3] == "3" and rows[11][3] == "1"
+    assert "2x8" in rows[0][2] and rows[10][3] == "3" and rows[13][3] == "1"
     targets = out.split("targets:")[1]
-    assert targets.count("- [") == 4  # two training ratios, generation, evaluation
+    # CPU: two training ratios, generation, sparse evaluation; CUDA: three training ratios
+    # (the LN-LSTM's too), two peak memories, generation, sparse and dense evaluation
+    assert targets.count("- [") == (8 if cuda else 4)
     machine = out.split("machine:")[1]
     assert "1 torch threads" in machine if device.type == "cpu" else "torch threads" not in machine
     assert torch.get_num_threads() == threads  # restored

@@ -7,15 +7,19 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from helpers import RESUME_SETTINGS, tiny_trainer, write_words
 
+from hmrnn.analysis.curves import read_metrics
 from hmrnn.cli import main
 from hmrnn.cli.bench import bench_model, cuda_graphed, training_step
 from hmrnn.cli.bench import main as bench_main
+from hmrnn.model.graphed import GraphedStack, graph_stacks
 from hmrnn.model.hmlstm import HMLSTM
+from hmrnn.model.types import detach_state
 from hmrnn.tasks.charlm.build import build_charlm
 from hmrnn.tasks.handwriting.model import HandwritingModel, sample_strokes
 from hmrnn.training.checkpoint import load_checkpoint
@@ -86,13 +90,16 @@ def _trainer(folder: Path, **overrides: str) -> Trainer:
                         DistContext(device=CUDA))
 
 
-def test_cuda_training_resumes_like_uninterrupted(tmp_path: Path) -> None:
-    """Sampled boundaries draw from the CUDA generator, whose state the checkpoint keeps."""
-    straight = _trainer(tmp_path / "a", **{"train.max_steps": "14"})
+@pytest.mark.parametrize("boundary", ["sample", "step"])
+def test_cuda_training_resumes_like_uninterrupted(tmp_path: Path, boundary: str) -> None:
+    """Sampled boundaries draw from the CUDA generator, whose state the checkpoint keeps;
+    step boundaries replay CUDA graphs (run.cuda_graph), captured anew after the resume."""
+    mode = {"model.boundary": boundary}
+    straight = _trainer(tmp_path / "a", **{"train.max_steps": "14"}, **mode)
     straight.fit()
-    first = _trainer(tmp_path / "b", **{"train.max_steps": "6"})
+    first = _trainer(tmp_path / "b", **{"train.max_steps": "6"}, **mode)
     first.fit()
-    resumed = _trainer(tmp_path / "b", **{"train.max_steps": "14"})
+    resumed = _trainer(tmp_path / "b", **{"train.max_steps": "14"}, **mode)
     resumed.restore(load_checkpoint(first.last_path))
     resumed.fit()
     for (name, a), (_, b) in zip(straight.model.state_dict().items(),
@@ -152,11 +159,66 @@ def test_a_cuda_graph_of_the_training_step_trains_like_eager_steps(layer_norm: b
                                    msg=lambda m, name=name: f"{name}: {m}")
 
 
+@pytest.mark.parametrize(("kind", "layer_norm"), [("hmlstm", False), ("hmlstm", True),
+                                                ("lstm", True), ("lstm", False)])
+def test_replayed_cuda_graphs_of_a_stack_train_like_eager_calls(
+    kind: str, layer_norm: bool,
+) -> None:
+    """A char LM whose stack replays CUDA graphs (hmrnn.model.graphed) takes the steps the
+    eager one takes, the slope changed and the state carried between steps: one capture,
+    then a replay at every step."""
+    models = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        models.append(bench_model(kind, 11, 8, [16, 12, 10], 16, layer_norm, CUDA))
+    (graphed,) = graph_stacks(models[1])
+    optimizers = [torch.optim.Adam(m.parameters(), lr=0.01) for m in models]
+    g = torch.Generator().manual_seed(1)
+    states: list[Any] = [None, None]
+    for step in range(4):
+        x, y = (torch.randint(11, (20, 4), generator=g).to(CUDA) for _ in range(2))
+        results = []
+        for i, (model, optimizer) in enumerate(zip(models, optimizers, strict=True)):
+            if isinstance(model.rnn, HMLSTM):
+                model.rnn.set_slope(1.0 + 0.5 * step)
+            out = model(x, states[i])
+            loss = torch.nn.functional.cross_entropy(out.logits.flatten(0, 1), y.flatten())
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            states[i] = detach_state(out.state)
+            results.append((loss.detach(), out.rnn.boundary))
+        (loss_e, z_e), (loss_g, z_g) = results
+        torch.testing.assert_close(loss_g, loss_e, rtol=1e-5, atol=1e-6)
+        assert (z_e is None and z_g is None) or torch.equal(z_g, z_e)
+    for (name, a), b in zip(models[0].named_parameters(), models[1].parameters(), strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5,
+                                   msg=lambda m, name=name: f"{name}: {m}")
+    assert graphed.failure is None and graphed.captured == 1 and graphed.replays == 4
+
+
+def test_the_trainer_replays_cuda_graphs_and_trains_as_without(tmp_path: Path) -> None:
+    runs = {}
+    for graphs in ("true", "false"):
+        trainer = _trainer(tmp_path / graphs, **{"train.max_steps": "10", "model.boundary": "step",
+                                                 "run.cuda_graph": graphs})
+        trainer.fit()
+        runs[graphs] = trainer
+    for (name, a), b in zip(runs["false"].model.named_parameters(),
+                            runs["true"].model.parameters(), strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5,
+                                   msg=lambda m, name=name: f"{name}: {m}")
+    events = {r["event"]: r["message"] for r in read_metrics(tmp_path / "true" / "run")
+              if r.get("kind") == "event"}
+    assert "HMLSTM replays CUDA graphs (1 captured)" in events["cuda_graph"]
+    assert not isinstance(runs["true"].model.rnn.forward, GraphedStack)  # removed after fit
+
+
 def test_bench_cuda_graph_rows(capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["--device", "cuda", "--cuda-graph", "--suite", "train", "--train", "8:2",
             "--layers", "2", "--embedding", "4", "--vocab", "7", "--seq-len", "5",
             "--repeats", "1", "--warmup", "0"]
     assert bench_main(argv) == 0
     out = capsys.readouterr().out
-    assert out.count("| train |") == 3 and out.count("| forward |") == 3
+    assert out.count("| train |") == 4 and out.count("| forward |") == 4
     assert "replay CUDA graphs" in out

@@ -193,7 +193,8 @@ def test_select_names_and_refuses_where_triton_cannot_serve(
         select("triton", like.double(), "step")
     assert select("auto", torch.zeros(1), "step") is not tb  # the CPU: never auto
     assert select("auto", like, "sample") is not tb
-    if GPU:  # opt-in until the kernels have run on a GPU
-        assert select("auto", like, "step") is not tb
-        monkeypatch.setenv("HMRNN_TRITON", "1")
+    if GPU:  # the default on a GPU; HMRNN_TRITON=0 opts out
+        monkeypatch.delenv("HMRNN_TRITON", raising=False)
         assert select("auto", like, "step") is tb
+        monkeypatch.setenv("HMRNN_TRITON", "0")
+        assert select("auto", like, "step") is not tb

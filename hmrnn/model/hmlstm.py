@@ -163,8 +163,10 @@ class HMLSTM(nn.Module):
 
     State: ``slope`` (a buffer, saved in the state dict) is the hard sigmoid's slope ``a``;
     set it between steps with :meth:`set_slope` or :meth:`anneal_slope` (they also keep
-    ``slope_value``, its value as a Python float, which the fast loop reads without waiting
-    for a GPU), or load it with ``load_state_dict``.
+    ``slope_value``, its value as a Python float, which the fast loop reads on the CPU
+    without waiting for a GPU), or load it with ``load_state_dict``. On a GPU the fast loop's
+    kernels read the buffer itself when they run, so a CUDA graph of the loop
+    (:mod:`hmrnn.model.graphed`) replays with the slope of the moment.
 
     Attributes: ``input_size``, ``num_layers``; ``hidden_size``, as ``nn.LSTM``'s: one int
     when every layer has that size, else the tuple of sizes; ``hidden_sizes``, always the
@@ -343,7 +345,8 @@ class HMLSTM(nn.Module):
                 state = HMLSTMState(*(tuple(t.to(dtype) for t in part) for part in state))
             with torch.autocast(device, enabled=False):
                 hidden, boundary, *last = hmlstm_loop(
-                    self.cells, input, state.h, state.c, state.z, self._slope_host,
+                    self.cells, input, state.h, state.c, state.z,
+                    self._slope_host if device == "cpu" else self.slope,
                     self._boundary, generator, self._backend,
                     boundary_grad=self._boundary_grad,
                 )

@@ -210,6 +210,11 @@ class RunConfig:
     tensorboard: bool = True  # also log to TensorBoard (the extra hmrnn[tensorboard])
     backend: str = ""  # DDP backend; empty: nccl on CUDA, gloo on CPU
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast on CUDA)
+    # CUDA only: replay CUDA graphs of the recurrent stack's training calls (one process,
+    # fp32; hmrnn.model.graphed), and let float32 matrix products use TF32 tensor cores (as
+    # cuDNN's LSTM does by default in PyTorch)
+    cuda_graph: bool = True
+    tf32: bool = True
 
 
 RUN_RULES: dict[str, Rule] = {
@@ -220,6 +225,8 @@ RUN_RULES: dict[str, Rule] = {
     "tensorboard": ANY,
     "backend": one_of("", "nccl", "gloo", "mpi"),
     "precision": one_of("fp32", "bf16", "fp16"),
+    "cuda_graph": ANY,
+    "tf32": ANY,
 }
 
 RULES: dict[str, dict[str, Rule]] = {

@@ -4,9 +4,26 @@ which supplies the losses, evaluations and the state a checkpoint carries."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from torch import Tensor, nn
+
+
+class GraphedCalls(Protocol):
+    """What the trainer reads of a stack whose training calls replay CUDA graphs
+    (:class:`hmrnn.model.graphed.GraphedStack`)."""
+
+    stack: nn.Module
+    replays: int
+    failure: str | None
+
+    @property
+    def captured(self) -> int: ...
+
+    def remove(self) -> None:
+        """Run the stack eagerly again, and free the graphs."""
+        ...
 
 
 class Task(Protocol):
@@ -56,6 +73,11 @@ class Task(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+    def graph_stacks(self) -> Sequence[GraphedCalls]:
+        """Make the model's recurrent stacks replay CUDA graphs of their training calls
+        where they can (``run.cuda_graph``, on CUDA); the trainer removes them after."""
+        ...
 
     def checkpoint_extras(self) -> dict[str, Any]:
         """What a checkpoint needs besides the weights to rebuild the task (vocabulary, ...)."""

@@ -39,6 +39,7 @@ from hmrnn.training.checkpoint import (
 )
 from hmrnn.training.config import Config, validate_config
 from hmrnn.training.distributed import DistContext
+from hmrnn.training.gpu import GpuTraining, gpu_training
 from hmrnn.training.pace import SymbolRate, format_metrics, plain_line, planned_steps
 from hmrnn.training.records import RunRecords
 from hmrnn.training.run_dir import write_config
@@ -418,11 +419,12 @@ class Trainer:
             if self.state.step:
                 self._event("resume", f"resumed at step {self.state.step}", echo=False)
         try:
-            return self._fit()
+            with gpu_training(self.task.graph_stacks, self.config.run, self.context) as gpu:
+                return self._fit(gpu)
         finally:
             self.records.close()
 
-    def _fit(self) -> FitResult:
+    def _fit(self, gpu: GpuTraining) -> FitResult:
         cfg = self.train_cfg
         self.context.decorrelate_rng()  # after restore(): sampled boundaries differ by rank
         bar = self._progress()
@@ -442,6 +444,8 @@ class Trainer:
                     self.state.elapsed += time.perf_counter() - start
                     rate.add(self.task.symbols_per_step, time.perf_counter() - start)
                     self.state.step += 1
+                    if self.state.step == since[0] + 1 and (line := gpu.report()):
+                        self._event("cuda_graph", line, echo=gpu.off is None)
                     if ok:
                         consecutive_bad = 0
                     else:

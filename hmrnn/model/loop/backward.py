@@ -38,7 +38,7 @@ _layer_norm_backward = torch.ops.aten.native_layer_norm_backward.default
 def run_backward(
     weights: list[LayerWeights],
     buf: Buffers,
-    slope: float,
+    slope: float | Tensor,
     grad_h: list[Tensor | None],
     grad_z: Tensor | None,
     grad_c_last: list[Tensor | None],
@@ -89,7 +89,7 @@ def run_backward(
 
 
 def _backward_loop(
-    weights: list[LayerWeights], buf: Buffers, half_slope: float,
+    weights: list[LayerWeights], buf: Buffers, half_slope: float | Tensor,
     grad_h: list[Tensor | None], grad_z: Tensor | None,
     gh_acc: list[Tensor], gc_acc: list[Tensor], grads: list[Workspace], backend: Backend,
     hold: bool, held: list[Tensor | None],

@@ -19,7 +19,8 @@ outputs, what its backward pass reads (:meth:`hmrnn.model.loop.workspace.Buffers
 and the fused weights), which are outputs the caller drops, and the backward operator
 returns each weight's gradient as a tensor of its own. The non-tensor arguments are
 plain values: the per-layer tensor names joined into one string, the slope as a 0-dim
-tensor on the host (a compiled model then reads a new slope without recompiling), and
+tensor (on the host, or on the GPU the loop runs on: a compiled model then reads a new
+slope without recompiling, and a CUDA graph replays with it), and
 the random generator of ``"sample"`` boundaries as its state (:func:`_generator`). The
 step backend the forward operator chose reaches the backward one as one of those kept
 outputs (its index in ``BACKENDS``), so that the two cannot choose differently (as
@@ -64,6 +65,13 @@ def _generator(rng: Tensor | None, device: torch.device) -> torch.Generator | No
     return generator
 
 
+def _slope(slope: Tensor) -> float | Tensor:
+    """The slope as the step backends take it: a float read on the host, or a tensor on a
+    GPU left there (read by the kernels when they run: no wait, and a CUDA graph of the
+    loop replays with the slope of the moment)."""
+    return float(slope) if slope.device.type == "cpu" else slope
+
+
 @torch.library.custom_op("hmrnn::hmlstm_loop", mutates_args=())
 def _loop(
     bottom: Tensor, h0: list[Tensor], c0: list[Tensor], z0: list[Tensor],
@@ -85,7 +93,8 @@ def _loop(
         h0, c0, z0: the initial state, ``L`` tensors ``(N, H_l)``, ``(N, H_l)``, ``(N, 1)``.
         params: the tensors :func:`cell_tensors` gathers, named by ``names`` (:func:`_join`).
         eps: the layer norms' ``eps``.
-        slope: ``a``, a 0-dim tensor on the host.
+        slope: ``a``, a 0-dim tensor on the host, or on the GPU the loop runs on (read
+            there, :func:`_slope`).
         boundary: ``"step"``, ``"sample"`` or ``"soft"``.
         backend: the step backend's name, resolved here (:func:`resolve`).
         keep: also return what the backward pass reads.
@@ -105,7 +114,7 @@ def _loop(
                          packing_rows(bottom.shape[1], bottom.shape[0]))
     generator = _generator(rng, bottom.device)
     buf = run_forward(weights, bottom + weights[0].bias, tuple(h0), tuple(c0), tuple(z0),
-                      float(slope), boundary, generator, keep=keep, backend=step)
+                      _slope(slope), boundary, generator, keep=keep, backend=step)
     drawn = [generator.get_state()] if generator is not None else []
     out = [*buf.h, buf.z, *(c[-1].clone() for c in buf.c)]
     if keep:
@@ -200,7 +209,7 @@ def _loop_backward(
     buf = Buffers.restore(weights, [t.detach() for t in h], z.detach(), tensors)
     with torch.autocast(z.device.type, enabled=False):  # as the forward loop ran
         g_bottom, g_h0, g_c0, g_z0, g_weights = run_backward(
-            weights, buf, float(slope), grad_h, grad_z, grad_c, step,
+            weights, buf, _slope(slope), grad_h, grad_z, grad_c, step,
             boundary_grad=boundary_grad)
     # a fused weight's gradients are column views of one product: autograd would copy
     # each into the parameter's layout anyway, so this costs nothing more
@@ -243,8 +252,9 @@ def hmlstm_loop(
         cells: the stack's layers, bottom first.
         input: ``(T, N, D)``.
         h0, c0, z0: the initial state, ``L`` tensors ``(N, H_l)``, ``(N, H_l)``, ``(N, 1)``.
-        slope: the hard sigmoid's slope ``a``: a float, or a 0-dim tensor on the host (read
-            there: no wait on a GPU), which a compiled caller may change in place.
+        slope: the hard sigmoid's slope ``a``: a float, or a 0-dim tensor which a compiled
+            or graph-captured caller may change in place: on the host, or on the GPU the
+            loop runs on (read by the kernels there, when they run).
         boundary: ``"step"``, ``"sample"`` or ``"soft"``.
         generator: random generator for ``boundary="sample"`` (its state is passed to the
             operator and read back: ``torch.compile`` breaks the graph there; without one

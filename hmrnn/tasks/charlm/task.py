@@ -21,6 +21,7 @@ from torch.nn import functional as F
 from hmrnn.analysis.boundaries import boundary_prf, text_boundaries
 from hmrnn.data import Corpus, StreamBatcher, Vocab, eval_batches
 from hmrnn.model.charlm import CharLM
+from hmrnn.model.graphed import GraphedStack, graph_stacks
 from hmrnn.model.types import detach_state, map_state, state_from_plain, state_to_plain
 from hmrnn.progress import progress_bar
 from hmrnn.tasks.charlm.build import build_charlm
@@ -241,6 +242,9 @@ class CharLMTask:
             lambda t: (t[self.cols] if t.dim() > 0 else t).to(device),
             state_from_plain(template, plain),
         )
+
+    def graph_stacks(self) -> list[GraphedStack]:
+        return graph_stacks(self.model)
 
     def checkpoint_extras(self) -> dict[str, Any]:
         return {"vocab": self.corpus.vocab.to_list(), "corpus": self.corpus.name}

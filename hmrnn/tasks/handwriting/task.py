@@ -46,6 +46,7 @@ import torch
 from torch import Tensor, nn
 
 from hmrnn.data import SPLIT_FRACTIONS, DataError, split_sizes
+from hmrnn.model.graphed import GraphedStack, graph_stacks
 from hmrnn.tasks.handwriting import mdn
 from hmrnn.tasks.handwriting.data import (
     MIN_LENGTH,
@@ -336,6 +337,9 @@ class HandwritingTask:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Nothing to restore (see :meth:`state_dict`)."""
+
+    def graph_stacks(self) -> list[GraphedStack]:
+        return graph_stacks(self.model)
 
     def checkpoint_extras(self) -> dict[str, Any]:
         """The normaliser (training-offset statistics) and the split record."""

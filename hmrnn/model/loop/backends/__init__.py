@@ -17,7 +17,7 @@ shared by every backend. The backends:
   it takes CPU tensors too: that is how it is tested without a GPU.
 
 ``"auto"`` (:func:`select`) is the Triton step for float32 on a CUDA GPU where triton
-imports and ``HMRNN_TRITON=1`` (opt-in until it has run on a GPU), the C step where it
+imports (``HMRNN_TRITON=0`` opts out), the C step where it
 serves, else ATen. A new backend is one more module
 implementing :class:`Backend`, and one more name here.
 
@@ -61,10 +61,10 @@ def _triton() -> ModuleType | None:
 
 def triton_serves(like: Tensor) -> bool:
     """Whether ``"auto"`` takes the Triton step for tensors like ``like``: float32 on a CUDA
-    device, triton importable, and switched on with ``HMRNN_TRITON=1``. Opt-in until the
-    kernels have been checked on a GPU (so far only in Triton's interpreter)."""
+    device where triton imports, unless ``HMRNN_TRITON=0`` (then ATen's step, the
+    comparison docs/benchmarks.md makes)."""
     return (like.device.type == "cuda" and like.dtype == torch.float32
-            and os.environ.get("HMRNN_TRITON", "0") == "1" and _triton() is not None)
+            and os.environ.get("HMRNN_TRITON", "1") != "0" and _triton() is not None)
 
 
 def check_name(name: str) -> str:
@@ -91,7 +91,7 @@ def resolve(name: str, like: Tensor, boundary: str) -> str:
     ``boundary``: ``"aten"``, ``"cpu"`` or ``"triton"``.
 
     ``"auto"``, where ``boundary != "sample"``: the Triton step for float32 on a CUDA
-    device where triton imports and ``HMRNN_TRITON=1`` (opt-in); the C step (``"cpu"``) for
+    device where triton imports (not with ``HMRNN_TRITON=0``); the C step (``"cpu"``) for
     float32 on the CPU where it compiled (not with ``HMRNN_KERNELS=0``); else ATen.
     ``"cpu"`` or ``"triton"`` where it cannot serve raises ``ValueError`` (``"sample"``
     boundaries, another device or dtype) or ``RuntimeError`` (no library, or no triton,

@@ -132,7 +132,7 @@ def hm_forward(
     c_prev: Tensor, z_prev: Tensor, z_below: Tensor | None, h_out: Tensor,
     c_out: Tensor, z_out: Tensor | None, tanh_c: Tensor, u: Tensor | None,
     zbin: Tensor | None, diff: Tensor | None, zdiff: Tensor | None,
-    cell_stats: Tensor | None, ln_w: Tensor | None, ln_b: Tensor | None, slope: float,
+    cell_stats: Tensor | None, ln_w: Tensor | None, ln_b: Tensor | None, slope: float | Tensor,
     eps: float, generator: torch.Generator | None = None,
     sample_rows: tuple[Tensor, int] | None = None,
 ) -> Step:
@@ -155,7 +155,7 @@ def _forward_step(
     z_below: Tensor | None, h_out: Tensor, c_out: Tensor, z_out: Tensor | None,
     tanh_c: Tensor, u: Tensor | None, zbin: Tensor | None, diff: Tensor | None,
     zdiff: Tensor | None, cell_stats: Tensor | None, ln_w: Tensor | None,
-    ln_b: Tensor | None, slope: float, eps: float, generator: torch.Generator | None,
+    ln_b: Tensor | None, slope: float | Tensor, eps: float, generator: torch.Generator | None,
     sample_rows: tuple[Tensor, int] | None,
 ) -> None:
     gates = Gates.of(act, H)
@@ -236,7 +236,7 @@ def hm_backward(
     z_below: Tensor | None, cell_stats: Tensor | None, ln_w: Tensor | None, gh_acc: Tensor,
     gh_out: Tensor | None, gc_acc: Tensor, gz_acc: Tensor, gz_out: Tensor | None,
     gz_acc_below: Tensor | None, gs: Tensor, g_tanh: Tensor, scratch: Tensor,
-    half_slope: float,
+    half_slope: float | Tensor,
 ) -> Step:
     """``hm_backward``: from the gradients of a step's ``h``, ``c``, ``z`` to that of
     ``s``, written into ``gs (M, R)`` (``g_tanh (M, H)``: that of ``tanh``'s input).
@@ -258,7 +258,7 @@ def _backward_step(
     diff: Tensor | None, zdiff: Tensor | None, z_prev: Tensor, z_below: Tensor | None,
     cell_stats: Tensor | None, ln_w: Tensor | None, gh_acc: Tensor, gh_out: Tensor | None,
     gc_acc: Tensor, gz_acc: Tensor, gz_out: Tensor | None, gz_acc_below: Tensor | None,
-    gs: Tensor, g_tanh: Tensor, scratch: Tensor, half_slope: float,
+    gs: Tensor, g_tanh: Tensor, scratch: Tensor, half_slope: float | Tensor,
 ) -> None:
     gates, g_gates = Gates.of(act, H), Gates.of(gs, H)
     not_prev, update, copy, not_copy = _mix(z_prev, z_below)

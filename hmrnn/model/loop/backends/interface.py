@@ -42,7 +42,7 @@ class Backend(Protocol):
         c_prev: Tensor, z_prev: Tensor, z_below: Tensor | None, h_out: Tensor,
         c_out: Tensor, z_out: Tensor | None, tanh_c: Tensor, u: Tensor | None,
         zbin: Tensor | None, diff: Tensor | None, zdiff: Tensor | None,
-        cell_stats: Tensor | None, ln_w: Tensor | None, ln_b: Tensor | None, slope: float,
+        cell_stats: Tensor | None, ln_w: Tensor | None, ln_b: Tensor | None, slope: float | Tensor,
         eps: float, generator: torch.Generator | None = None,
         sample_rows: tuple[Tensor, int] | None = None,
     ) -> Step:
@@ -70,7 +70,7 @@ class Backend(Protocol):
         z_prev: Tensor, z_below: Tensor | None, cell_stats: Tensor | None,
         ln_w: Tensor | None, gh_acc: Tensor, gh_out: Tensor | None, gc_acc: Tensor,
         gz_acc: Tensor, gz_out: Tensor | None, gz_acc_below: Tensor | None, gs: Tensor,
-        g_tanh: Tensor, scratch: Tensor, half_slope: float,
+        g_tanh: Tensor, scratch: Tensor, half_slope: float | Tensor,
     ) -> Step:
         """From the gradients of ``h``, ``c``, ``z`` of a step to that of ``s`` (``gs``)."""
         ...

@@ -43,7 +43,7 @@ def hm_forward(
     c_prev: Tensor, z_prev: Tensor, z_below: Tensor | None, h_out: Tensor,
     c_out: Tensor, z_out: Tensor | None, tanh_c: Tensor, u: Tensor | None,
     zbin: Tensor | None, diff: Tensor | None, zdiff: Tensor | None,
-    cell_stats: Tensor | None, ln_w: Tensor | None, ln_b: Tensor | None, slope: float,
+    cell_stats: Tensor | None, ln_w: Tensor | None, ln_b: Tensor | None, slope: float | Tensor,
     eps: float, generator: torch.Generator | None = None,
     sample_rows: tuple[Tensor, int] | None = None,
 ) -> Step:
@@ -54,7 +54,7 @@ def hm_forward(
                  act=act, h_prev=h_prev, c_prev=c_prev, z_prev=z_prev, z_below=z_below,
                  h_out=h_out, c_out=c_out, z_out=z_out, tanh_c=tanh_c, u=u, zbin=zbin,
                  diff=diff, zdiff=zdiff, cell_stats=cell_stats, ln_w=ln_w, ln_b=ln_b,
-                 slope=slope, eps=eps)
+                 slope=float(slope), eps=eps)
 
 
 def hm_gather(
@@ -79,14 +79,14 @@ def hm_backward(
     z_below: Tensor | None, cell_stats: Tensor | None, ln_w: Tensor | None, gh_acc: Tensor,
     gh_out: Tensor | None, gc_acc: Tensor, gz_acc: Tensor, gz_out: Tensor | None,
     gz_acc_below: Tensor | None, gs: Tensor, g_tanh: Tensor, scratch: Tensor,
-    half_slope: float,
+    half_slope: float | Tensor,
 ) -> Step:
     """``hm_backward``: the C function uses the first ``H`` floats of ``scratch``."""
     return _bind("hm_backward", N=N, H=H, has_z=int(has_z), act=act, tanh_c=tanh_c, c=c,
                  c_prev=c_prev, u=u, diff=diff, zdiff=zdiff, z_prev=z_prev, z_below=z_below,
                  cell_stats=cell_stats, ln_w=ln_w, gh_acc=gh_acc, gh_out=gh_out,
                  gc_acc=gc_acc, gz_acc=gz_acc, gz_out=gz_out, gz_acc_below=gz_acc_below,
-                 gs=gs, g_tanh=g_tanh, scratch=scratch, half_slope=half_slope)
+                 gs=gs, g_tanh=g_tanh, scratch=scratch, half_slope=float(half_slope))
 
 
 def hm_spread(

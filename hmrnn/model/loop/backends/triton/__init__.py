@@ -62,6 +62,15 @@ def _vector(v: Tensor | None, dummy: Tensor) -> Tensor:
     return v
 
 
+def _scalar(v: float | Tensor, like: Tensor) -> Tensor:
+    """The slope (or its half) as the kernels read it: one float32 on ``like``'s device. A
+    tensor (the stack's slope buffer, in place across steps) is read where it lies, when the
+    kernel runs; a float is copied there now."""
+    if isinstance(v, Tensor):
+        return v if v.dtype == torch.float32 else v.to(torch.float32)
+    return torch.full((), v, dtype=torch.float32, device=like.device)
+
+
 def _blocks(N: int, width: int) -> tuple[int, int, int, int]:
     """``(rows per program, columns, programs, warps)`` for rows of ``width`` floats."""
     cols = triton.next_power_of_2(max(width, 1))
@@ -92,8 +101,8 @@ def hm_forward(
     c_prev: Tensor, z_prev: Tensor, z_below: Tensor | None, h_out: Tensor,
     c_out: Tensor, z_out: Tensor | None, tanh_c: Tensor, u: Tensor | None,
     zbin: Tensor | None, diff: Tensor | None, zdiff: Tensor | None,
-    cell_stats: Tensor | None, ln_w: Tensor | None, ln_b: Tensor | None, slope: float,
-    eps: float, generator: torch.Generator | None = None,
+    cell_stats: Tensor | None, ln_w: Tensor | None, ln_b: Tensor | None,
+    slope: float | Tensor, eps: float, generator: torch.Generator | None = None,
     sample_rows: tuple[Tensor, int] | None = None,
 ) -> Step:
     """``hm_forward``: gates, Eq. 2-3 and Eq. 8-10 of a step, given ``s`` in ``act``."""
@@ -105,7 +114,7 @@ def hm_forward(
     args = [a for v in (act, h_prev, c_prev, z_prev, z_below, h_out, c_out, z_out, tanh_c,
                         u, zbin, diff, zdiff, cell_stats) for a in _matrix(v, act)]
     args += [_vector(ln_w if ln else None, act), _vector(ln_b if ln else None, act),
-             N, H, 0.5 * slope, eps]
+             N, H, _scalar(slope, act), eps]
     meta = {"HAS_Z": has_z, "SOFT": boundary == "soft", "BELOW": z_below is not None,
             "LN": ln, "DIFF": diff is not None, "ZDIFF": has_z and zdiff is not None}
     return _Launch(kernels.hm_forward, N, H, args, meta, "BH")
@@ -157,7 +166,7 @@ def hm_backward(
     z_below: Tensor | None, cell_stats: Tensor | None, ln_w: Tensor | None, gh_acc: Tensor,
     gh_out: Tensor | None, gc_acc: Tensor, gz_acc: Tensor, gz_out: Tensor | None,
     gz_acc_below: Tensor | None, gs: Tensor, g_tanh: Tensor, scratch: Tensor,
-    half_slope: float,
+    half_slope: float | Tensor,
 ) -> Step:
     """``hm_backward``: from the gradients of a step's ``h``, ``c``, ``z`` to that of ``s``
     (``scratch`` unused: each row's gradients stay in registers)."""
@@ -174,7 +183,7 @@ def hm_backward(
     args.append(_vector(ln_w if ln else None, act))
     args += [a for v in (gh_acc, gh_out, gc_acc, gz_acc, gz_out, gz_acc_below if below else None,
                          gs, g_tanh) for a in _matrix(v, act)]
-    args += [N, H, half_slope]
+    args += [N, H, _scalar(half_slope, act)]
     meta = {"HAS_Z": has_z, "BELOW": below, "LN": ln, "GH_OUT": gh_out is not None,
             "GZ_OUT": gz_out is not None}
     return _Launch(kernels.hm_backward, N, H, args, meta, "BH")

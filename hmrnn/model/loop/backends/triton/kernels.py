@@ -4,7 +4,9 @@ one program per block of ``BM`` rows, each row's columns in one block of a power
 A matrix field is three arguments: its base pointer (step 0, row 0), its row stride and
 its step stride (0: every step the same; a vector has row stride 0 too); a row's elements
 are adjacent. ``t``, the step, comes at launch, first. An absent field is marked by a
-``tl.constexpr`` flag (its pointer is then never read). The math is float32, as the
+``tl.constexpr`` flag (its pointer is then never read). The slope (its half in the
+backward kernel) comes as a pointer to one float, read when the kernel runs, so that a
+CUDA graph of the loop replays with the slope of the moment. The math is float32, as the
 inputs and outputs are.
 
 The helpers avoid calling ``triton.language``'s own jitted functions (``tl.sum``,
@@ -99,7 +101,7 @@ def hm_forward(
     zb_p, zb_t, zb_r, h_p, h_t, h_r, c_p, c_t, c_r, z_p, z_t, z_r, tc_p, tc_t, tc_r,
     u_p, u_t, u_r, bin_p, bin_t, bin_r, d_p, d_t, d_r, zd_p, zd_t, zd_r,
     st_p, st_t, st_r, lnw_p, lnb_p,
-    N, H, half, eps,
+    N, H, slope_p, eps,
     HAS_Z: tl.constexpr, SOFT: tl.constexpr, BELOW: tl.constexpr, LN: tl.constexpr,
     DIFF: tl.constexpr, ZDIFF: tl.constexpr, BM: tl.constexpr, BH: tl.constexpr,
 ):
@@ -150,6 +152,7 @@ def hm_forward(
         tl.store(_tile(d_p, d_t, d_r, T, r, 0, c), oh - hp, mask=m)
         tl.store(_tile(d_p, d_t, d_r, T, r, H, c), ig - cp, mask=m)
     if HAS_Z:
+        half = 0.5 * tl.load(slope_p)  # read at launch: a replayed CUDA graph sees a new slope
         u = tl.load(_col(act, act_t, act_r, T, r, 4 * H), mask=rm, other=0.0) * half + 0.5
         if SOFT:
             zbin = tl.where(u < 0.0, 0.0, tl.where(u > 1.0, 1.0, u))  # Eq. 10
@@ -239,7 +242,7 @@ def hm_backward(
     gha_p, gha_t, gha_r, gho_p, gho_t, gho_r, gca_p, gca_t, gca_r,
     gza_p, gza_t, gza_r, gzo_p, gzo_t, gzo_r, gzb_p, gzb_t, gzb_r,
     gs_p, gs_t, gs_r, gt_p, gt_t, gt_r,
-    N, H, half_slope,
+    N, H, half_slope_p,
     HAS_Z: tl.constexpr, BELOW: tl.constexpr, LN: tl.constexpr, GH_OUT: tl.constexpr,
     GZ_OUT: tl.constexpr, BM: tl.constexpr, BH: tl.constexpr,
 ):
@@ -300,7 +303,7 @@ def hm_backward(
     g_update = _rowsum(gcp * f)
     if HAS_Z:  # Eq. 8-10, straight through: dz/dz~ = 1 (docs/model.md decision 5)
         u = tl.load(_col(u_p, u_t, u_r, T, r, 0), mask=rm, other=0.0)
-        g_zt = tl.where((u > 0.0) & (u < 1.0), gz * not_copy, 0.0) * half_slope
+        g_zt = tl.where((u > 0.0) & (u < 1.0), gz * not_copy, 0.0) * tl.load(half_slope_p)
         tl.store(_col(gs_p, gs_t, gs_r, T, r, 4 * H), g_zt, mask=rm)
     if BELOW:
         # dL/d(1 - COPY) - dL/dCOPY = <[gh | gc], diff> + gz (z_bin - z_prev)
