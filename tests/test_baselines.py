@@ -314,6 +314,28 @@ def test_layer_norm_lstm_matches_reference_loop() -> None:
         torch.testing.assert_close(final.c[k], c[k])
 
 
+@pytest.mark.parametrize("layer_norm", [True, False])
+def test_layer_norm_lstm_fused_loop_equals_its_cells(layer_norm: bool) -> None:
+    """The HM-LSTM's fused loop on each layer (``fast``, every step an UPDATE) computes
+    what the cells step by step do: outputs, the final state and every gradient (input,
+    initial state, each parameter), float64."""
+    rnn = make(LayerNormLSTM, layer_norm=layer_norm)
+    x = inputs().requires_grad_()
+    g = torch.Generator().manual_seed(2)
+    state = LSTMState(*(tuple((torch.rand(N, H, generator=g, dtype=F64) * 2 - 1).requires_grad_()
+                              for H in SIZES) for _ in range(2)))
+    results = []
+    for fast in (True, False):
+        rnn.fast = fast
+        out, final = rnn(x, state)
+        values = [*out.hidden, *final.h, *final.c]
+        loss = sum((v * torch.cos(v + k)).sum() for k, v in enumerate(values))
+        grads = torch.autograd.grad(loss, [x, *state.h, *state.c, *rnn.parameters()])
+        results.append([*values, *grads])
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-12)
+
+
 def test_layer_norm_parameters_start_at_identity() -> None:
     rnn = LayerNormLSTM(I, list(SIZES), L)
     shapes = {name: tuple(v.shape) for name, v in rnn.named_parameters()}

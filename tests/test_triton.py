@@ -28,6 +28,7 @@ import pytest
 import torch
 from helpers import loop_outputs, outputs_and_grads, random_state, wide_hmlstm
 
+from hmrnn.model.baselines import LayerNormLSTM, LSTMState
 from hmrnn.model.hmlstm import HMLSTM, HMLSTMState
 from hmrnn.model.loop.backends import BACKENDS, select
 from hmrnn.model.sparse import StreamingHMLSTM
@@ -145,6 +146,42 @@ def test_triton_step_matches_float64_and_the_aten_step(
         assert torch.equal(z_triton, z_aten)
     for a, t in zip(results["aten"][1], results["triton"][1], strict=True):
         assert float((a - t).norm() / a.norm().clamp_min(1e-30)) < 1e-4
+
+
+@pytest.mark.parametrize("layer_norm", [True, False])
+def test_the_ln_lstm_baseline_runs_on_the_triton_step(
+    layer_norm: bool, launches: Counter[str],
+) -> None:
+    """LayerNormLSTM's fused loop on the Triton step (each layer an HM-LSTM top layer that
+    UPDATEs at every step): outputs, final state and every gradient in float32 within
+    float32 rounding of its float64 cells, one forward and one backward launch per layer
+    and step."""
+    torch.manual_seed(0)
+    rnn = LayerNormLSTM(D, list(SIZES), layer_norm=layer_norm, dtype=torch.float64)
+    with torch.no_grad():
+        for p in rnn.parameters():
+            p.uniform_(-0.8, 0.8)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(T, N, D, dtype=torch.float64, generator=g)
+    state = [torch.rand(N, h, dtype=torch.float64, generator=g) * 2 - 1 for h in SIZES * 2]
+
+    def run(model: LayerNormLSTM, dtype: torch.dtype) -> list[torch.Tensor]:
+        leaves = [t.to(DEVICE, dtype).requires_grad_() for t in (x, *state)]
+        out, final = model(leaves[0], LSTMState(tuple(leaves[1:4]), tuple(leaves[4:])))
+        values = [*out.hidden, *final.h, *final.c]
+        loss = sum((v * torch.cos(v + k)).sum() for k, v in enumerate(values))
+        grads = torch.autograd.grad(loss, [*leaves, *model.parameters()])
+        return [t.detach().cpu().double() for t in (*values, *grads)]
+
+    rnn.fast = False
+    reference = run(rnn, torch.float64)
+    rnn32 = copy.deepcopy(rnn).to(DEVICE, torch.float32)
+    rnn32.fast, rnn32.backend = True, "triton"
+    launches.clear()
+    result = run(rnn32, torch.float32)
+    assert launches["hm_forward"] == launches["hm_backward"] == T * len(SIZES)
+    for a, b in zip(result, reference, strict=True):
+        assert float((a - b).norm() / b.norm().clamp_min(1e-30)) < 1e-5
 
 
 def test_streaming_inference_on_the_triton_step_equals_the_dense_loop(

@@ -13,6 +13,8 @@ from torch import Tensor, nn
 
 from hmrnn.model.baselines._common import StackBase, maybe_layer_norm
 from hmrnn.model.baselines.lstm import LSTMState
+from hmrnn.model.cell import HMLSTMCell
+from hmrnn.model.loop import check_name, hmlstm_loop
 from hmrnn.model.types import RNNOutput, factory_kwargs
 
 
@@ -107,13 +109,34 @@ class LayerNormLSTMCell(nn.Module):
     def extra_repr(self) -> str:
         return f"{self.input_size}, {self.hidden_size}, layer_norm={self.layer_norm}"
 
+    def as_hmlstm_cell(self) -> HMLSTMCell:
+        """This cell as an :class:`HMLSTMCell` of the top-layer kind (no boundary detector,
+        no top-down term) whose tensors are this cell's own (``W``, ``U``, ``bias``; ``ln_x``
+        as ``ln_bottom_up``, ``ln_h`` as ``ln_recurrent``, ``ln_c`` as ``ln_cell``; the gate
+        rows are ordered alike). As the bottom layer of a stack, with ``z`` 0, it UPDATEs at
+        every step: Eq. 2-3 are then this cell's equations, so the HM-LSTM's fused loop
+        (:func:`hmrnn.model.loop.hmlstm_loop`) runs it, and its gradients reach this cell's
+        parameters."""
+        view = HMLSTMCell(self.input_size, self.hidden_size, None, layer_norm=self.layer_norm,
+                          device="meta")
+        for name in ("W", "U", "bias"):  # a tensor, not a Parameter, under functional_call
+            view._parameters[name] = getattr(self, name)
+        if self.layer_norm:
+            norms = cast("tuple[nn.LayerNorm, ...]", (self.ln_x, self.ln_h, self.ln_c))
+            view.ln_bottom_up, view.ln_recurrent, view.ln_cell = norms
+        return view
+
 
 class LayerNormLSTM(StackBase):
     r"""A stack of layer-normalised LSTM layers (Ba et al., 2016): the paper's LN-LSTM.
 
     Each layer runs :class:`LayerNormLSTMCell` (its equations) over the sequence, and
     layer l+1 reads layer l's hidden sequence as ``x``. Each layer's input term is
-    computed for all steps in one matrix product before its time loop.
+    computed for all steps in one matrix product before its time loop. With ``fast``
+    (the default; not under autocast) each layer's time loop is the HM-LSTM's fused loop
+    on :meth:`LayerNormLSTMCell.as_hmlstm_cell` (the C step on the CPU, the Triton step
+    on a GPU: ``backend`` as :class:`hmrnn.model.hmlstm.HMLSTM`'s); ``fast = False`` runs
+    the cells step by step, the readable reference.
 
     Arguments, inputs, outputs and attributes are every baseline's
     (:class:`~hmrnn.model.baselines._common.StackBase`); ``layer_norm=False`` makes every
@@ -150,6 +173,8 @@ class LayerNormLSTM(StackBase):
     ) -> None:
         super().__init__(input_size, hidden_size, num_layers, batch_first)
         self.layer_norm = layer_norm
+        self.fast = True
+        self.backend = "auto"
         below = (input_size, *self.hidden_sizes[:-1])
         self.layers = nn.ModuleList(
             LayerNormLSTMCell(b, h, layer_norm=layer_norm, device=device, dtype=dtype)
@@ -165,13 +190,21 @@ class LayerNormLSTM(StackBase):
         state = self._state(state, LSTMState, x.shape[1], ("h", "c"))
         hidden, hs, cs = [], [], []
         cells = cast("Sequence[LayerNormLSTMCell]", self.layers)
+        fast = self.fast and not torch.is_autocast_enabled(x.device.type)
+        if fast:
+            check_name(self.backend)
+            z0 = (x.new_zeros(x.shape[1], 1),)
         for cell, h, c in zip(cells, state.h, state.c, strict=True):
-            wx = cell.project(x)  # (T, N, 4H): the input term of every step in one matmul
-            steps = []
-            for wx_t in wx:
-                h, c = cell(wx_t, (h, c))
-                steps.append(h)
-            x = torch.stack(steps)  # (T, N, H): the next layer's input
+            if fast:  # (T, N, H): the next layer's input
+                (x,), _, (h,), (c,), _ = hmlstm_loop([cell.as_hmlstm_cell()], x, (h,), (c,),
+                                                     z0, 1.0, "step", backend=self.backend)
+            else:
+                wx = cell.project(x)  # (T, N, 4H): the input term of every step in one matmul
+                steps = []
+                for wx_t in wx:
+                    h, c = cell(wx_t, (h, c))
+                    steps.append(h)
+                x = torch.stack(steps)  # (T, N, H): the next layer's input
             hidden.append(x.transpose(0, 1) if self.batch_first else x)
             hs.append(h)
             cs.append(c)
