@@ -7,7 +7,8 @@
 #   2. `hmrnn bench` on the GPU (TF32 on, as `hmrnn train` runs): the training suite at
 #      3 x 512 batch 64 and 3 x 1024 batch 128, eager (the Triton step, which "auto" takes
 #      for float32 CUDA tensors), then every model's whole step in a CUDA graph; the
-#      inference suite (evaluation, generation at batch 1); then the profile of one eager
+#      inference suite (evaluation, generation at batch 1), eager and with the stacks'
+#      calls replaying CUDA graphs; then the profile of one eager
 #      step at 3 x 512 (kernel count, GPU busy time, the busiest kernels);
 #   3. $MINUTES (default 0.6) of `hmrnn train` each (its stacks replay CUDA graphs,
 #      run.cuda_graph) for the PTB LN HM-LSTM (--config ptb), the
@@ -98,6 +99,8 @@ section bench-graph "bench_rows bench-graph" -- \
     "${settings[@]}" --repeats 3
 section bench-inference "targets_of bench-inference" -- \
     timeout 90 python3 -m hmrnn bench --device cuda --suite inference --repeats 3
+section bench-inference-graph "targets_of bench-inference-graph" -- \
+    timeout 90 python3 -m hmrnn bench --device cuda --suite inference --cuda-graph --repeats 3
 section profile-512 "tail -n 1 $out/profile-512.log" -- \
     timeout 60 python3 benchmarks/profile_step.py --device cuda --hidden 512 --batch 64 \
     --repeats 3 --top 8

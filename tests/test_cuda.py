@@ -197,6 +197,34 @@ def test_replayed_cuda_graphs_of_a_stack_train_like_eager_calls(
     assert graphed.failure is None and graphed.captured == 1 and graphed.replays == 4
 
 
+@pytest.mark.parametrize(("kind", "layer_norm"),
+                         [("hmlstm", True), ("lstm", True), ("lstm", False)])
+def test_evaluation_replays_forward_graphs_like_eager_calls(kind: str, layer_norm: bool) -> None:
+    """Windows of a text without autograd: a stack replaying forward-only graphs gives
+    each window's own logits and boundaries (copies, not the graph's buffers), the same as
+    eager calls; the shorter last window gets its own graph."""
+    models = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        models.append(bench_model(kind, 11, 8, [16, 12, 10], 16, layer_norm, CUDA).eval())
+    (graphed,) = graph_stacks(models[1])
+    text = torch.randint(11, (45, 4), generator=torch.Generator().manual_seed(2)).to(CUDA)
+    results = []
+    with torch.no_grad():
+        for model in models:
+            state, logits, zs = None, [], []
+            for window in text.split(20):  # 20, 20, 5
+                out = model(window, state)
+                state = out.state
+                logits.append(out.logits)
+                zs.append(out.rnn.boundary)
+            results.append((torch.cat(logits), None if zs[0] is None else torch.cat(zs)))
+    (logits_e, z_e), (logits_g, z_g) = results
+    torch.testing.assert_close(logits_g, logits_e, rtol=1e-5, atol=1e-6)
+    assert (z_e is None and z_g is None) or torch.equal(z_g, z_e)
+    assert graphed.failure is None and graphed.captured == 2 and graphed.replays == 3
+
+
 def test_the_trainer_replays_cuda_graphs_and_trains_as_without(tmp_path: Path) -> None:
     runs = {}
     for graphs in ("true", "false"):

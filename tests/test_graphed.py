@@ -140,3 +140,44 @@ def test_the_replay_plumbing_with_an_eager_stand_in_for_the_graphs(
     wrapped.eval()
     wrapped(torch.randn(7, 3, 4))
     assert g.captured == 2 and g.replays == 4
+
+
+def test_evaluation_calls_replay_a_forward_graph_and_hand_out_copies(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Calls without autograd capture the forward pass alone (here an eager stand-in for
+    capture_forward, whose replays hand out the same output tensors every time): each
+    call's outputs are copies, so boundaries collected over windows are each window's own;
+    windows of another length get a graph of their own, and a call with autograd none of
+    these."""
+    from hmrnn.model import graphed
+
+    def stand_in(fn: object, samples: tuple[torch.Tensor, ...]) -> object:
+        kept: list[tuple[torch.Tensor, ...]] = []
+
+        def replay(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            out = fn(*tensors)  # type: ignore[operator]
+            if not kept:
+                kept.append(out)
+            for static, t in zip(kept[0], out, strict=True):
+                static.copy_(t)  # one set of buffers, as a graph's
+            return kept[0]
+        return replay
+
+    monkeypatch.setattr(graphed, "capture_forward", stand_in)
+    torch.manual_seed(0)
+    plain, wrapped = HMLSTM(4, [6, 5], 2), HMLSTM(4, [6, 5], 2)
+    wrapped.load_state_dict(plain.state_dict())
+    (g,) = graph_stacks(wrapped)
+    g.device_type = "cpu"
+    text = torch.randn(25, 2, 4)
+    results = []
+    with torch.no_grad():
+        for rnn in (plain.eval(), wrapped.eval()):
+            state, zs = None, []
+            for window in text.split(10):  # 10, 10, 5
+                out, state = rnn(window, state)
+                zs.append(out.boundary)
+            results.append(torch.cat(zs))
+    assert torch.equal(results[0], results[1])
+    assert g.captured == 2 and g.replays == 3

@@ -49,6 +49,7 @@ from torch.nn import functional as F
 from hmrnn.cli._common import Parser
 from hmrnn.model.cell import HMLSTMCell
 from hmrnn.model.charlm import CharLM
+from hmrnn.model.graphed import graph_stacks
 from hmrnn.model.hmlstm import HMLSTM
 from hmrnn.model.registry import build_rnn
 from hmrnn.model.sparse import StreamingHMLSTM, copy_share, sparse_forward
@@ -287,8 +288,21 @@ def bench_inference(
     args: argparse.Namespace, device: torch.device, bar: Any
 ) -> tuple[list[Row], str]:
     """Batched evaluation and batch-1 generation, dense against COPY-skipping
-    (:func:`interleaved` twice, its rounds counted by ``bar``)."""
+    (:func:`interleaved` twice, its rounds counted by ``bar``); with ``--cuda-graph`` the
+    dense models' stacks replay CUDA graphs of their calls (:mod:`hmrnn.model.graphed`;
+    the sparse and streaming paths do not call them)."""
     model, reference, ids, source = _inference_models(args, device)
+    graphs = graph_stacks(model) + graph_stacks(reference) if args.cuda_graph else []
+    try:
+        return _inference_rows(model, reference, ids, args, device, bar), source
+    finally:
+        for g in graphs:
+            g.remove()
+
+
+def _inference_rows(model: CharLM, reference: CharLM, ids: Tensor, args: argparse.Namespace,
+                    device: torch.device, bar: Any) -> list[Row]:
+    """:func:`bench_inference`'s rows."""
     rnn: HMLSTM = model.rnn  # type: ignore[assignment]
     label = ("LN " if rnn.layer_norm else "") + _sizes_label(rnn.hidden_sizes)
     batch, steps = args.eval_batch, args.seq_len
@@ -384,7 +398,7 @@ def bench_inference(
     gen_copy = [1.0 - c / n for c in computed[-1]]
     rows += _rows(times, n, "generate", label, 1, {"HM-LSTM streaming": gen_copy},
                   f"generate {label} b1")
-    return rows, source
+    return rows
 
 
 def format_table(rows: list[Row]) -> str:
@@ -495,7 +509,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also train the cell-by-cell reference loop (HMLSTM fast=False)")
     parser.add_argument("--cuda-graph", action="store_true",
                         help="CUDA only: capture each model's training step and forward pass "
-                             "in a CUDA graph and time its replays (every model alike)")
+                             "in a CUDA graph and time its replays (every model alike); the "
+                             "dense inference rows replay graphs of the stacks' calls")
     parser.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=True,
                         help="CUDA only: float32 matrix products and cuDNN may use TF32 "
                              "tensor cores, as `hmrnn train` lets them (run.tf32) and as "
@@ -549,7 +564,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"\ninference model: {source}")
     print("\ntargets:")
     print("\n".join(targets(rows, args, device.type == "cuda")))
-    graphs = ", train and forward rows replay CUDA graphs" if args.cuda_graph else ""
+    graphs = (", train and forward rows and dense inference rows replay CUDA graphs"
+              if args.cuda_graph else "")
     if device.type == "cuda":
         graphs += ", TF32 " + ("on" if args.tf32 else "off")
     print(f"\nmachine: {machine}; T={args.seq_len}, median of "

@@ -1,34 +1,34 @@
-"""CUDA graphs of a recurrent stack's training calls (:func:`graph_stacks`).
+"""CUDA graphs of a recurrent stack's calls (:func:`graph_stacks`).
 
 A stack's forward pass over a segment launches thousands of small kernels (the HM-LSTM's
 loop a few per layer and step, forward and backward); on a GPU the launches, not the
-kernels, then set the pace. :class:`GraphedStack` captures the stack's forward pass and its
-backward pass as two CUDA graphs (``torch.cuda.make_graphed_callables``) the first time it
-is called in training with a given signature, and replays them at every later call with
-that signature: the same kernels on the same buffers, launched by the GPU, not by Python.
+kernels, then set the pace. :class:`GraphedStack` captures a call the first time it sees
+its signature and replays it at every later call with that signature: the same kernels on
+the same buffers, launched by the GPU, not by Python. With autograd on (training) it
+captures the forward and the backward pass (``torch.cuda.make_graphed_callables``);
+without (evaluation) the forward pass alone (:func:`capture_forward`).
 
 A call is replayed only where a graph computes what the eager call would:
 
-- on a CUDA device, in training mode (``stack.training``), with autograd on and no
-  autocast, without keyword arguments (no ``generator``) and not for ``"sample"``
-  boundaries (their draws would come from a captured generator);
-- with the input's shape, dtype and ``requires_grad``, the state's (``None`` stands for
-  :meth:`initial_state`'s zeros, as in the stacks themselves), the parameters'
-  ``requires_grad`` and the stack's settings (boundary mode, boundary gradient, step
-  backend, fast loop, batch-first) of a captured graph.
+- on a CUDA device, without autocast, without keyword arguments (no ``generator``) and
+  not for ``"sample"`` boundaries (their draws would come from a captured generator);
+- with the same autograd mode, training mode, input shape, dtype and ``requires_grad``,
+  the state's (``None`` stands for :meth:`initial_state`'s zeros, as in the stacks
+  themselves), the parameters' ``requires_grad`` and the stack's settings (boundary mode,
+  boundary gradient, step backend, fast loop, batch-first) as a captured graph.
 
 Every other call runs eagerly, and so does every call of the clockwork RNN (which modules
 tick depends on its step count, read on the host). What a graph reads between calls stays
 live: parameters are updated in place by the optimiser, and the HM-LSTM's slope is a
 buffer its kernels read on the GPU when they run (:class:`hmrnn.model.hmlstm.HMLSTM`).
-A replay writes into the same
-output buffers every time, so the returned state is copied out (it is carried into the
-next segment, and must survive the next replay); the hidden sequences and boundaries are
-the graph's own buffers, valid until the next training call of the stack.
+A replay writes into the same output buffers every time, so what a caller may keep is
+copied out: in training the state (carried into the next segment); in evaluation every
+output (boundaries are collected over windows). In training the hidden sequences and
+boundaries are the graph's own buffers, valid until the next training call.
 
-Capturing takes a few eager calls (three warm-ups, then the capture itself) and keeps the
-graphs' memory (the activations of one training call) for as long as they are installed.
-"""
+Capturing takes a few eager calls (warm-ups, then the capture itself) and keeps the
+graphs' memory (in training, the activations of one call) for as long as they are
+installed."""
 
 from __future__ import annotations
 
@@ -85,8 +85,9 @@ class GraphedStack:
 
     Args:
         stack: an HM-LSTM or a baseline stack.
-        limit: at most this many signatures are captured (each keeps its graphs' memory);
-            calls of any other signature run eagerly.
+        limit: at most this many signatures are captured with autograd, and as many
+            without (each keeps its graphs' memory); calls of any other signature run
+            eagerly.
 
     Attributes: ``captured``, the number of signatures captured; ``replays``, the calls
     replayed; ``failure``, why a capture failed (then every later call runs eagerly), or
@@ -113,10 +114,10 @@ class GraphedStack:
         self._graphs.clear()
 
     def _key(self, input: Any, leaves: list[Any], kwargs: dict[str, Any]) -> tuple[Any, ...] | None:
-        """The signature of a call that a graph can replay; None where it cannot."""
+        """The signature of a call that a graph can replay (first: whether autograd is on);
+        None where it cannot."""
         stack = self.stack
         if (kwargs or not isinstance(input, Tensor) or input.device.type != self.device_type
-                or not stack.training or not torch.is_grad_enabled()
                 or torch.is_autocast_enabled("cuda") or self.failure is not None
                 or getattr(stack, "boundary", None) == "sample"
                 or not all(isinstance(t, Tensor) for t in leaves)):
@@ -125,8 +126,8 @@ class GraphedStack:
         def sig(t: Tensor) -> tuple[Any, ...]:
             return tuple(t.shape), t.dtype, t.device, t.requires_grad
 
-        return (sig(input), tuple(sig(t) for t in leaves),
-                tuple(p.requires_grad for p in stack.parameters()),
+        return (torch.is_grad_enabled(), stack.training, sig(input),
+                tuple(sig(t) for t in leaves), tuple(p.requires_grad for p in stack.parameters()),
                 tuple(getattr(stack, name, None) for name in SETTINGS))
 
     def __call__(self, input: Tensor, state: Any = None, **kwargs: Any) -> tuple[RNNOutput, Any]:
@@ -136,13 +137,17 @@ class GraphedStack:
         leaves, spec = pytree.tree_flatten(state)
         key = self._key(input, leaves, kwargs)
         graph = self._graphs.get(key) if key is not None else None
-        if key is not None and graph is None and len(self._graphs) < self.limit:
+        if key is not None and graph is None and sum(
+                k[0] == key[0] for k in self._graphs) < self.limit:
             graph = self._capture(key, input, leaves, spec)
-        if graph is None:
+        if graph is None or key is None:
             return self.eager(input, state, **kwargs)
         self.replays += 1
         graphed, flat = graph
-        out, new_state = flat.unflatten(graphed(input, *leaves))
+        tensors = graphed(input, *leaves)
+        if not key[0]:  # no autograd: every output copied (a caller may keep them all)
+            return flat.unflatten(tuple(t.clone() for t in tensors))
+        out, new_state = flat.unflatten(tensors)
         return out, map_state(lambda t: t.clone(), new_state)
 
     def _capture(self, key: tuple[Any, ...], input: Tensor, leaves: list[Tensor],
@@ -154,12 +159,38 @@ class GraphedStack:
                         for t in (input, *leaves))
         flat = _Flat(self.stack, self.eager, spec).train(self.stack.training)
         try:
-            graphed = torch.cuda.make_graphed_callables(flat, samples, allow_unused_input=True)
+            graphed = (torch.cuda.make_graphed_callables(flat, samples, allow_unused_input=True)
+                       if key[0] else capture_forward(flat, samples))
         except Exception as error:  # a stack that launches host-synchronising work
             self.failure = f"{type(error).__name__}: {error}".splitlines()[0]
             return None
         self._graphs[key] = graphed, flat
         return graphed, flat
+
+
+def capture_forward(fn: Callable[..., tuple[Tensor, ...]], samples: tuple[Tensor, ...]
+                    ) -> Callable[..., tuple[Tensor, ...]]:
+    """``fn(*samples)`` (without autograd) captured in a CUDA graph, after two warm-up
+    calls on a side stream; returns the replay: it copies a call's tensors into
+    ``samples`` (the graph's inputs), replays, and returns the graph's own outputs."""
+    stream, current = torch.cuda.Stream(), torch.cuda.current_stream()
+    stream.wait_stream(current)
+    with torch.cuda.stream(stream):
+        for _ in range(2):
+            fn(*samples)
+    current.wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outputs = fn(*samples)
+
+    def replay(*tensors: Tensor) -> tuple[Tensor, ...]:
+        for static, t in zip(samples, tensors, strict=True):
+            if static.data_ptr() != t.data_ptr():
+                static.copy_(t)
+        graph.replay()
+        return outputs
+
+    return replay
 
 
 def graph_stacks(model: nn.Module, limit: int = 2) -> list[GraphedStack]:
