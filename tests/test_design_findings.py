@@ -42,3 +42,23 @@ def test_gains_start_as_decision_7_says() -> None:
     for key, gain in LN_GAINS.items():
         assert torch.all(getattr(cell, f"ln_{key}").weight == gain)
         assert torch.all(getattr(cell, f"ln_{key}").bias == 0)
+
+
+def test_a_boundary_gain_spreads_the_detectors_and_the_start_stays_sane_with_hold() -> None:
+    """model.boundary_ln_gain (decision 9): row z of the terms' gains at 0.3 makes the
+    detectors' rates at initialisation neither all 0 nor all 1 (with every gain at 0.01
+    they are, for most seeds), and with z's COPY share held out of the chain
+    (boundary_grad=hold) the gradient stays within 10x of the no-LN model's."""
+    torch.set_num_threads(1)
+    spread = ModelConfig(layer_norm=True, boundary_grad="hold", boundary_ln_gain=0.3)
+    ratios, rates = [], []
+    for seed in range(5):
+        ratios.append(_grad_norm(spread, seed, 1.0)
+                      / _grad_norm(ModelConfig(layer_norm=False), seed, 1.0))
+        torch.manual_seed(seed)
+        model = build_charlm(spread, 26)
+        x = torch.randint(0, 26, (100, 8), generator=torch.Generator().manual_seed(seed))
+        with torch.no_grad():
+            rates.append(float(model(x).rnn.boundary[..., 0].mean()))
+    assert max(ratios) < 10, ratios
+    assert sum(0.05 < r < 0.95 for r in rates) >= 4, rates

@@ -55,6 +55,9 @@ class HMLSTMCell(nn.Module):
             no top-down input and no boundary detector (its ``z`` is always 0).
         layer_norm: normalise each of the three terms of ``s`` over its whole row vector,
             and ``c`` before the output ``tanh`` (docs/model.md decision 7).
+        boundary_ln_gain: with layer norm, the initial gain of row z in the three terms'
+            norms (None: :data:`LN_GAINS`' 0.01, as every row): a spread of the boundary
+            detector's pre-activation from the first step (docs/model.md decision 9).
 
     Parameters (rows ordered f, i, o, g, z; ``R = 4H + 1``, or ``4H`` in the top layer):
         ``W (R, Hb)``, ``U (R, H)``, ``U_td (R, Ha)`` (not in the top layer), ``bias (R,)``;
@@ -69,6 +72,7 @@ class HMLSTMCell(nn.Module):
         above_size: int | None,
         *,
         layer_norm: bool = False,
+        boundary_ln_gain: float | None = None,
         device: Any = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -79,6 +83,10 @@ class HMLSTMCell(nn.Module):
         self.above_size = above_size
         self.has_boundary = above_size is not None
         self.layer_norm = layer_norm
+        if boundary_ln_gain is not None and not (layer_norm and boundary_ln_gain > 0):
+            raise ValueError(f"boundary_ln_gain needs layer_norm=True and a gain > 0, got "
+                             f"{boundary_ln_gain!r} with layer_norm={layer_norm}")
+        self.boundary_ln_gain = boundary_ln_gain
         rows = 4 * hidden_size + (1 if self.has_boundary else 0)
         self.W = nn.Parameter(torch.empty(rows, input_size, **kw))
         self.U = nn.Parameter(torch.empty(rows, hidden_size, **kw))
@@ -96,7 +104,8 @@ class HMLSTMCell(nn.Module):
 
     def reset_parameters(self) -> None:
         """Uniform(-1/sqrt(H), 1/sqrt(H)) for every weight and bias, as torch's LSTM does;
-        layer-norm biases 0 and gains from :data:`LN_GAINS` (docs/model.md decision 7)."""
+        layer-norm biases 0 and gains from :data:`LN_GAINS` (docs/model.md decision 7), row
+        z of the terms' gains ``boundary_ln_gain`` where given."""
         bound = 1.0 / math.sqrt(self.hidden_size)
         for name in ("W", "U", "U_td", "bias"):
             p = getattr(self, name)
@@ -108,6 +117,9 @@ class HMLSTMCell(nn.Module):
                 if norm is not None:
                     nn.init.constant_(norm.weight, gain)
                     nn.init.zeros_(norm.bias)
+                    if key != "cell" and self.has_boundary and self.boundary_ln_gain:
+                        with torch.no_grad():  # row z: the detector's spread (decision 9)
+                            norm.weight[-1] = self.boundary_ln_gain
 
     def extra_repr(self) -> str:
         """``input_size, hidden_size``, then ``above_size`` (absent in the top layer) and

@@ -137,12 +137,15 @@ class HMLSTM(nn.Module):
             outputs are in that dtype), while the cell loop follows autocast. For inference
             that skips COPY's work see :mod:`hmrnn.model.sparse`.
         backend: the fast loop's step backend (:mod:`hmrnn.model.loop.backends`), chosen
-            once per call: ``"auto"`` (default: the C step for float32 on the CPU where it
-            compiled and ``boundary`` is not ``"sample"``, else ATen; ``HMRNN_KERNELS=0``
-            turns the C step off), ``"aten"`` (ATen operations, any device and dtype) or
-            ``"cpu"`` (the C step; float32 on the CPU, not ``"sample"``: a call it cannot
+            once per call: ``"auto"`` (default, where ``boundary`` is not ``"sample"``: the
+            Triton step for float32 on a CUDA GPU where triton imports, ``HMRNN_TRITON=0``
+            turning it off; the C step for float32 on the CPU where it compiled,
+            ``HMRNN_KERNELS=0`` turning it off; else ATen), ``"aten"`` (ATen operations, any
+            device and dtype), ``"cpu"`` (the C step) or ``"triton"`` (a call they cannot
             serve raises). Any other value raises ``ValueError``. The cell loop
             (``fast=False``) ignores it; may be changed after construction.
+        boundary_ln_gain: with layer norm, the initial gain of row z in each term's norm
+            (:class:`HMLSTMCell`); None: as every row.
 
     Inputs: ``input, state=None, *, generator=None``
         - input: ``(T, N, input_size)`` (``(N, T, input_size)`` if ``batch_first``).
@@ -202,6 +205,7 @@ class HMLSTM(nn.Module):
         batch_first: bool = False,
         fast: bool = True,
         backend: str = "auto",
+        boundary_ln_gain: float | None = None,
         device: Any = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -231,7 +235,7 @@ class HMLSTM(nn.Module):
         below = (input_size, *sizes[:-1])
         above: tuple[int | None, ...] = (*sizes[1:], None)
         self.layers = nn.ModuleList(
-            HMLSTMCell(b, h, a, layer_norm=layer_norm, **kw)
+            HMLSTMCell(b, h, a, layer_norm=layer_norm, boundary_ln_gain=boundary_ln_gain, **kw)
             for b, h, a in zip(below, sizes, above, strict=True)
         )
         W = self.cells[0].W

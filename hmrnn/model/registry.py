@@ -23,13 +23,15 @@ def build_rnn(
     layer_norm: bool = False,
     boundary: str = "step",
     boundary_grad: str = "chain",
+    boundary_ln_gain: float | None = None,
     device: Any = None,
     dtype: torch.dtype | None = None,
 ) -> nn.Module:
     """A recurrent stack: ``"hmlstm"``, ``"lstm"`` or ``"cwrnn"`` (clockwork RNN).
 
     ``layer_norm`` picks the LayerNorm variant of each (``lstm`` without it is PyTorch's
-    fused ``nn.LSTM``); ``boundary`` and ``boundary_grad`` only apply to the HM-LSTM. A
+    fused ``nn.LSTM``); ``boundary``, ``boundary_grad`` and ``boundary_ln_gain`` only apply
+    to the HM-LSTM. A
     ``hidden_size`` of one element is used for every layer; ``num_layers`` left out is
     inferred from a ``hidden_size`` that lists one size per layer (as each stack's
     constructor does).
@@ -39,8 +41,8 @@ def build_rnn(
         sizes = hidden_size[0]  # one size for every layer
     if kind == "hmlstm":
         return HMLSTM(input_size, sizes, num_layers, boundary=boundary,
-                      boundary_grad=boundary_grad, layer_norm=layer_norm, device=device,
-                      dtype=dtype)
+                      boundary_grad=boundary_grad, layer_norm=layer_norm,
+                      boundary_ln_gain=boundary_ln_gain, device=device, dtype=dtype)
     if kind == "lstm":
         name = "ln-lstm" if layer_norm else "lstm"
     elif kind == "cwrnn":

@@ -113,6 +113,10 @@ class ModelConfig:
     boundary: str = "step"  # step | sample | soft
     boundary_grad: str = "chain"  # straight-through everywhere (paper) | hold | local
     layer_norm: bool = True
+    # initial LN gain of the boundary row z of each term (0: the terms' 0.01); a spread of
+    # the detectors from the first step (docs/model.md decision 9; with boundary_grad hold
+    # or local: under chain it reopens the exploding start)
+    boundary_ln_gain: float = 0.0
     mixture_components: int = 20  # handwriting: Gaussians of the mixture density head
 
 
@@ -125,6 +129,7 @@ MODEL_RULES: dict[str, Rule] = {
     "boundary": one_of("step", "sample", "soft"),
     "boundary_grad": one_of("chain", "hold", "local"),
     "layer_norm": ANY,
+    "boundary_ln_gain": at_least(0),
     "mixture_components": at_least(1),
 }
 
@@ -396,6 +401,10 @@ def validate_config(config: Config) -> Config:
                      if train.rate_control == "bias" else
                      f" (train.rate_control={train.rate_control!r} takes one weight)")
         raise ConfigError(f"train.rate_gain must give one value{per_layer}, got {gains} values")
+    if model.boundary_ln_gain and (model.rnn != "hmlstm" or not model.layer_norm):
+        raise ConfigError("model.boundary_ln_gain sets a layer-norm gain of the HM-LSTM's "
+                          "boundary detectors: it needs model.rnn='hmlstm' and "
+                          "model.layer_norm=true")
     if train.rate_warmup and train.rate_control != "bias":
         raise ConfigError(f"train.rate_warmup needs train.rate_control='bias' (the controller), "
                           f"got {train.rate_control!r}")

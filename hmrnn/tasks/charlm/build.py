@@ -16,6 +16,7 @@ def build_charlm(config: ModelConfig, vocab_size: int) -> CharLM:
         config.rnn, config.embedding_size, config.hidden_size, config.num_layers,
         layer_norm=config.layer_norm, boundary=config.boundary,
         boundary_grad=config.boundary_grad,
+        boundary_ln_gain=config.boundary_ln_gain or None,
     )
     return CharLM(vocab_size, rnn, config.output_size)
 

@@ -127,6 +127,7 @@ def build_handwriting_model(config: ModelConfig) -> HandwritingModel:
         config.rnn, 3, config.hidden_size, config.num_layers,
         layer_norm=config.layer_norm, boundary=config.boundary,
         boundary_grad=config.boundary_grad,
+        boundary_ln_gain=config.boundary_ln_gain or None,
     )
     return HandwritingModel(rnn, config.output_size, config.mixture_components)
 
