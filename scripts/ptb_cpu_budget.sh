@@ -3,8 +3,12 @@
 # each trained for the same wall-clock budget, side by side (one thread each), then scored
 # on the whole validation and test splits. The numbers in docs/results.md come from here.
 #
-#   scripts/ptb_cpu_budget.sh [DATA_DIR] [MINUTES] [CONFIG ...]
+#   scripts/ptb_cpu_budget.sh [DATA_DIR] [MINUTES] [CONFIG[@OVERRIDE,...] ...]
 #   (defaults: ../shared/data 30 ptb ptb-lnlstm)
+#
+# A config may carry overrides after an @, comma-separated, e.g.
+# ptb-control@model.boundary_ln_gain=0.3; its run folder is then named after them too
+# (runs/cpu-ptb-control-model.boundary_ln_gain-0.3).
 set -euo pipefail
 data=${1:-../shared/data}
 minutes=${2:-30}
@@ -15,15 +19,21 @@ size="model.hidden_size=256 model.output_size=256 train.batch_size=32"
 common="data.data_dir=$data $size train.max_minutes=$minutes train.eval_every=300
         run.progress=false run.threads=1 run.tensorboard=false"
 mkdir -p runs
-for name in "${configs[@]}"; do
+tag() { local t=${1//[@=,]/-}; echo "cpu-$t"; }
+for item in "${configs[@]}"; do
+  name=${item%%@*}
+  extra=""
+  if [[ $item == *@* ]]; then extra=${item#*@}; extra=${extra//,/ }; fi
+  run=$(tag "$item")
   # shellcheck disable=SC2086
-  hmrnn train --config "$name" $common "run.out_dir=runs/cpu-$name" > "runs/cpu-$name.log" 2>&1 &
+  hmrnn train --config "$name" $common $extra "run.out_dir=runs/$run" > "runs/$run.log" 2>&1 &
 done
 wait
-for name in "${configs[@]}"; do
+for item in "${configs[@]}"; do
+  run=$(tag "$item")
   for split in valid test; do
-    hmrnn eval "runs/cpu-$name/best.pt" --split "$split" --data-dir "$data" --json \
-      > "runs/cpu-$name.$split.json"
+    hmrnn eval "runs/$run/best.pt" --split "$split" --data-dir "$data" --json \
+      > "runs/$run.$split.json"
   done
 done
-for name in "${configs[@]}"; do grep -h "stopped after\|^test:" "runs/cpu-$name.log"; done
+for item in "${configs[@]}"; do grep -h "stopped after\|^test:" "runs/$(tag "$item").log"; done
