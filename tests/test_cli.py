@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from helpers import error_line
 
 from hmrnn.cli import main
@@ -56,6 +57,22 @@ def test_eval_prints_bpc_and_boundary_scores(trained: Path, capsys) -> None:
     assert set(report["segmentation"]["layers"]) == {"layer1", "layer2"}
     assert report["computation"]["stacked_rnn_updates"] == 3 * report["chars"]
     assert 0 <= report["computation"]["saved_fraction"] < 1
+
+
+def test_eval_device(trained: Path, capsys) -> None:
+    """``--device cpu`` scores as the default does here; a GPU asked for where there is none
+    is one clear line (exit 2)."""
+    assert main(["eval", str(trained), "--split", "valid", "--json", "--device", "cpu"]) == 0
+    on_cpu = json.loads(capsys.readouterr().out)
+    assert main(["eval", str(trained), "--split", "valid", "--json"]) == 0
+    auto = json.loads(capsys.readouterr().out)
+    if not torch.cuda.is_available():
+        assert auto == on_cpu
+        assert main(["eval", str(trained), "--device", "cuda"]) == 2
+        assert "--device=cuda was asked for, but CUDA is not available here" in \
+            capsys.readouterr().err
+    else:  # the GPU's float rounding, and its graphs' replays
+        assert abs(auto["bpc"] - on_cpu["bpc"]) < 1e-4
 
 
 def test_eval_on_a_file_and_sample(trained: Path, tmp_path: Path, capsys) -> None:

@@ -16,12 +16,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from hmrnn.analysis.boundaries import computation_summary, format_scores, segmentation_scores
     from hmrnn.data import DataError
+    from hmrnn.model.graphed import graph_stacks
     from hmrnn.tasks.charlm.build import corpus_from_config
     from hmrnn.tasks.charlm.task import evaluate_lm, load_charlm
     from hmrnn.training.config import Config, apply_overrides
+    from hmrnn.training.distributed import resolve_device
 
     torch.manual_seed(0)
-    model, vocab, config, _ = load_charlm(args.checkpoint)
+    device = resolve_device(args.device, "--device")
+    model, vocab, config, _ = load_charlm(args.checkpoint, device)
     if args.boundary:
         if not hasattr(model.rnn, "boundary"):
             raise ValueError("--boundary only applies to HM-LSTM models")
@@ -50,8 +53,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
             refs = {k: v[:-1] for k, v in corpus.boundaries[args.split].items()}
     if len(ids) < 2:
         raise DataError(f"{where} is too short: at least 2 characters are needed to score one")
-    result = evaluate_lm(model, ids, batch_size=args.batch_size, seq_len=config.train.seq_len,
-                         progress=True)
+    # on a GPU the stack's calls replay CUDA graphs (a few kernels' launches per window)
+    graphs = graph_stacks(model) if device.type == "cuda" else []
+    try:
+        result = evaluate_lm(model, ids, batch_size=args.batch_size,
+                             seq_len=config.train.seq_len, device=device, progress=True)
+    finally:
+        for g in graphs:
+            g.remove()
     report: dict[str, Any] = {"data": where, "chars": result.chars, "bpc": result.bpc,
                               "nll_nats": result.nll}
     lines = [f"{where}: {result.bpc:.4f} bits per character over {result.chars:,} characters"]
@@ -87,6 +96,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64, help="parallel evaluation streams")
     p.add_argument("--boundary", choices=["step", "sample", "soft"],
                    help="evaluate an HM-LSTM with this boundary mode instead of its own")
+    p.add_argument("--device", default="auto",
+                   help="auto (a CUDA GPU where there is one), cpu, cuda or cuda:N")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=cmd_eval)
     return p

@@ -127,13 +127,14 @@ class DistContext:
             dist.barrier()
 
 
-def resolve_device(name: str) -> torch.device:
-    """``"auto"`` is CUDA when available, else the CPU."""
+def resolve_device(name: str, what: str = "run.device") -> torch.device:
+    """``"auto"`` is CUDA when available, else the CPU; ``what`` names the setting in the
+    message of the ``ValueError`` raised for a CUDA device where CUDA is not available."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"run.device={name} was asked for, but CUDA is not available here")
+        raise ValueError(f"{what}={name} was asked for, but CUDA is not available here")
     return device
 
 
