@@ -67,6 +67,8 @@ ROWS: dict[str, list[str]] = {
     "main-local-slope5": ["model.boundary_grad=local", "train.slope_max=5"],
     "main-local-gain0.2-slope5": ["model.boundary_grad=local", "train.rate_gain=0.2",
                                   "train.slope_max=5"],
+    "main-local-gain0.2-0.05-slope5": ["model.boundary_grad=local", "train.rate_gain=0.2,0.05",
+                                       "train.slope_max=5"],
     "linear-slope5": [*LINEAR, "train.slope_max=5"],
     "linear-slope3": [*LINEAR, "train.slope_max=3"],
     "linear-slope5-cap": [*LINEAR, "train.slope_max=5", "train.boundary_cap=1.9365"],
