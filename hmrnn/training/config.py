@@ -215,9 +215,9 @@ class RunConfig:
     tensorboard: bool = True  # also log to TensorBoard (the extra hmrnn[tensorboard])
     backend: str = ""  # DDP backend; empty: nccl on CUDA, gloo on CPU
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast on CUDA)
-    # CUDA only: replay CUDA graphs of the recurrent stack's training calls (one process,
-    # fp32; hmrnn.model.graphed), and let float32 matrix products use TF32 tensor cores (as
-    # cuDNN's LSTM does by default in PyTorch)
+    # CUDA only: replay CUDA graphs of the recurrent stack's calls, in training and in the
+    # run's evaluations (one process, fp32; hmrnn.model.graphed), and let float32 matrix
+    # products use TF32 tensor cores (as cuDNN's LSTM does by default in PyTorch)
     cuda_graph: bool = True
     tf32: bool = True
 

@@ -1,6 +1,7 @@
 """What a training run sets on a CUDA device, and undoes after (:func:`gpu_training`):
-TF32 matrix products (``run.tf32``) and CUDA graphs of the recurrent stacks' training calls
-(``run.cuda_graph``, :mod:`hmrnn.model.graphed`). Elsewhere it sets nothing."""
+TF32 matrix products (``run.tf32``) and CUDA graphs of the recurrent stacks' calls, in
+training and in the run's evaluations (``run.cuda_graph``, :mod:`hmrnn.model.graphed`).
+Elsewhere it sets nothing."""
 
 from __future__ import annotations
 
