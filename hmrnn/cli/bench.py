@@ -34,11 +34,10 @@ import argparse
 import functools
 import os
 import platform
-import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, cast
 
@@ -47,6 +46,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from hmrnn.cli._common import Parser
+from hmrnn.cli.bench_table import Row, format_table, rows_of, targets
 from hmrnn.model.cell import HMLSTMCell
 from hmrnn.model.charlm import CharLM
 from hmrnn.model.graphed import graph_stacks
@@ -55,24 +55,7 @@ from hmrnn.model.registry import build_rnn
 from hmrnn.model.sparse import StreamingHMLSTM, copy_share, sparse_forward
 from hmrnn.model.types import RecurrentStack
 from hmrnn.progress import progress_bar
-
-
-@dataclass
-class Row:
-    """One line of the table: ``chars_per_s`` is the median; ``ratio`` this model's speed
-    over nn.LSTM's and ``vs_dense`` over the dense HM-LSTM's in the same run (medians of
-    the per-repeat ratios; None for the model itself)."""
-
-    model: str
-    mode: str
-    sizes: str
-    batch: int
-    chars_per_s: float
-    ratio: float | None
-    vs_dense: float | None
-    copy: list[float] | None
-    group: str
-    peak_mib: float | None = None  # CUDA train rows: peak GPU memory of a step, MiB
+from hmrnn.training.gpu import tf32
 
 
 def interleaved(
@@ -100,24 +83,6 @@ def interleaved(
             times[name].append(timed(fn))
         bar.update(1)
     return times
-
-
-def _paired(times: dict[str, list[float]], name: str, reference: str) -> float | None:
-    """The median over repeats of ``reference``'s time over ``name``'s: ``name``'s speedup."""
-    if name == reference or reference not in times:
-        return None
-    return statistics.median(r / t for r, t in zip(times[reference], times[name], strict=True))
-
-
-def _rows(
-    times: dict[str, list[float]], chars: int, mode: str, sizes: str, batch: int,
-    copy: dict[str, list[float]], group: str, peaks: dict[str, float] | None = None,
-) -> list[Row]:
-    return [Row(name, mode, sizes, batch, chars / statistics.median(t),
-                _paired(times, name, "nn.LSTM"),
-                _paired(times, name, "HM-LSTM") if name.startswith("HM-LSTM ") else None,
-                copy.get(name), group, (peaks or {}).get(name))
-            for name, t in times.items()]
 
 
 def with_peak(make: Callable[[], Callable[[], None]], device: torch.device
@@ -238,9 +203,9 @@ def bench_train(
         steps[name], peak = with_peak(functools.partial(train, name), device)
         if peak is not None:
             peaks[name] = peak
-    rows = _rows(interleaved(steps, args.repeats, args.warmup, device, bar), chars, "train",
+    rows = rows_of(interleaved(steps, args.repeats, args.warmup, device, bar), chars, "train",
                  label, batch, copy, group, peaks)
-    rows += _rows(interleaved({n: forward(n) for n in models}, args.repeats, args.warmup,
+    rows += rows_of(interleaved({n: forward(n) for n in models}, args.repeats, args.warmup,
                               device, bar), chars, "forward", label, batch, copy, group)
     return rows
 
@@ -343,7 +308,7 @@ def _inference_rows(model: CharLM, reference: CharLM, ids: Tensor, args: argpars
     times = interleaved({"nn.LSTM": evaluate(dense(reference)), "HM-LSTM": evaluate(dense(model)),
                          "HM-LSTM sparse": evaluate(sparse)}, args.repeats, args.warmup, device,
                         bar)
-    rows = _rows(times, chars, "eval", label, batch,
+    rows = rows_of(times, chars, "eval", label, batch,
                  {"HM-LSTM": eval_copy, "HM-LSTM sparse": eval_copy}, group)
 
     n = args.gen_chars
@@ -396,75 +361,9 @@ def _inference_rows(model: CharLM, reference: CharLM, ids: Tensor, args: argpars
                          "HM-LSTM streaming": streaming}, args.repeats, args.warmup, device,
                         bar)
     gen_copy = [1.0 - c / n for c in computed[-1]]
-    rows += _rows(times, n, "generate", label, 1, {"HM-LSTM streaming": gen_copy},
+    rows += rows_of(times, n, "generate", label, 1, {"HM-LSTM streaming": gen_copy},
                   f"generate {label} b1")
     return rows
-
-
-def format_table(rows: list[Row]) -> str:
-    """The table, one row per model and mode, as Markdown (with a column of peak memory
-    where any row has one: CUDA)."""
-    peaks = any(r.peak_mib is not None for r in rows)
-    lines = ["| model | mode | sizes | batch | chars/s | x nn.LSTM | x dense HM-LSTM "
-             "| COPY share by layer |" + (" peak MiB |" if peaks else ""),
-             "| --- | --- | --- | ---: | ---: | ---: | ---: | --- |" + (" ---: |" if peaks else "")]
-    for r in rows:
-        ratio = "1 (ref.)" if r.ratio is None else f"{r.ratio:.2f}"
-        dense = "" if r.vs_dense is None else f"{r.vs_dense:.2f}"
-        copy = " / ".join(f"{c:.0%}" for c in r.copy) if r.copy is not None else ""
-        peak = "" if r.peak_mib is None else f"{r.peak_mib:,.0f}"
-        lines.append(f"| {r.model} | {r.mode} | {r.sizes} | {r.batch} | "
-                     f"{r.chars_per_s:,.0f} | {ratio} | {dense} | {copy} |"
-                     + (f" {peak} |" if peaks else ""))
-    return "\n".join(lines)
-
-
-def _find(rows: list[Row], group_prefix: str, mode: str, model: str) -> Row | None:
-    return next((r for r in rows if r.group.startswith(group_prefix) and r.mode == mode
-                 and r.model == model), None)
-
-
-def _bounds(hidden: int, cuda: bool) -> dict[str, float]:
-    """The targets on time per character over nn.LSTM's, per model: on CUDA the GPU
-    issue's (the PTB setting below 1024 units, the text8 setting from 1024), elsewhere
-    the CPU ones."""
-    if not cuda:
-        return {"HM-LSTM": 1.5 if hidden >= 512 else 2.0, "LN-HM-LSTM": 2.0}
-    wide = hidden >= 1024
-    return {"HM-LSTM": 2.0, "LN-HM-LSTM": 2.0 if wide else 2.5, "LN-LSTM": 2.0}
-
-
-def targets(rows: list[Row], args: argparse.Namespace, cuda: bool = False) -> list[str]:
-    """The issues' targets, each with what this run measured (on CUDA, the GPU issue's:
-    also peak memory within 2x nn.LSTM's, and evaluation at least half its speed)."""
-    out = []
-
-    def check(text: str, value: float, ok: bool) -> None:
-        out.append(f"- [{'x' if ok else ' '}] {text}: {value:.2f}")
-
-    for hidden, batch in args.train:
-        group = f"train {args.layers}x{hidden} b{batch}"
-        reference = _find(rows, group, "train", "nn.LSTM")
-        for model, bound in _bounds(hidden, cuda).items():
-            row = _find(rows, group, "train", model)
-            if row is not None and row.ratio:
-                check(f"{group}: {model} time per char / nn.LSTM's <= {bound}", 1 / row.ratio,
-                      1 / row.ratio <= bound)
-            if (cuda and row is not None and reference is not None and model != "LN-LSTM"
-                    and row.peak_mib is not None and reference.peak_mib):
-                share = row.peak_mib / reference.peak_mib
-                check(f"{group}: {model} peak memory / nn.LSTM's <= 2", share, share <= 2.0)
-    for row in rows:
-        if cuda and row.mode == "eval" and row.model == "HM-LSTM" and row.ratio is not None:
-            check(f"{row.group}: HM-LSTM chars/s / nn.LSTM's >= 0.5", row.ratio,
-                  row.ratio >= 0.5)
-        if row.model == "HM-LSTM streaming" and row.ratio is not None:
-            check(f"{row.group}: HM-LSTM streaming chars/s / nn.LSTM stepped's >= 1",
-                  row.ratio, row.ratio >= 1.0)
-        if row.model == "HM-LSTM sparse" and row.vs_dense is not None:
-            check(f"{row.group}: sparse chars/s / dense HM-LSTM's >= 1.5", row.vs_dense,
-                  row.vs_dense >= 1.5)
-    return out
 
 
 def _setting(text: str) -> tuple[int, int]:
@@ -536,29 +435,27 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--cuda-graph needs a CUDA device; this run is on {device}")
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
-    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    if device.type == "cuda":  # as `hmrnn train` sets them (run.tf32)
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = args.tf32
+    matmul = tf32(args.tf32) if device.type == "cuda" else nullcontext()  # as run.tf32
     # two interleaved measurements per training setting and two of inference
     measurements = (2 * len(args.train) if args.suite in ("all", "train") else 0) + (
         2 if args.suite in ("all", "inference") else 0)
     bar = progress_bar(total=measurements * (args.warmup + args.repeats), desc="bench",
                        unit="round", leave=False)
     try:
-        torch.manual_seed(0)
-        rows: list[Row] = []
-        source = ""
-        if args.suite in ("all", "train"):
-            for hidden, batch in args.train:
-                rows += bench_train(hidden, batch, args, device, bar)
-        if args.suite in ("all", "inference"):
-            inference, source = bench_inference(args, device, bar)
-            rows += inference
-        machine = describe_machine(device)
+        with matmul:
+            torch.manual_seed(0)
+            rows: list[Row] = []
+            source = ""
+            if args.suite in ("all", "train"):
+                for hidden, batch in args.train:
+                    rows += bench_train(hidden, batch, args, device, bar)
+            if args.suite in ("all", "inference"):
+                inference, source = bench_inference(args, device, bar)
+                rows += inference
+            machine = describe_machine(device)
     finally:
         bar.close()
         torch.set_num_threads(threads)
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
     print(format_table(rows))
     if source:
         print(f"\ninference model: {source}")

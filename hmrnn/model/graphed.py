@@ -80,7 +80,7 @@ class _Flat(nn.Module):
 
 class GraphedStack:
     """Installed as ``stack.forward`` by :func:`graph_stacks`: replays CUDA graphs of the
-    stack's training calls where it can (the module docstring says where), else calls the
+    stack's calls where it can (the module docstring says where), else calls the
     stack's own forward.
 
     Args:

@@ -42,6 +42,18 @@ class GpuTraining:
 
 
 @contextmanager
+def tf32(enabled: bool) -> Iterator[None]:
+    """While the block runs, float32 matrix products and cuDNN may use TF32 tensor cores
+    (``enabled``) or may not; the flags are put back after."""
+    flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
+
+
+@contextmanager
 def gpu_training(graph_stacks: Callable[[], Sequence[GraphedCalls]], run: RunConfig,
                  context: DistContext) -> Iterator[GpuTraining]:
     """On CUDA, while the block runs: TF32 in float32 matrix products and cuDNN as
@@ -51,8 +63,6 @@ def gpu_training(graph_stacks: Callable[[], Sequence[GraphedCalls]], run: RunCon
     if context.device.type != "cuda":
         yield GpuTraining()
         return
-    flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = run.tf32
     state = GpuTraining()
     if not run.cuda_graph:
         state.off = "run.cuda_graph=false"
@@ -68,10 +78,10 @@ def gpu_training(graph_stacks: Callable[[], Sequence[GraphedCalls]], run: RunCon
     if quiet is not None and state.graphs:
         quiet(False)
     try:
-        yield state
+        with tf32(run.tf32):
+            yield state
     finally:
         for g in state.graphs:
             g.remove()
         if quiet is not None and state.graphs:
             quiet(True)
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
