@@ -76,6 +76,10 @@ ROWS: dict[str, list[str]] = {
     "main-local-gain0.2-0.05-slope5-phrase-rate": ["model.boundary_grad=local",
                                                    "train.rate_gain=0.2,0.05", "train.slope_max=5",
                                                    "train.boundary_rate=0.2,0.062"],
+    # layer 2's detector out of the optimiser's reach until layer 1 has found the words
+    "main-local-gain0.2-slope5-phrase-rate-release400": [
+        "model.boundary_grad=local", "train.rate_gain=0.2", "train.slope_max=5",
+        "train.boundary_rate=0.2,0.062", "train.boundary_release=400"],
     "linear-slope5": [*LINEAR, "train.slope_max=5"],
     "linear-slope3": [*LINEAR, "train.slope_max=3"],
     "linear-slope5-cap": [*LINEAR, "train.slope_max=5", "train.boundary_cap=1.9365"],

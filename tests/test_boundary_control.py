@@ -15,6 +15,7 @@ from hmrnn import HMLSTM
 from hmrnn.analysis.verdict import hierarchy_summary, hierarchy_verdict
 from hmrnn.model.boundary_control import (
     LOGIT_FLOOR,
+    DetectorRelease,
     RateController,
     binomial_prior_loss,
     boundary_grad_norms,
@@ -118,6 +119,29 @@ def test_owning_the_bias_keeps_the_optimiser_off_its_boundary_entry(own_bias: bo
         assert (cell.bias.grad[-1] == 0) == own_bias
         assert cell.bias.grad[:-1].abs().sum() > 0  # the gates' biases are trained as before
     assert rnn.cells[2].bias.grad is not None and rnn.cells[2].bias.grad.abs().sum() > 0
+
+
+def test_the_release_holds_the_detectors_above_layer_1_still_until_its_step() -> None:
+    torch.manual_seed(0)
+    rnn = HMLSTM(4, 5, 4, boundary="soft", layer_norm=True)  # soft: every detector learns
+    release = DetectorRelease(rnn, 3)
+
+    def z_rows(step: int) -> list[list[float]]:
+        rnn.zero_grad()
+        release.at_step(step)
+        output, _ = rnn(torch.randn(6, 2, 4))
+        output.hidden[-1].square().sum().backward()
+        return [[float(p.grad[-1].abs().sum()) for p in (cell.W, cell.U, cell.U_td,
+                 cell.bias, cell.ln_recurrent.weight, cell.ln_top_down.bias)]
+                for cell in rnn.cells[:3]]
+
+    held = z_rows(2)
+    assert all(g > 0 for g in held[0])  # layer 1's detector learns from the start
+    assert all(g == 0 for row in held[1:] for g in row)
+    assert rnn.cells[1].U.grad is not None and rnn.cells[1].U.grad[:-1].abs().sum() > 0
+    assert all(g > 0 for row in z_rows(3) for g in row)
+    with pytest.raises(ValueError, match="a step > 0"):
+        DetectorRelease(rnn, 0)
 
 
 @pytest.mark.parametrize("targets, gain, error, message", [
@@ -244,22 +268,35 @@ def test_verdict_names_collapse_and_a_formed_hierarchy() -> None:
     assert text.startswith("No hierarchy formed") and "0.0% of the layer updates" in text
 
 
-def test_a_run_logs_the_instruments_and_holds_the_rates(tmp_path, monkeypatch) -> None:
+def _tiny_run(tmp_path, *overrides: str) -> list[dict]:
+    """The train records of a 40-step run of a tiny main job, logged every 10 steps."""
     from hmrnn.cli import main
 
-    monkeypatch.chdir(tmp_path)
-    code = main(["train", "--no-report", "run.out_dir=run", "data.synthetic_chars=20000",
-                 "model.hidden_size=16", "model.embedding_size=8", "model.output_size=16",
-                 "train.max_steps=40", "train.max_minutes=0", "train.eval_every=40",
-                 "train.log_every=10", "train.batch_size=8", "train.seq_len=20",
-                 "train.rate_gain=0.2", "run.progress=false", "run.threads=1"])
+    code = main(["train", "--no-report", f"run.out_dir={tmp_path / 'run'}",
+                 "data.synthetic_chars=20000", "model.hidden_size=16",
+                 "model.embedding_size=8", "model.output_size=16", "train.max_steps=40",
+                 "train.max_minutes=0", "train.eval_every=40", "train.log_every=10",
+                 "train.batch_size=8", "train.seq_len=20", "run.progress=false",
+                 "run.threads=1", *overrides])
     assert code == 0
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text()
                .splitlines()]
-    train = [r for r in records if r.get("kind") == "train"]
+    return [r for r in records if r.get("kind") == "train"]
+
+
+def test_a_run_logs_the_instruments_and_holds_the_rates(tmp_path) -> None:
+    train = _tiny_run(tmp_path, "train.rate_gain=0.2")
     assert train and all(len(r["dead0"]) == 2 and len(r["zgrad"]) == 2 for r in train)
     last = train[-1]["z"]
     assert abs(last[0] - 0.2) < 0.15 and abs(last[1] - 0.05) < 0.15
+
+
+def test_a_run_releases_the_detectors_above_layer_1_at_its_step(tmp_path) -> None:
+    train = _tiny_run(tmp_path, "train.boundary_release=20")
+    # layer 2's detector gets no gradient before (0-based) step 20, then does; a record's
+    # "step" counts the steps done; layer 1's learns throughout
+    assert [r["zgrad"][1] > 0 for r in train] == [r["step"] > 20 for r in train]
+    assert all(r["zgrad"][0] > 0 for r in train)
 
 
 @pytest.mark.parametrize("control, loss", [("loss", ratio_loss), ("prior", binomial_prior_loss),

@@ -18,6 +18,9 @@ configs, and measured in docs/hierarchy.md:
 - :func:`cap_boundary_rows`: the authors' code caps the norm of each weight's boundary row;
 - :func:`cap_boundary_gains`: with layer norm the boundary unit's scale is its layer
   norms' gains (row z of each), which that cap does not reach: this one caps them.
+- :class:`DetectorRelease`: keeps the optimiser off the detectors of the layers above
+  the first until a given step (the controller still holds their rates), so that they
+  choose where to fire once the layer below has found its segments.
 
 Instruments: :func:`boundary_preactivation` recomputes ``s_z`` of every step from a
 forward pass's states, :func:`detector_shares` the share of detectors outside the hard
@@ -138,6 +141,51 @@ class RateController:
         for cell, target, gain, rate in zip(_detectors(self.rnn), targets, self.gains,
                                             rates, strict=True):
             cell.bias[-1] += gain * self._error(target, float(rate))
+
+
+class DetectorRelease:
+    """Holds the detectors of the layers above the first out of the optimiser's reach
+    until the global step ``release``.
+
+    Until then a gradient hook multiplies the boundary entry (row z) of each such
+    layer's ``W``, ``U``, ``U_td``, ``bias`` and layer norms (gain and shift) by 0, so the
+    layer fires where its initial weights put it and at the rate a :class:`RateController`
+    holds; from step ``release`` on the factor is 1. The factor is a tensor on the
+    parameters' device, changed in place, so a captured CUDA graph sees the change.
+
+    Args:
+        rnn: the HM-LSTM stack.
+        release: the first step whose gradient reaches those detectors (> 0).
+    """
+
+    def __init__(self, rnn: HMLSTM, release: int) -> None:
+        if release <= 0:
+            raise ValueError(f"the detectors' release is a step > 0, got {release}")
+        self.release = int(release)
+        self.factor = torch.zeros((), device=rnn.slope.device, dtype=rnn.slope.dtype)
+        for cell in _detectors(rnn)[1:]:
+            for param in _boundary_rows(cell):
+                param.register_hook(self._scaled)
+
+    def _scaled(self, grad: Tensor) -> Tensor:
+        grad = grad.clone()
+        grad[-1] *= self.factor
+        return grad
+
+    @torch.no_grad()
+    def at_step(self, step: int) -> None:
+        """Before global step ``step``'s backward pass: its gradient reaches the detectors
+        if ``step >= release``."""
+        self.factor.fill_(float(step >= self.release))
+
+
+def _boundary_rows(cell: HMLSTMCell) -> list[Tensor]:
+    """The parameters whose last entry (row z) belongs to ``cell``'s boundary detector."""
+    params: list[Tensor] = [p for p in (cell.W, cell.U, cell.U_td, cell.bias) if p is not None]
+    if cell.layer_norm:
+        for norm in (cell.ln_bottom_up, cell.ln_recurrent, cell.ln_top_down):
+            params += [norm.weight, norm.bias]
+    return params
 
 
 def _logit(p: float) -> float:

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from hmrnn.analysis.boundaries import collapse_warnings
 from hmrnn.analysis.verdict import COLLAPSED_ABOVE, COLLAPSED_BELOW
 from hmrnn.model.boundary_control import (
+    DetectorRelease,
     RateController,
     binomial_prior_loss,
     boundary_grad_norms,
@@ -58,7 +59,8 @@ class BoundaryTraining:
 
     :meth:`loss` is added to the task's loss (the ratio loss when ``rate_control`` is
     ``"loss"``, the binomial prior when it is ``"prior"``); :meth:`observe` is told each
-    step's shown ``stats`` and, on the steps the trainer logs, what :meth:`instruments`
+    step's shown ``stats`` (and holds the detectors above layer 1 still before
+    ``boundary_release``) and, on the steps the trainer logs, what :meth:`instruments`
     needs; :meth:`end_step` then runs the bias controller and the caps after an
     accepted step (the rates averaged over every process) and adds the detectors'
     instruments (dead shares, gradient norms) to those ``stats``; ``last`` keeps the
@@ -81,6 +83,8 @@ class BoundaryTraining:
                     own_bias=not train.rate_bias_gradient, warmup=train.rate_warmup)
             else:  # validated like the controller's targets
                 RateController(self.rnn, train.boundary_rate, 1.0)
+        self.release = (DetectorRelease(self.rnn, train.boundary_release)
+                        if self.rnn is not None and train.boundary_release > 0 else None)
 
     def loss(self, boundary: Tensor | None) -> Tensor | None:
         """The rate loss to add for a step's ``boundary (T, N, L)``, or None."""
@@ -97,6 +101,8 @@ class BoundaryTraining:
         self._stats = stats
         self._step = step
         self._probe = None
+        if self.release is not None:
+            self.release.at_step(step)
         if (step + 1) % self.train.log_every == 0:
             with torch.no_grad():
                 self._probe = (input(), state, detach_state(output))

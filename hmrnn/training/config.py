@@ -170,6 +170,8 @@ class TrainConfig:
     rate_bias_gradient: bool = True  # bias control: the optimiser also trains the boundary bias
     boundary_cap: float = 0.0  # norm cap of each weight's boundary row (authors: 1.9365); 0: off
     boundary_gain_cap: float = 0.0  # cap of the boundary entry of each term's LN gain; 0: off
+    boundary_release: int = 0  # steps before the optimiser reaches the detectors above
+    # layer 1 (the controller holds their rates meanwhile); 0: from the start
 
 
 TRAIN_RULES: dict[str, Rule] = {
@@ -201,6 +203,7 @@ TRAIN_RULES: dict[str, Rule] = {
     "rate_bias_gradient": ANY,
     "boundary_cap": at_least(0),
     "boundary_gain_cap": at_least(0),
+    "boundary_release": at_least(0),
 }
 
 
