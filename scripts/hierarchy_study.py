@@ -80,6 +80,11 @@ ROWS: dict[str, list[str]] = {
     "main-local-gain0.2-slope5-phrase-rate-release400": [
         "model.boundary_grad=local", "train.rate_gain=0.2", "train.slope_max=5",
         "train.boundary_rate=0.2,0.062", "train.boundary_release=400"],
+    # the synthetic language without subject-verb agreement, the one dependency that runs
+    # across a phrase end (the subject's)
+    "main-local-gain0.2-slope5-phrase-rate-no-agreement": [
+        "model.boundary_grad=local", "train.rate_gain=0.2", "train.slope_max=5",
+        "train.boundary_rate=0.2,0.062", "data.agreement=false"],
     "linear-slope5": [*LINEAR, "train.slope_max=5"],
     "linear-slope3": [*LINEAR, "train.slope_max=3"],
     "linear-slope5-cap": [*LINEAR, "train.slope_max=5", "train.boundary_cap=1.9365"],
@@ -130,6 +135,29 @@ def word_marks(text: str, fired: np.ndarray) -> dict[str, float]:
     return {name: round(hit / total, 3) for name, (hit, total) in marked.items() if total}
 
 
+def noun_marks(text: str, fired: np.ndarray) -> dict[str, float]:
+    """The share of the subjects', the objects' and the prepositional phrases' nouns whose
+    end a layer marked (as :func:`word_marks`): a sentence's first, second and third noun.
+    The subject's end is the one phrase end across which a dependency runs (the verb
+    agrees with it)."""
+    from hmrnn.data.synthetic import lexicon
+
+    if " " not in text:
+        return {}
+    nouns = set(lexicon()["NOUN"])
+    roles = ("subject", "object", "pp")
+    marked = {role: [0, 0] for role in roles}
+    for sentence in list(re.finditer(r"[^.\n]+", text))[1:-1]:  # the split cuts the ends
+        found = [m for m in re.finditer(r"[a-z]+", sentence.group())
+                 if m.group().rstrip("s") in nouns]
+        for role, match in zip(roles, found, strict=False):  # a PP is optional
+            last = sentence.start() + match.end() - 1
+            counts = marked[role]
+            counts[0] += bool(fired[last] or (last + 1 < len(fired) and fired[last + 1]))
+            counts[1] += 1
+    return {role: round(hit / total, 3) for role, (hit, total) in marked.items() if total}
+
+
 def score(row: str, seed: int, run_dir: Path) -> dict[str, object]:
     """Test-split scores of the run's best checkpoint."""
     import torch
@@ -155,7 +183,7 @@ def score(row: str, seed: int, run_dir: Path) -> dict[str, object]:
             "l1_word_convention": f1["layer1"]["word"]["convention"],
             "l2_phrase_f1": round(f1["layer2"]["phrase"]["f1"], 3),
             "l2_phrase_convention": f1["layer2"]["phrase"]["convention"],
-            "l2_marks": word_marks(text, fired[:, 1])}
+            "l2_marks": word_marks(text, fired[:, 1]), "l2_nouns": noun_marks(text, fired[:, 1])}
 
 
 def run_one(row: str, seed: int, steps: int, out: Path, rescore: bool = False) -> None:

@@ -37,6 +37,17 @@ def test_table1_rows_differ_from_ptb_only_where_they_should() -> None:
     assert load_config("enwik8").data.corpus == "enwik8"
 
 
+@pytest.mark.parametrize("name", ["ptb", "ptb-step", "ptb-sample", "ptb-soft", "text8",
+                                  "enwik8", "iamondb"])
+def test_the_paper_configs_keep_the_papers_boundaries(name: str) -> None:
+    """Decision 9: the main job's boundary options are off in the paper's configs."""
+    config = load_config(name)
+    assert config.model.rnn == "hmlstm" and config.model.boundary_grad == "chain"
+    assert config.train.rate_control == "none" and config.train.boundary_release == 0
+    assert config.model.boundary_ln_gain == 0 and config.train.boundary_cap == 0
+    assert config.train.slope_rate == (0.04 if name == "ptb" else 0.0)
+
+
 def test_overrides_are_coerced_by_field_type() -> None:
     c = load_config(None, parse_overrides(
         ["train.lr=0.1", "--model.hidden_size=512,256,128", "data.spaces=false",

@@ -126,6 +126,25 @@ def test_without_spaces_the_same_sentences_and_boundaries():
     assert joined.word_end.sum() > 400
 
 
+def test_without_agreement_the_same_sentences_with_verbs_of_their_own_number():
+    agreeing = generate(6000, seed=3)
+    free = generate(6000, seed=3, agreement=False)
+    pairs = [(a, b) for a, b in zip(agreeing.text.split(".\n")[:-1], free.text.split(".\n"),
+                                    strict=False)]
+    assert len(pairs) > 50
+    disagreeing = 0
+    for a, b in pairs:
+        words_a, words_b = a.split(" "), b.split(" ")
+        verb = next(i for i, w in enumerate(words_a) if _category(w)[0] == "VERB")
+        assert words_a[:verb] + words_a[verb + 1:] == words_b[:verb] + words_b[verb + 1:]
+        assert words_a[verb].rstrip("s") == words_b[verb].rstrip("s")
+        subject_plural = _category(words_b[verb - 1])[1]
+        disagreeing += _category(words_b[verb])[1] != subject_plural
+    assert 0.3 < disagreeing / len(pairs) < 0.7  # the verb's number is a coin of its own
+    corpus = synthetic_corpus(3000, 300, 300, seed=1, agreement=False)
+    assert corpus.vocab == synthetic_corpus(3000, 300, 300, seed=1).vocab
+
+
 def test_generate_rejects_bad_lengths():
     for bad in (0, -3, 2.5, True):
         with pytest.raises(DataError, match="num_chars must be a positive int"):

@@ -32,6 +32,9 @@ drawn anew for every noun phrase; the verb agrees with the subject::
     VP[n] -> VERB[n] NP[m]                the object's number m is drawn independently
     PP    -> PREP NP[m]
 
+With ``agreement=False`` the verb's number is drawn apart from the subject's (the same
+sentences otherwise), so that no dependency runs across a phrase end.
+
 Rendering. Words are separated by one space (``spaces=True``) or written together
 (``spaces=False``, so that word boundaries must be discovered). Each sentence ends with
 ``"."`` right after its last word, followed by a newline: ``"a red dog sees the cats.\\n"``.
@@ -142,7 +145,8 @@ class _Choice:
 class _Grammar:
     """Draws sentences as lists of (word, ends a phrase) from a stream of uniforms."""
 
-    def __init__(self) -> None:
+    def __init__(self, agreement: bool = True) -> None:
+        self.agreement = agreement
         lex = lexicon()
         det = lex["DET"]
         # Determiners 0-1 are singular only, 2-3 plural only, 4-5 both.
@@ -167,7 +171,10 @@ class _Grammar:
         """One sentence as its phrases (lists of words); consumes numbers from ``u``."""
         plural = u.pop() < _P_PLURAL
         subject = self._noun_phrase(u, plural)
-        verb = self.verb(u.pop()) + ("" if plural else "s")
+        # without agreement the verb's number is the stream's last draw, which no sentence
+        # uses otherwise (_DRAWS_PER_SENTENCE), so the sentences stay the same
+        verb_plural = plural if self.agreement else u[0] < _P_PLURAL
+        verb = self.verb(u.pop()) + ("" if verb_plural else "s")
         verb_phrase = [verb, *self._noun_phrase(u, u.pop() < _P_PLURAL)]
         phrases = [subject, verb_phrase]
         pp_u, prep_u, number_u = u.pop(), u.pop(), u.pop()
@@ -176,7 +183,8 @@ class _Grammar:
         return phrases
 
 
-def generate(num_chars: int, *, seed: int = 0, spaces: bool = True) -> SyntheticText:
+def generate(num_chars: int, *, seed: int = 0, spaces: bool = True,
+             agreement: bool = True) -> SyntheticText:
     """Generate exactly ``num_chars`` characters of the synthetic language.
 
     The text is a run of whole sentences cut off after ``num_chars`` characters (the last
@@ -188,6 +196,7 @@ def generate(num_chars: int, *, seed: int = 0, spaces: bool = True) -> Synthetic
         num_chars: length S of the text, at least 1.
         seed: seed of the numpy Generator that draws the sentences.
         spaces: separate words with a space (True) or write them together (False).
+        agreement: the verb agrees with its subject (True) or takes its own number.
 
     Returns:
         A :class:`SyntheticText` of S characters with its ``(S,)`` boundary arrays.
@@ -195,7 +204,7 @@ def generate(num_chars: int, *, seed: int = 0, spaces: bool = True) -> Synthetic
     if isinstance(num_chars, bool) or not isinstance(num_chars, int) or num_chars < 1:
         raise DataError(f"num_chars must be a positive int, got {num_chars!r}")
     rng = np.random.default_rng(seed)
-    grammar = _Grammar()
+    grammar = _Grammar(agreement)
     separator = " " if spaces else ""
     pieces: list[str] = []
     word_ends: list[int] = []
@@ -234,6 +243,7 @@ def synthetic_corpus(
     *,
     seed: int = 0,
     spaces: bool = True,
+    agreement: bool = True,
 ) -> Corpus:
     """The synthetic corpus, with boundaries: three splits drawn from independent seeds.
 
@@ -244,7 +254,7 @@ def synthetic_corpus(
     Args:
         train_chars, valid_chars, test_chars: the length of each split.
         seed: the corpus seed.
-        spaces: as in :func:`generate`.
+        spaces, agreement: as in :func:`generate`.
 
     Returns:
         A :class:`Corpus` named ``"synthetic"`` whose ``boundaries`` hold, per split,
@@ -258,7 +268,7 @@ def synthetic_corpus(
     for (split, size), split_seed in zip(sizes.items(), split_seeds, strict=True):
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise DataError(f"{split}_chars must be a positive int, got {size!r}")
-        sample = generate(size, seed=split_seed, spaces=spaces)
+        sample = generate(size, seed=split_seed, spaces=spaces, agreement=agreement)
         splits[split] = vocab.encode(sample.text, where=f"the {split} split of synthetic")
         boundaries[split] = {
             "word": sample.word_end,

@@ -86,6 +86,7 @@ class DataConfig:
     fractions: tuple[float, ...] = (0.9, 0.05, 0.05)  # train/valid/test of a plain text file
     synthetic_chars: int = 300_000  # training characters of the synthetic corpus
     spaces: bool = True  # synthetic corpus: False leaves the spaces out
+    agreement: bool = True  # synthetic corpus: False: verbs do not agree with their subjects
     seed: int = 0  # synthetic corpus seed
 
 
@@ -97,6 +98,7 @@ DATA_RULES: dict[str, Rule] = {
     "fractions": Rule(lambda v: _finite(v) and 0 <= v <= 1, "in [0, 1]"),
     "synthetic_chars": at_least(1),
     "spaces": ANY,
+    "agreement": ANY,
     "seed": at_least(0),
 }
 
@@ -418,7 +420,7 @@ def validate_config(config: Config) -> Config:
 # step (whole sections by "section.*"). Any other override takes effect on --resume.
 FIXED_ON_RESUME = (
     "model.*", "data.corpus", "data.fractions", "data.synthetic_chars", "data.spaces",
-    "data.seed", "train.batch_size", "train.seq_len", "train.seed",
+    "data.agreement", "data.seed", "train.batch_size", "train.seq_len", "train.seed",
 )
 
 

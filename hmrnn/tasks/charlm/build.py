@@ -23,7 +23,7 @@ def build_charlm(config: ModelConfig, vocab_size: int) -> CharLM:
 
 def corpus_from_config(data: DataConfig, data_dir: str | None = None) -> Corpus:
     """The corpus a :class:`DataConfig` names, read as training reads it (the synthetic
-    corpus's sizes, seed and spaces; a text's split fractions); ``data_dir`` replaces
+    corpus's sizes, seed, spaces and agreement; a text's split fractions); ``data_dir`` replaces
     ``data.data_dir`` when given.
 
     Raises:
@@ -34,7 +34,7 @@ def corpus_from_config(data: DataConfig, data_dir: str | None = None) -> Corpus:
     if data.corpus == "synthetic":
         options = {"train_chars": data.synthetic_chars, "valid_chars": data.synthetic_chars // 10,
                    "test_chars": data.synthetic_chars // 10, "seed": data.seed,
-                   "spaces": data.spaces}
+                   "spaces": data.spaces, "agreement": data.agreement}
     elif data.corpus != "ptb":  # ptb has its own splits
         options = {"fractions": data.fractions}
     return load_corpus(data.corpus, data_dir or data.data_dir or None,
