@@ -66,10 +66,11 @@ def test_every_field_has_a_rule_and_the_packaged_configs_pass() -> None:
     with pytest.raises(ConfigError, match=r"train.rate_gain must give one value or one per "
                                           r"target of train.boundary_rate \(2\), got 3 values"):
         validate_config(load_config(None, {"train.rate_gain": "0.2,0.05,0.05"}))
-    with pytest.raises(ConfigError, match=r"train.rate_gain must give one value "
-                                          r"\(train.rate_control='loss' takes one weight\)"):
+    with pytest.raises(ConfigError, match=r"train.rate_gain must give one value or one per "):
         validate_config(load_config(None, {"train.rate_control": "loss",
-                                           "train.rate_gain": "0.2,0.05"}))
+                                           "train.rate_gain": "0.2,0.05,1"}))
+    validate_config(load_config(None, {"train.rate_control": "none",  # unused
+                                       "train.rate_gain": "0.2,0.05,1"}))
     validate_config(load_config(None, {"train.rate_gain": "0.2,0.05"}))
     with pytest.raises(ConfigError, match=r"train.rate_warmup needs train.rate_control='bias'"):
         validate_config(load_config(None, {"train.rate_control": "prior",

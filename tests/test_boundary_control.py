@@ -284,11 +284,21 @@ def _tiny_run(tmp_path, *overrides: str) -> list[dict]:
     return [r for r in records if r.get("kind") == "train"]
 
 
-def test_a_run_logs_the_instruments_and_holds_the_rates(tmp_path) -> None:
-    train = _tiny_run(tmp_path, "train.rate_gain=0.2")
+def test_a_run_logs_the_instruments_and_runs_the_controller(tmp_path, monkeypatch) -> None:
+    seen: list[tuple[list[float], int | None]] = []
+    update = RateController.update
+
+    def spy(self, rates, step=None) -> None:
+        seen.append((list(rates), step))
+        update(self, rates, step)
+
+    monkeypatch.setattr(RateController, "update", spy)
+    train = _tiny_run(tmp_path)
     assert train and all(len(r["dead0"]) == 2 and len(r["zgrad"]) == 2 for r in train)
-    last = train[-1]["z"]
-    assert abs(last[0] - 0.2) < 0.15 and abs(last[1] - 0.05) < 0.15
+    # the controller saw every step's rates, those the log shows among them
+    assert [step for _, step in seen] == list(range(40))
+    for record in train:
+        assert seen[record["step"] - 1][0] == pytest.approx(record["z"])
 
 
 def test_a_run_releases_the_detectors_above_layer_1_at_its_step(tmp_path) -> None:
@@ -306,14 +316,22 @@ def test_the_step_adds_the_chosen_rate_loss(control: str, loss) -> None:
     from hmrnn.training.config import TrainConfig
     from hmrnn.training.distributed import DistContext
 
-    train = TrainConfig(rate_control=control, rate_gain=(0.3,), boundary_rate=(0.2, 0.05))
     boundary = torch.rand(20, 4, 3, generator=torch.Generator().manual_seed(1))
-    added = BoundaryTraining(HMLSTM(4, 5, 3), train, DistContext()).loss(boundary)
-    if loss is None:
-        assert added is None
-    else:
+    for gains in [(0.3,), (0.3, 0.1)]:  # one weight for both layers, or one each
+        train = TrainConfig(rate_control=control, rate_gain=gains, boundary_rate=(0.2, 0.05))
+        added = BoundaryTraining(HMLSTM(4, 5, 3), train, DistContext()).loss(boundary)
+        if loss is None:
+            assert added is None
+            continue
         assert added is not None
-        assert float(added) == pytest.approx(0.3 * float(loss(boundary, [0.2, 0.05])))
+        # the weighted sum of the two layers' losses, each computed alone
+        layers = [float(loss(boundary[..., [l, 2]], [target]))
+                  for l, target in enumerate([0.2, 0.05])]
+        weights = gains * 2 if len(gains) == 1 else gains
+        assert float(added) == pytest.approx(sum(w * v for w, v in zip(weights, layers,
+                                                                         strict=True)))
+    with pytest.raises(ValueError, match="one per boundary layer"):
+        ratio_loss(boundary, [0.2, 0.05], [0.1, 0.2, 0.3])
 
 
 def test_the_controller_is_told_the_global_step_for_its_warmup() -> None:

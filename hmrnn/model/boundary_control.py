@@ -199,8 +199,20 @@ def _without_boundary_row(grad: Tensor) -> Tensor:
     return grad
 
 
-def ratio_loss(boundary: Tensor, targets: Sequence[float]) -> Tensor:
-    """The H-Net ratio loss, summed over the boundary layers: minimal at each target rate.
+def _weighted_sum(per_layer: Tensor, weights: Sequence[float] | None) -> Tensor:
+    """``per_layer (L-1,)`` summed, each layer times its weight (None: 1)."""
+    if weights is None:
+        return per_layer.sum()
+    if len(weights) not in (1, per_layer.numel()):
+        raise ValueError(f"a rate loss's weights: one, or one per boundary layer "
+                         f"({per_layer.numel()}), got {len(weights)}")
+    return (per_layer * per_layer.new_tensor(list(weights))).sum()
+
+
+def ratio_loss(boundary: Tensor, targets: Sequence[float],
+               weights: Sequence[float] | None = None) -> Tensor:
+    """The H-Net ratio loss, summed over the boundary layers (each times its weight in
+    ``weights``, one for all or one per layer; None: 1): minimal at each target rate.
 
     With ``F`` the share of steps a layer fired and ``alpha = 1 / target``::
 
@@ -212,12 +224,14 @@ def ratio_loss(boundary: Tensor, targets: Sequence[float]) -> Tensor:
     rates = boundary[..., :-1].float().mean(dim=(0, 1))  # (L-1,)
     alpha = 1.0 / torch.tensor(targets, dtype=rates.dtype, device=rates.device)
     held = rates.detach()
-    return (alpha / (alpha - 1) * ((alpha - 1) * rates * held
-                                   + (1 - rates) * (1 - held))).sum()
+    return _weighted_sum(alpha / (alpha - 1) * ((alpha - 1) * rates * held
+                                                + (1 - rates) * (1 - held)), weights)
 
 
-def binomial_prior_loss(boundary: Tensor, targets: Sequence[float]) -> Tensor:
-    """Per boundary layer, ``-log Binomial(k; T, p) / T`` averaged over the streams, summed.
+def binomial_prior_loss(boundary: Tensor, targets: Sequence[float],
+                        weights: Sequence[float] | None = None) -> Tensor:
+    """Per boundary layer, ``-log Binomial(k; T, p) / T`` averaged over the streams, summed
+    (each layer times its weight, as in :func:`ratio_loss`).
 
     ``k`` is the number of boundaries a stream's segment of ``T`` steps holds (a real
     number through the straight-through estimator; the binomial coefficient through
@@ -230,7 +244,7 @@ def binomial_prior_loss(boundary: Tensor, targets: Sequence[float]) -> Tensor:
     p = torch.tensor(targets, dtype=k.dtype, device=k.device)
     log_prob = (math.lgamma(T + 1) - torch.lgamma(k + 1) - torch.lgamma(T - k + 1)
                 + k * torch.log(p) + (T - k) * torch.log1p(-p))
-    return (-log_prob.mean(dim=0) / T).sum().to(boundary.dtype)
+    return _weighted_sum(-log_prob.mean(dim=0) / T, weights).to(boundary.dtype)
 
 
 @torch.no_grad()

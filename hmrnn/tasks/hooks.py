@@ -48,7 +48,7 @@ def boundary_warnings(metrics: Mapping[str, Any]) -> list[str]:
     return collapse_warnings(metrics.get("z", []), low=COLLAPSED_BELOW, high=COLLAPSED_ABOVE)
 
 
-RATE_LOSSES: dict[str, Callable[[Tensor, Sequence[float]], Tensor]] = {
+RATE_LOSSES: dict[str, Callable[[Tensor, Sequence[float], Sequence[float]], Tensor]] = {
     "loss": ratio_loss, "prior": binomial_prior_loss}
 """The rate losses by ``train.rate_control``."""
 
@@ -91,7 +91,7 @@ class BoundaryTraining:
         train = self.train
         if self.rnn is None or boundary is None or train.rate_control not in RATE_LOSSES:
             return None
-        return train.rate_gain[0] * RATE_LOSSES[train.rate_control](boundary, train.boundary_rate)
+        return RATE_LOSSES[train.rate_control](boundary, train.boundary_rate, train.rate_gain)
 
     def observe(self, step: int, stats: dict[str, Any], input: Callable[[], Tensor],
                 state: HMLSTMState | None, output: RNNOutput) -> None:
