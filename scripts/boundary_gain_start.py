@@ -56,7 +56,8 @@ def main() -> None:
                 ratios, rates = [], []
                 for seed in range(args.seeds):
                     norm, r = start(config, seed, slope)
-                    ratios.append(norm / start(ModelConfig(layer_norm=False), seed, slope)[0])
+                    ratios.append(norm / start(ModelConfig(layer_norm=False, boundary_grad="chain"),
+                                               seed, slope)[0])
                     rates.append("/".join(f"{v:.2f}" for v in r))
                 print(f"| {gain or '-'} | {grad} | {slope:g} | {max(ratios):.3g}, "
                       f"{min(ratios):.3g} | {', '.join(rates)} |")

@@ -51,10 +51,12 @@ def soft(model: CharLM) -> None:
 
 def main() -> None:
     torch.set_num_threads(1)
-    hm = ModelConfig(hidden_size=(128,))
+    hm = ModelConfig(hidden_size=(128,), boundary_grad="chain")  # the paper's estimator
     rows = [
-        ("HM-LSTM, LN (decision 7)", ModelConfig(hidden_size=(128,), layer_norm=True), keep),
-        ("HM-LSTM, no LN", ModelConfig(hidden_size=(128,), layer_norm=False), keep),
+        ("HM-LSTM, LN (decision 7)", ModelConfig(hidden_size=(128,), layer_norm=True,
+                                                 boundary_grad="chain"), keep),
+        ("HM-LSTM, no LN", ModelConfig(hidden_size=(128,), layer_norm=False,
+                                       boundary_grad="chain"), keep),
         ("HM-LSTM, LN, soft boundaries", hm, soft),
         ("LayerNorm LSTM", ModelConfig(rnn="lstm", hidden_size=(128,)), keep),
     ]

@@ -126,7 +126,8 @@ def loss_grad_norm(model: nn.Module, seed: int, dtype: torch.dtype) -> float:
 def hm_model(seed: int, layer_norm: bool, dtype: torch.dtype, slope: float,
              change: Callable[[nn.Module], None] | None = None) -> nn.Module:
     torch.manual_seed(seed)
-    model = build_charlm(ModelConfig(hidden_size=(128,), layer_norm=layer_norm), VOCAB)
+    config = ModelConfig(hidden_size=(128,), layer_norm=layer_norm, boundary_grad="chain")
+    model = build_charlm(config, VOCAB)  # the paper's straight-through estimator
     if change is not None:
         change(model)
     model = model.to(dtype)
