@@ -164,6 +164,14 @@ def noun_marks(text: str, fired: np.ndarray) -> dict[str, float]:
     return {role: round(hit / total, 3) for role, (hit, total) in marked.items() if total}
 
 
+def separator_rates(text: str, fired: np.ndarray) -> dict[str, list[float]]:
+    """Per separator (space, full stop, newline), the share of its positions at which each
+    layer fired (``fired (S, L)``): where a layer puts the boundary of a sentence's end."""
+    chars = np.array(list(text))
+    return {name: [round(float(v), 3) for v in fired[chars == c].mean(axis=0)]
+            for name, c in (("space", " "), ("stop", "."), ("newline", "\n")) if (chars == c).any()}
+
+
 def score(row: str, seed: int, run_dir: Path) -> dict[str, object]:
     """Test-split scores of the run's best checkpoint."""
     import torch
@@ -189,7 +197,8 @@ def score(row: str, seed: int, run_dir: Path) -> dict[str, object]:
             "l1_word_convention": f1["layer1"]["word"]["convention"],
             "l2_phrase_f1": round(f1["layer2"]["phrase"]["f1"], 3),
             "l2_phrase_convention": f1["layer2"]["phrase"]["convention"],
-            "l2_marks": word_marks(text, fired[:, 1]), "l2_nouns": noun_marks(text, fired[:, 1])}
+            "l2_marks": word_marks(text, fired[:, 1]), "l2_nouns": noun_marks(text, fired[:, 1]),
+            "at_separators": separator_rates(text, fired)}
 
 
 def run_one(row: str, seed: int, steps: int, out: Path, rescore: bool = False) -> None:
