@@ -91,6 +91,10 @@ ROWS: dict[str, list[str]] = {
     "main-local-gain0.2-slope5-phrase-rate-no-agreement": [
         "model.boundary_grad=local", "train.rate_gain=0.2", "train.slope_max=5",
         "train.boundary_rate=0.2,0.062", "data.agreement=false"],
+    # today's main job with the detectors spread at the start (rates neither all 0 nor all 1)
+    "main-local-gain0.2-0.05-slope5-lngain0.3": [
+        "model.boundary_grad=local", "train.rate_gain=0.2,0.05", "train.slope_max=5",
+        "model.boundary_ln_gain=0.3"],
     "linear-slope5": [*LINEAR, "train.slope_max=5"],
     "linear-slope3": [*LINEAR, "train.slope_max=3"],
     "linear-slope5-cap": [*LINEAR, "train.slope_max=5", "train.boundary_cap=1.9365"],
