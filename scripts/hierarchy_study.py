@@ -95,6 +95,10 @@ ROWS: dict[str, list[str]] = {
     "main-local-gain0.2-0.05-slope5-lngain0.3": [
         "model.boundary_grad=local", "train.rate_gain=0.2,0.05", "train.slope_max=5",
         "model.boundary_ln_gain=0.3"],
+    # today's main job with the boundary biases set on the first batch (rates at target)
+    "main-local-gain0.2-0.05-slope5-calibrate": [
+        "model.boundary_grad=local", "train.rate_gain=0.2,0.05", "train.slope_max=5",
+        "train.rate_calibrate=true"],
     "linear-slope5": [*LINEAR, "train.slope_max=5"],
     "linear-slope3": [*LINEAR, "train.slope_max=3"],
     "linear-slope5-cap": [*LINEAR, "train.slope_max=5", "train.boundary_cap=1.9365"],

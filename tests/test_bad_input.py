@@ -72,6 +72,9 @@ def test_every_field_has_a_rule_and_the_packaged_configs_pass() -> None:
     validate_config(load_config(None, {"train.rate_control": "none",  # unused
                                        "train.rate_gain": "0.2,0.05,1"}))
     validate_config(load_config(None, {"train.rate_gain": "0.2,0.05"}))
+    with pytest.raises(ConfigError, match=r"train.rate_calibrate needs train.rate_control='bias'"):
+        validate_config(load_config(None, {"train.rate_control": "none",
+                                           "train.rate_calibrate": "true"}))
     with pytest.raises(ConfigError, match=r"train.rate_warmup needs train.rate_control='bias'"):
         validate_config(load_config(None, {"train.rate_control": "prior",
                                            "train.rate_warmup": "100"}))

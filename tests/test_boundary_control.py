@@ -20,6 +20,7 @@ from hmrnn.model.boundary_control import (
     binomial_prior_loss,
     boundary_grad_norms,
     boundary_preactivation,
+    calibrate_boundary_biases,
     cap_boundary_gains,
     cap_boundary_rows,
     detector_shares,
@@ -119,6 +120,19 @@ def test_owning_the_bias_keeps_the_optimiser_off_its_boundary_entry(own_bias: bo
         assert (cell.bias.grad[-1] == 0) == own_bias
         assert cell.bias.grad[:-1].abs().sum() > 0  # the gates' biases are trained as before
     assert rnn.cells[2].bias.grad is not None and rnn.cells[2].bias.grad.abs().sum() > 0
+
+
+def test_calibration_sets_each_bias_so_that_its_layer_fires_at_the_target() -> None:
+    torch.manual_seed(0)
+    rnn = HMLSTM(8, 16, 3, layer_norm=True)  # small LN gains: rates start at 0 or 1
+    x = torch.randn(50, 16, 8)
+    reached = calibrate_boundary_biases(rnn, x, [0.2, 0.05])
+    output, _ = rnn(x)
+    assert output.boundary is not None
+    rates = output.boundary[..., :2].float().mean(dim=(0, 1)).tolist()
+    # layer 2's bias moves layer 1's top-down input a little after layer 1 was set
+    assert rates == pytest.approx([0.2, 0.05], abs=0.02)
+    assert reached == pytest.approx([0.2, 0.05], abs=0.01)
 
 
 def test_the_release_holds_the_detectors_above_layer_1_still_until_its_step() -> None:
@@ -307,6 +321,22 @@ def test_a_run_releases_the_detectors_above_layer_1_at_its_step(tmp_path) -> Non
     # "step" counts the steps done; layer 1's learns throughout
     assert [r["zgrad"][1] > 0 for r in train] == [r["step"] > 20 for r in train]
     assert all(r["zgrad"][0] > 0 for r in train)
+
+
+def test_a_run_calibrates_the_biases_once_after_its_first_step(tmp_path, monkeypatch) -> None:
+    import hmrnn.tasks.hooks as hooks
+
+    calls: list[tuple[int, ...]] = []
+    calibrate = hooks.calibrate_boundary_biases
+
+    def spy(rnn, input, targets, state=None):
+        calls.append(tuple(input.shape))
+        return calibrate(rnn, input, targets, state)
+
+    monkeypatch.setattr(hooks, "calibrate_boundary_biases", spy)
+    train = _tiny_run(tmp_path, "train.rate_calibrate=true")
+    assert calls == [(20, 8, 8)]  # (T, N, embedding) of the first step's batch
+    assert train
 
 
 @pytest.mark.parametrize("control, loss", [("loss", ratio_loss), ("prior", binomial_prior_loss),

@@ -18,6 +18,9 @@ configs, and measured in docs/hierarchy.md:
 - :func:`cap_boundary_rows`: the authors' code caps the norm of each weight's boundary row;
 - :func:`cap_boundary_gains`: with layer norm the boundary unit's scale is its layer
   norms' gains (row z of each), which that cap does not reach: this one caps them.
+- :func:`calibrate_boundary_biases`: a data-dependent start, each boundary bias set so that
+  the layer fires at its target rate on a batch (with small layer-norm gains every
+  detector starts as its bias alone, so a layer fires at every step or at none);
 - :class:`DetectorRelease`: keeps the optimiser off the detectors of the layers above
   the first until a given step (the controller still holds their rates), so that they
   choose where to fire once the layer below has found its segments.
@@ -141,6 +144,49 @@ class RateController:
         for cell, target, gain, rate in zip(_detectors(self.rnn), targets, self.gains,
                                             rates, strict=True):
             cell.bias[-1] += gain * self._error(target, float(rate))
+
+
+CALIBRATION_RANGE = 8.0
+"""Each bias is searched in [-range, range]."""
+
+
+@torch.no_grad()
+def calibrate_boundary_biases(rnn: HMLSTM, input: Tensor, targets: Sequence[float],
+                              state: HMLSTMState | None = None,
+                              iterations: int = 30) -> list[float]:
+    """Set each boundary layer's bias (row z) so that on ``input`` it fires at its target.
+
+    Layer by layer from the bottom (a layer's rate depends on the layers below it), the
+    bias is found by bisection over ``[-CALIBRATION_RANGE, CALIBRATION_RANGE]``, one
+    forward pass of the stack per halving: the share of ``(t, n)`` at which the layer
+    fires grows with its bias.
+
+    Args:
+        rnn: the HM-LSTM stack.
+        input: its input ``(T, N, D)`` (time-major).
+        targets: one rate in (0, 1) per layer below the top.
+        state: the state the pass starts from (None: zeros).
+        iterations: halvings per layer.
+
+    Returns:
+        The rates reached, one per boundary layer.
+    """
+    targets = _check_targets(rnn, targets)
+    reached = []
+    for l, (cell, target) in enumerate(zip(_detectors(rnn), targets, strict=True)):
+        low, high = -CALIBRATION_RANGE, CALIBRATION_RANGE
+        rate = 0.0
+        for _ in range(iterations):
+            cell.bias[-1] = (low + high) / 2
+            output, _ = rnn(input, state)
+            assert output.boundary is not None
+            rate = float(output.boundary[..., l].float().mean())
+            if rate > target:
+                high = float(cell.bias[-1])
+            else:
+                low = float(cell.bias[-1])
+        reached.append(rate)
+    return reached
 
 
 class DetectorRelease:

@@ -18,6 +18,7 @@ from hmrnn.model.boundary_control import (
     binomial_prior_loss,
     boundary_grad_norms,
     boundary_preactivation,
+    calibrate_boundary_biases,
     cap_boundary_gains,
     cap_boundary_rows,
     detector_shares,
@@ -62,7 +63,8 @@ class BoundaryTraining:
     step's shown ``stats`` (and holds the detectors above layer 1 still before
     ``boundary_release``) and, on the steps the trainer logs, what :meth:`instruments`
     needs; :meth:`end_step` then runs the bias controller and the caps after an
-    accepted step (the rates averaged over every process) and adds the detectors'
+    accepted step (the rates averaged over every process; after the first, with
+    ``rate_calibrate``, sets the boundary biases on its batch) and adds the detectors'
     instruments (dead shares, gradient norms) to those ``stats``; ``last`` keeps the
     latest instruments. A stack without boundaries gets none of it.
     """
@@ -75,6 +77,7 @@ class BoundaryTraining:
         self._stats: dict[str, Any] = {}
         self._step: int | None = None  # the global step observe() saw
         self._probe: tuple[Tensor, HMLSTMState | None, RNNOutput] | None = None
+        self._first: tuple[Tensor, HMLSTMState | None] | None = None  # rate_calibrate's batch
         self.controller = None
         if self.rnn is not None and train.rate_control != "none":
             if train.rate_control == "bias":
@@ -103,6 +106,9 @@ class BoundaryTraining:
         self._probe = None
         if self.release is not None:
             self.release.at_step(step)
+        if step == 0 and self.controller is not None and self.train.rate_calibrate:
+            with torch.no_grad():
+                self._first = (input(), state)
         if (step + 1) % self.train.log_every == 0:
             with torch.no_grad():
                 self._probe = (input(), state, detach_state(output))
@@ -124,10 +130,25 @@ class BoundaryTraining:
             mean = self.context.all_reduce_sum(
                 torch.tensor(list(rates), dtype=torch.float64, device=self.context.device))
             self.controller.update((mean / self.context.world_size).tolist(), self._step)
+        if self._first is not None:
+            self._calibrate(*self._first)
+            self._first = None
         if self.train.boundary_cap > 0:
             cap_boundary_rows(self.rnn, self.train.boundary_cap)
         if self.train.boundary_gain_cap > 0:
             cap_boundary_gains(self.rnn, self.train.boundary_gain_cap)
+
+    @torch.no_grad()
+    def _calibrate(self, input: Tensor, state: HMLSTMState | None) -> None:
+        """``rate_calibrate``: the boundary biases set on the first step's batch (each
+        process's), then averaged over the processes."""
+        assert self.rnn is not None
+        calibrate_boundary_biases(self.rnn, input, self.train.boundary_rate, state)
+        cells = [cell for cell in self.rnn.cells if cell.has_boundary]
+        biases = torch.stack([cell.bias[-1] for cell in cells]).double()
+        biases = self.context.all_reduce_sum(biases) / self.context.world_size
+        for cell, bias in zip(cells, biases, strict=True):
+            cell.bias[-1] = bias
 
     def instruments(
         self, input: Tensor, state: HMLSTMState | None, output: RNNOutput

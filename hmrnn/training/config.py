@@ -172,6 +172,8 @@ class TrainConfig:
     rate_warmup: int = 0  # bias control: steps over which the targets above layer 1 fall from
     # layer 1's to their own (linearly in log-odds); 0: each layer's own target from the start
     rate_bias_gradient: bool = True  # bias control: the optimiser also trains the boundary bias
+    rate_calibrate: bool = False  # bias control: after the first step, set each boundary bias
+    # so that the layer fires at its target on that step's batch (bisection)
     boundary_cap: float = 0.0  # norm cap of each weight's boundary row (authors: 1.9365); 0: off
     boundary_gain_cap: float = 0.0  # cap of the boundary entry of each term's LN gain; 0: off
     boundary_release: int = 0  # steps before the optimiser reaches the detectors above
@@ -205,6 +207,7 @@ TRAIN_RULES: dict[str, Rule] = {
     "rate_error": one_of("linear", "logit"),
     "rate_warmup": at_least(0),
     "rate_bias_gradient": ANY,
+    "rate_calibrate": ANY,
     "boundary_cap": at_least(0),
     "boundary_gain_cap": at_least(0),
     "boundary_release": at_least(0),
@@ -410,6 +413,9 @@ def validate_config(config: Config) -> Config:
         raise ConfigError("model.boundary_ln_gain sets a layer-norm gain of the HM-LSTM's "
                           "boundary detectors: it needs model.rnn='hmlstm' and "
                           "model.layer_norm=true")
+    if train.rate_calibrate and train.rate_control != "bias":
+        raise ConfigError(f"train.rate_calibrate needs train.rate_control='bias' (the "
+                          f"controller), got {train.rate_control!r}")
     if train.rate_warmup and train.rate_control != "bias":
         raise ConfigError(f"train.rate_warmup needs train.rate_control='bias' (the controller), "
                           f"got {train.rate_control!r}")
