@@ -180,6 +180,24 @@ def separator_rates(text: str, fired: np.ndarray) -> dict[str, list[float]]:
             for name, c in (("space", " "), ("stop", "."), ("newline", "\n")) if (chars == c).any()}
 
 
+def gap_f1(text: str, fired: np.ndarray, reference: np.ndarray) -> float:
+    """Exact F1 of ``fired (S,)`` against ``reference (S,)`` (a segment's last letter) when
+    a boundary on any separator counts as one on the last letter before it: a third
+    alignment convention, beside the library's two, under which a sentence end marked on
+    the newline (two steps after the last letter) is a hit."""
+    from hmrnn.analysis.boundaries import boundary_prf
+
+    moved = np.zeros_like(reference, dtype=bool)
+    last_letter = -1
+    for t, c in enumerate(text[: len(fired)]):
+        if c.isalpha():
+            last_letter = t
+            moved[t] |= bool(fired[t])
+        elif fired[t] and last_letter >= 0:
+            moved[last_letter] = True
+    return boundary_prf(moved, reference[: len(moved)]).f1
+
+
 def score(row: str, seed: int, run_dir: Path) -> dict[str, object]:
     """Test-split scores of the run's best checkpoint."""
     import torch
@@ -195,7 +213,8 @@ def score(row: str, seed: int, run_dir: Path) -> dict[str, object]:
                          seq_len=config.train.seq_len)
     assert result.boundary is not None and corpus.boundaries is not None
     fired = np.asarray(result.boundary > 0.5)  # (S, L)
-    summary = hierarchy_summary(fired, segment_references(corpus, "test"))
+    references = segment_references(corpus, "test")
+    summary = hierarchy_summary(fired, references)
     f1 = summary["f1"]
     text = corpus.vocab.decode(corpus.splits["test"][: len(fired)])
     return {"row": row, "seed": seed, "overrides": ROWS[row], "bpc": round(result.bpc, 4),
@@ -206,7 +225,9 @@ def score(row: str, seed: int, run_dir: Path) -> dict[str, object]:
             "l2_phrase_f1": round(f1["layer2"]["phrase"]["f1"], 3),
             "l2_phrase_convention": f1["layer2"]["phrase"]["convention"],
             "l2_marks": word_marks(text, fired[:, 1]), "l2_nouns": noun_marks(text, fired[:, 1]),
-            "at_separators": separator_rates(text, fired)}
+            "at_separators": separator_rates(text, fired),
+            "l1_word_gap_f1": round(gap_f1(text, fired[:, 0], references["word"]), 3),
+            "l2_phrase_gap_f1": round(gap_f1(text, fired[:, 1], references["phrase"]), 3)}
 
 
 def run_one(row: str, seed: int, steps: int, out: Path, rescore: bool = False) -> None:
