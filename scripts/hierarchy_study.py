@@ -131,6 +131,11 @@ def train(row: str, seed: int, steps: int, out: Path) -> Path:
     return run_dir
 
 
+def _marks_end(fired: np.ndarray, last: int) -> bool:
+    """Whether ``fired`` marks a word ending at ``last``: on it, or one step after it."""
+    return bool(fired[last] or (last + 1 < len(fired) and fired[last + 1]))
+
+
 def word_marks(text: str, fired: np.ndarray) -> dict[str, float]:
     """Per word category of the synthetic lexicon, the share of its words whose end a
     layer marked (``fired (S,)``, on the last letter or one step after it); ``{}`` for a
@@ -144,7 +149,7 @@ def word_marks(text: str, fired: np.ndarray) -> dict[str, float]:
     for match in re.finditer(r"[a-z]+", text):
         last = match.end() - 1
         counts = marked[category[match.group().rstrip("s")]]  # stems hold no "s"
-        counts[0] += bool(fired[last] or (last + 1 < len(fired) and fired[last + 1]))
+        counts[0] += _marks_end(fired, last)
         counts[1] += 1
     return {name: round(hit / total, 3) for name, (hit, total) in marked.items() if total}
 
@@ -167,7 +172,7 @@ def noun_marks(text: str, fired: np.ndarray) -> dict[str, float]:
         for role, match in zip(roles, found, strict=False):  # a PP is optional
             last = sentence.start() + match.end() - 1
             counts = marked[role]
-            counts[0] += bool(fired[last] or (last + 1 < len(fired) and fired[last + 1]))
+            counts[0] += _marks_end(fired, last)
             counts[1] += 1
     return {role: round(hit / total, 3) for role, (hit, total) in marked.items() if total}
 

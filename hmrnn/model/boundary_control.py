@@ -54,7 +54,7 @@ AUTHORS_ROW_CAP = 1.9365
 """The boundary-row norm cap of the authors' code (with slope annealing)."""
 
 
-def _detectors(rnn: HMLSTM) -> list[HMLSTMCell]:
+def detector_cells(rnn: HMLSTM) -> list[HMLSTMCell]:
     """The layers with a boundary detector (all but the top one), bottom first."""
     return [cell for cell in rnn.cells if cell.has_boundary]
 
@@ -118,7 +118,7 @@ class RateController:
         self.warmup = int(warmup)
         self.error = error
         if own_bias:
-            for cell in _detectors(rnn):
+            for cell in detector_cells(rnn):
                 cell.bias.register_hook(_without_boundary_row)
 
     def _error(self, target: float, rate: float) -> float:
@@ -141,7 +141,7 @@ class RateController:
         """Move each boundary bias towards its target; ``rates``: one per boundary layer;
         ``step``: the global step the rates were seen at (None: after any warmup)."""
         targets = self.targets if step is None else self.targets_at(step)
-        for cell, target, gain, rate in zip(_detectors(self.rnn), targets, self.gains,
+        for cell, target, gain, rate in zip(detector_cells(self.rnn), targets, self.gains,
                                             rates, strict=True):
             cell.bias[-1] += gain * self._error(target, float(rate))
 
@@ -173,18 +173,16 @@ def calibrate_boundary_biases(rnn: HMLSTM, input: Tensor, targets: Sequence[floa
     """
     targets = _check_targets(rnn, targets)
     reached = []
-    for l, (cell, target) in enumerate(zip(_detectors(rnn), targets, strict=True)):
+    for l, (cell, target) in enumerate(zip(detector_cells(rnn), targets, strict=True)):
         low, high = -CALIBRATION_RANGE, CALIBRATION_RANGE
         rate = 0.0
         for _ in range(iterations):
-            cell.bias[-1] = (low + high) / 2
+            bias = (low + high) / 2
+            cell.bias[-1] = bias
             output, _ = rnn(input, state)
             assert output.boundary is not None
             rate = float(output.boundary[..., l].float().mean())
-            if rate > target:
-                high = float(cell.bias[-1])
-            else:
-                low = float(cell.bias[-1])
+            low, high = (low, bias) if rate > target else (bias, high)
         reached.append(rate)
     return reached
 
@@ -209,7 +207,7 @@ class DetectorRelease:
             raise ValueError(f"the detectors' release is a step > 0, got {release}")
         self.release = int(release)
         self.factor = torch.zeros((), device=rnn.slope.device, dtype=rnn.slope.dtype)
-        for cell in _detectors(rnn)[1:]:
+        for cell in detector_cells(rnn)[1:]:
             for param in _boundary_rows(cell):
                 param.register_hook(self._scaled)
 
@@ -297,7 +295,7 @@ def binomial_prior_loss(boundary: Tensor, targets: Sequence[float],
 def cap_boundary_rows(rnn: HMLSTM, max_norm: float) -> None:
     """Scale the boundary row (row z) of each ``W``, ``U``, ``U_td`` to a norm of at most
     ``max_norm``, as the authors' code does after each update."""
-    for cell in _detectors(rnn):
+    for cell in detector_cells(rnn):
         for weight in (cell.W, cell.U, cell.U_td):
             if weight is not None:
                 row = weight[-1]
@@ -310,7 +308,7 @@ def cap_boundary_rows(rnn: HMLSTM, max_norm: float) -> None:
 def cap_boundary_gains(rnn: HMLSTM, max_gain: float) -> None:
     """Clamp the boundary entry (row z) of each layer-normalised term's gain to
     ``[-max_gain, max_gain]`` (a stack without layer norm is left as it is)."""
-    for cell in _detectors(rnn):
+    for cell in detector_cells(rnn):
         if cell.layer_norm:
             for norm in (cell.ln_recurrent, cell.ln_top_down, cell.ln_bottom_up):
                 norm.weight[-1].clamp_(-max_gain, max_gain)
@@ -338,7 +336,7 @@ def boundary_preactivation(
     z_prev = torch.cat([torch.cat(state.z, dim=1)[None], z[:-1]])  # (T, N, L): z_{t-1}
     h_prev = [torch.cat([h0[None], h[:-1]]) for h0, h in zip(state.h, output.hidden, strict=True)]
     columns = []
-    for l, cell in enumerate(_detectors(rnn)):
+    for l, cell in enumerate(detector_cells(rnn)):
         below = input if l == 0 else output.hidden[l - 1]
         z_below = 1.0 if l == 0 else z[..., l - 1 : l]
         assert cell.U_td is not None  # a layer with a detector has a layer above
@@ -365,7 +363,7 @@ def boundary_grad_norms(rnn: HMLSTM) -> list[float]:
     """Per boundary layer, the norm of the gradient held by its detector's parameters (row
     z of ``W``, ``U``, ``U_td`` and ``bias``); 0 where there is none."""
     norms = []
-    for cell in _detectors(rnn):
+    for cell in detector_cells(rnn):
         rows = [p.grad[-1].reshape(-1) for p in (cell.W, cell.U, cell.U_td, cell.bias)
                 if p is not None and p.grad is not None]
         norms.append(float(torch.cat(rows).norm()) if rows else 0.0)

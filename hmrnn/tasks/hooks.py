@@ -21,6 +21,7 @@ from hmrnn.model.boundary_control import (
     calibrate_boundary_biases,
     cap_boundary_gains,
     cap_boundary_rows,
+    detector_cells,
     detector_shares,
     ratio_loss,
 )
@@ -144,7 +145,7 @@ class BoundaryTraining:
         process's), then averaged over the processes."""
         assert self.rnn is not None
         calibrate_boundary_biases(self.rnn, input, self.train.boundary_rate, state)
-        cells = [cell for cell in self.rnn.cells if cell.has_boundary]
+        cells = detector_cells(self.rnn)
         biases = torch.stack([cell.bias[-1] for cell in cells]).double()
         biases = self.context.all_reduce_sum(biases) / self.context.world_size
         for cell, bias in zip(cells, biases, strict=True):

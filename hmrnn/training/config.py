@@ -413,12 +413,10 @@ def validate_config(config: Config) -> Config:
         raise ConfigError("model.boundary_ln_gain sets a layer-norm gain of the HM-LSTM's "
                           "boundary detectors: it needs model.rnn='hmlstm' and "
                           "model.layer_norm=true")
-    if train.rate_calibrate and train.rate_control != "bias":
-        raise ConfigError(f"train.rate_calibrate needs train.rate_control='bias' (the "
-                          f"controller), got {train.rate_control!r}")
-    if train.rate_warmup and train.rate_control != "bias":
-        raise ConfigError(f"train.rate_warmup needs train.rate_control='bias' (the controller), "
-                          f"got {train.rate_control!r}")
+    for name in ("rate_calibrate", "rate_warmup"):  # options of the controller
+        if getattr(train, name) and train.rate_control != "bias":
+            raise ConfigError(f"train.{name} needs train.rate_control='bias' (the controller), "
+                              f"got {train.rate_control!r}")
     return config
 
 
