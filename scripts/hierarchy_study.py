@@ -99,6 +99,11 @@ ROWS: dict[str, list[str]] = {
     "main-local-gain0.2-0.05-slope5-calibrate": [
         "model.boundary_grad=local", "train.rate_gain=0.2,0.05", "train.slope_max=5",
         "train.rate_calibrate=true"],
+    # Gumbel-sigmoid boundaries (model.boundary=gumbel): z ~ Bernoulli(sigmoid(a s_z)) in
+    # training, the slope annealed 1 -> 5 as the inverse temperature; "step" in evaluation
+    "main-local-gain0.2-0.05-slope5-gumbel": [
+        "model.boundary_grad=local", "train.rate_gain=0.2,0.05", "train.slope_max=5",
+        "model.boundary=gumbel"],
     "linear-slope5": [*LINEAR, "train.slope_max=5"],
     "linear-slope3": [*LINEAR, "train.slope_max=3"],
     "linear-slope5-cap": [*LINEAR, "train.slope_max=5", "train.boundary_cap=1.9365"],
@@ -108,6 +113,7 @@ ROWS: dict[str, list[str]] = {
     "none": ["train.rate_control=none", *PAPER_SLOPE],
     "authors": ["train.rate_control=none", *PAPER_SLOPE, *AUTHORS],
     "none-sample": ["train.rate_control=none", *PAPER_SLOPE, "model.boundary=sample"],
+    "none-gumbel": ["train.rate_control=none", *PAPER_SLOPE, "model.boundary=gumbel"],
     "ratio-loss": ["train.rate_control=loss", "train.rate_gain=1.0", *PAPER_SLOPE],
     # a binomial prior on each stream's boundary count in place of the controller
     "prior": ["train.rate_control=prior", "train.rate_gain=1.0"],

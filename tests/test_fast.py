@@ -23,7 +23,8 @@ SIZES = (5, 6, 4)
 @pytest.mark.parametrize("layer_norm", [False, True])
 @pytest.mark.parametrize("mode, boundary_grad", [("step", "chain"), ("sample", "chain"),
                                                  ("soft", "chain"), ("step", "hold"),
-                                                 ("step", "local"), ("soft", "local")])
+                                                 ("step", "local"), ("soft", "local"),
+                                                 ("gumbel", "chain"), ("gumbel", "local")])
 @pytest.mark.parametrize("sizes", [SIZES, (4, 3)])
 def test_fast_equals_reference_forward_and_gradients(
     mode: str, boundary_grad: str, layer_norm: bool, sizes: tuple[int, ...],
@@ -184,6 +185,12 @@ def test_the_c_backend_refuses_sampled_boundaries() -> None:
     with pytest.raises(ValueError, match='backend="cpu" runs float32 on the CPU'):
         select("cpu", torch.zeros(1, dtype=torch.float64), "step")
     assert select("auto", torch.zeros(1), "sample") is aten  # auto: ATen draws them
+    assert select("auto", torch.zeros(1), "gumbel") is aten
+    rnn.boundary = "gumbel"
+    with pytest.raises(ValueError, match='backend="cpu" cannot draw boundary="gumbel"'):
+        rnn(torch.randn(T, N, D))
+    rnn.eval()  # "gumbel" is "step" in eval mode, which the C step serves
+    assert rnn(torch.randn(T, N, D))[0].boundary.shape == (T, N, 2)
 
 
 @pytest.mark.parametrize("layer_norm", [False, True])

@@ -9,7 +9,7 @@ import torch
 from helpers import SLOPE, wide_hmlstm
 
 from hmrnn.model.cell import HMLSTMCell, LayerState
-from hmrnn.model.functional import binarize, hard_sigmoid, slope_schedule
+from hmrnn.model.functional import binarize, hard_sigmoid, logistic_noise, slope_schedule
 from hmrnn.model.hmlstm import HMLSTM, HMLSTMState
 from hmrnn.model.types import detach_state
 
@@ -78,6 +78,10 @@ def reference(
                     z_new = torch.bernoulli(
                         torch.from_numpy(z_tilde)[:, None], generator=generator
                     )[:, 0].numpy()
+                elif mode == "gumbel":  # 1[a s_z + L > 0], L logistic: Bernoulli(sigmoid(a s_z))
+                    u = torch.rand(batch, 1, generator=generator, dtype=torch.float64)[:, 0]
+                    noise = np.log(u.numpy()) - np.log1p(-u.numpy())
+                    z_new = (slope * s[:, 4 * H] + noise > 0).astype(float)
                 else:
                     z_new = z_tilde
 
@@ -119,7 +123,7 @@ def _params(rnn: torch.nn.Module) -> dict[str, np.ndarray]:
 
 
 @pytest.mark.parametrize("layer_norm", [False, True])
-@pytest.mark.parametrize("mode", ["step", "sample", "soft"])
+@pytest.mark.parametrize("mode", ["step", "sample", "soft", "gumbel"])
 def test_matches_float64_reference(mode: str, layer_norm: bool) -> None:
     rnn = wide_hmlstm(D, SIZES, mode, layer_norm)
     x = torch.randn(T, N, D, dtype=torch.float64)
@@ -273,6 +277,47 @@ def test_straight_through_gradient(mode: str, slope: float) -> None:
     torch.testing.assert_close(s.grad, expected, rtol=0, atol=1e-15)
 
 
+@pytest.mark.parametrize("slope", [1.0, 5.0])
+def test_gumbel_boundaries_draw_sigmoid_and_pass_the_gradient_at_the_noisy_point(
+    slope: float,
+) -> None:
+    """``1[a s + L > 0]`` fires with probability ``sigmoid(a s)``; the straight-through
+    gradient is ``a / 2`` where the perturbed point ``a s + L`` is in the linear region."""
+    s = torch.tensor([-1.0, -0.2, 0.0, 0.3, 0.8], dtype=torch.float64)
+    draws = 40_000
+    x = s.repeat(draws, 1).requires_grad_()
+    noise = logistic_noise(x, torch.Generator().manual_seed(0))
+    z = binarize(hard_sigmoid(x, slope, noise), "gumbel")
+    assert set(z.detach().unique().tolist()) == {0.0, 1.0}
+    torch.testing.assert_close(z.detach().mean(0), torch.sigmoid(slope * s), rtol=0, atol=0.01)
+    z.sum().backward()
+    inside = (slope * x.detach() + noise).abs() < 1
+    torch.testing.assert_close(x.grad, inside.double() * slope / 2, rtol=0, atol=0)
+
+
+def test_gumbel_boundaries_are_steps_in_eval_mode() -> None:
+    """Outside training the stack runs ``"step"``: the same outputs, and no draw."""
+    torch.manual_seed(0)
+    rnn = HMLSTM(D, SIZES, 3, boundary="gumbel", layer_norm=True, dtype=torch.float64)
+    x = torch.randn(T, N, D, dtype=torch.float64)
+    g = torch.Generator().manual_seed(4)
+    for fast in (True, False):
+        before = g.get_state()
+        rnn.fast = fast
+        rnn.boundary = "gumbel"
+        rnn.eval()
+        evaluated, _ = rnn(x, generator=g)
+        assert torch.equal(g.get_state(), before)
+        rnn.boundary = "step"
+        stepped, _ = rnn(x)
+        assert torch.equal(evaluated.boundary, stepped.boundary)
+        rnn.boundary = "gumbel"
+        rnn.train()
+        trained, _ = rnn(x, generator=g)
+        assert not torch.equal(g.get_state(), before)
+        assert not torch.equal(trained.boundary, stepped.boundary)
+
+
 def test_soft_variant_gradcheck() -> None:
     torch.manual_seed(0)
     rnn = HMLSTM(2, (3, 4), 2, boundary="soft", layer_norm=True, dtype=torch.float64)
@@ -407,7 +452,7 @@ def test_float64_forward() -> None:
         ({"hidden_size": [4, -1, 3]}, "positive"),
         ({"hidden_size": [4, 4]}, "one size per layer"),
         ({"input_size": 0}, "input_size must be a positive"),
-        ({"boundary": "gumbel"}, "boundary must be one of"),
+        ({"boundary": "bernoulli"}, "boundary must be one of"),
     ],
 )
 def test_bad_arguments(kwargs: dict, message: str) -> None:

@@ -36,9 +36,10 @@ def _assert_same(dense: tuple, sparse: tuple, mode: str) -> None:
 
 
 @pytest.mark.parametrize("layer_norm", [False, True])
-@pytest.mark.parametrize("mode", ["step", "sample", "soft"])
+@pytest.mark.parametrize("mode", ["step", "sample", "soft", "gumbel"])
 def test_sparse_forward_equals_dense(mode: str, layer_norm: bool, device: torch.device) -> None:
-    rnn = _model(mode, layer_norm).to(device)
+    """In eval mode: there ``"gumbel"`` is ``"step"``, in the dense loop and here."""
+    rnn = _model(mode, layer_norm).to(device).eval()
     x = torch.randn(T, N, D, dtype=torch.float64).to(device)
     with torch.no_grad():
         dense = rnn(x, generator=torch.Generator(device).manual_seed(3))
@@ -84,9 +85,9 @@ def test_sparse_forward_computes_only_rows_not_in_copy(
 
 
 @pytest.mark.parametrize("layer_norm", [False, True])
-@pytest.mark.parametrize("mode", ["step", "sample"])
+@pytest.mark.parametrize("mode", ["step", "sample", "gumbel"])
 def test_streaming_equals_dense(mode: str, layer_norm: bool, device: torch.device) -> None:
-    rnn = _model(mode, layer_norm).to(device)
+    rnn = _model(mode, layer_norm).to(device).eval()
     x = torch.randn(T, 1, D, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     x = x.to(device)
     with torch.no_grad():

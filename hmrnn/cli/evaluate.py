@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 from hmrnn.cli._common import corpus_advice, echo, text_ids
+from hmrnn.model.functional import BOUNDARY_MODES
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -94,7 +95,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--corpus", help="corpus name (default: the one the model was trained on)")
     p.add_argument("--data-dir", help="folder holding the corpus files")
     p.add_argument("--batch-size", type=int, default=64, help="parallel evaluation streams")
-    p.add_argument("--boundary", choices=["step", "sample", "soft"],
+    p.add_argument("--boundary", choices=list(BOUNDARY_MODES),
                    help="evaluate an HM-LSTM with this boundary mode instead of its own")
     p.add_argument("--device", default="auto",
                    help="auto (a CUDA GPU where there is one), cpu, cuda or cuda:N")

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from hmrnn.model.functional import binarize, hard_sigmoid
+from hmrnn.model.functional import binarize, hard_sigmoid, logistic_noise
 from hmrnn.model.types import factory_kwargs
 
 
@@ -172,8 +172,9 @@ class HMLSTMCell(nn.Module):
             h_above: ``h^{above}_{t-1}``, ``(N, Ha)``; ``None`` in the top layer.
             state: this layer's ``(h, c, z)`` at ``t-1``.
             slope: the hard sigmoid's slope ``a``.
-            boundary: ``"step"``, ``"sample"`` or ``"soft"`` (docs/model.md decision 5).
-            generator: random generator for ``"sample"``.
+            boundary: ``"step"``, ``"sample"``, ``"soft"`` or ``"gumbel"`` (docs/model.md
+                decision 5; the cell draws ``"gumbel"``'s noise whenever it is asked to).
+            generator: random generator for ``"sample"`` and ``"gumbel"``.
             detector_input: ``boundary_grad="local"`` (docs/model.md decision 9):
                 ``bottom_up`` computed from a detached ``h^{below}`` (in the bottom layer,
                 ``bottom_up`` itself). The boundary unit's ``s_z`` is then recomputed from
@@ -207,7 +208,9 @@ class HMLSTMCell(nn.Module):
         c_out = self.ln_cell(c) if self.layer_norm else c
         h = copy * h_prev + (1.0 - copy) * (o * torch.tanh(c_out))  # Eq. 3
         if self.has_boundary:
-            z_tilde = hard_sigmoid(s[:, 4 * H :], slope)  # (N, 1)  Eq. 10
+            s_z = s[:, 4 * H :]  # (N, 1)
+            noise = logistic_noise(s_z, generator) if boundary == "gumbel" else None
+            z_tilde = hard_sigmoid(s_z, slope, noise)  # Eq. 10
             kept = copy.detach() if hold_copy else copy
             z = kept * z_prev + (1.0 - kept) * binarize(z_tilde, boundary, generator)
         else:

@@ -11,7 +11,8 @@ without (evaluation) the forward pass alone (:func:`capture_forward`).
 A call is replayed only where a graph computes what the eager call would:
 
 - on a CUDA device, without autocast, without keyword arguments (no ``generator``) and
-  not for ``"sample"`` boundaries (their draws would come from a captured generator);
+  not for the boundaries that draw (``"sample"``, ``"gumbel"`` in training: their draws
+  would come from a captured generator);
 - with the same autograd mode, training mode, input shape, dtype and ``requires_grad``,
   the state's (``None`` stands for :meth:`initial_state`'s zeros, as in the stacks
   themselves), the parameters' ``requires_grad`` and the stack's settings (boundary mode,
@@ -41,6 +42,7 @@ from torch import Tensor, nn
 
 from hmrnn.model.baselines._common import StackBase
 from hmrnn.model.baselines.clockwork import ClockworkRNN
+from hmrnn.model.functional import DRAWN_MODES
 from hmrnn.model.hmlstm import HMLSTM
 from hmrnn.model.types import RNNOutput, map_state
 
@@ -119,7 +121,7 @@ class GraphedStack:
         stack = self.stack
         if (kwargs or not isinstance(input, Tensor) or input.device.type != self.device_type
                 or torch.is_autocast_enabled("cuda") or self.failure is not None
-                or getattr(stack, "boundary", None) == "sample"
+                or getattr(stack, "boundary_now", None) in DRAWN_MODES
                 or not all(isinstance(t, Tensor) for t in leaves)):
             return None
 

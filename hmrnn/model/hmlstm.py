@@ -9,7 +9,12 @@ import torch
 from torch import Tensor, nn
 
 from hmrnn.model.cell import HMLSTMCell, LayerState
-from hmrnn.model.functional import BOUNDARY_GRADS, BOUNDARY_MODES, slope_schedule
+from hmrnn.model.functional import (
+    BOUNDARY_GRADS,
+    BOUNDARY_MODES,
+    boundary_in_use,
+    slope_schedule,
+)
 from hmrnn.model.loop import check_name, hmlstm_loop
 from hmrnn.model.types import (
     RNNOutput,
@@ -116,7 +121,9 @@ class HMLSTM(nn.Module):
         num_layers: ``L >= 2``; may be left out when ``hidden_size`` lists one size per
             layer (given as well, it must agree).
         boundary: ``"step"`` (default: hard threshold, straight-through gradient),
-            ``"sample"`` (Bernoulli, straight-through) or ``"soft"`` (no binarisation).
+            ``"sample"`` (Bernoulli, straight-through), ``"soft"`` (no binarisation) or
+            ``"gumbel"`` (Gumbel-sigmoid: ``1[a s_z + noise > 0]`` with logistic noise,
+            straight-through, in training mode; ``"step"`` in eval mode, as dropout).
             May be changed after construction, e.g. to evaluate a sampled model with steps.
         boundary_grad: where the straight-through gradient of a boundary goes
             (docs/model.md decision 9; the forward pass is the same): ``"chain"`` (default,
@@ -137,7 +144,7 @@ class HMLSTM(nn.Module):
             outputs are in that dtype), while the cell loop follows autocast. For inference
             that skips COPY's work see :mod:`hmrnn.model.sparse`.
         backend: the fast loop's step backend (:mod:`hmrnn.model.loop.backends`), chosen
-            once per call: ``"auto"`` (default, where ``boundary`` is not ``"sample"``: the
+            once per call: ``"auto"`` (default, where ``boundary`` does not draw: the
             Triton step for float32 on a CUDA GPU where triton imports, ``HMRNN_TRITON=0``
             turning it off; the C step for float32 on the CPU where it compiled,
             ``HMRNN_KERNELS=0`` turning it off; else ATen), ``"aten"`` (ATen operations, any
@@ -155,7 +162,8 @@ class HMLSTM(nn.Module):
           on the parameters' device, of their dtype (any floating dtype under autocast);
           any other raises ``ValueError`` naming the part, the layer and both shapes.
           The input too must be on that device and, outside autocast, of that dtype.
-        - generator: random generator for ``boundary="sample"``.
+        - generator: random generator for ``boundary="sample"`` (and ``"gumbel"`` in
+          training).
 
     Outputs: ``output, state``
         - output: :class:`hmrnn.model.types.RNNOutput` with ``hidden``, ``L`` tensors
@@ -325,6 +333,12 @@ class HMLSTM(nn.Module):
         z = tuple(p.new_zeros(batch_size, 1) for _ in self.hidden_sizes)
         return HMLSTMState(h, c, z)
 
+    @property
+    def boundary_now(self) -> str:
+        """The mode a call runs now: :attr:`boundary`, but ``"step"`` for ``"gumbel"``
+        outside training."""
+        return boundary_in_use(self._boundary, self.training)
+
     def forward(
         self,
         input: Tensor,
@@ -351,7 +365,7 @@ class HMLSTM(nn.Module):
                 hidden, boundary, *last = hmlstm_loop(
                     self.cells, input, state.h, state.c, state.z,
                     self._slope_host if device == "cpu" else self.slope,
-                    self._boundary, generator, self._backend,
+                    self.boundary_now, generator, self._backend,
                     boundary_grad=self._boundary_grad,
                 )
             state = HMLSTMState(*last)
@@ -373,6 +387,7 @@ class HMLSTM(nn.Module):
         bottom_input = cells[0].bottom_up(input)  # (T, N, R_1): the input is known in advance
         ones = input.new_ones(N, 1)
         local, hold = self._boundary_grad == "local", self._boundary_grad != "chain"
+        mode = self.boundary_now
         hidden_steps: list[list[Tensor]] = [[] for _ in range(L)]
         boundary_steps: list[Tensor] = []
         for t in range(T):
@@ -384,7 +399,7 @@ class HMLSTM(nn.Module):
                                   else cell.bottom_up(h[l - 1].detach()))
                 h[l], c[l], z[l] = cell(
                     bottom_up, z_below, h_above, LayerState(h[l], c[l], z[l]),
-                    self.slope, self._boundary, generator, detector_input, hold,
+                    self.slope, mode, generator, detector_input, hold,
                 )
                 z_below = z[l]
                 hidden_steps[l].append(h[l])

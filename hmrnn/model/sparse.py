@@ -39,6 +39,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from hmrnn.model.functional import boundary_in_use
 from hmrnn.model.hmlstm import HMLSTM, HMLSTMState, check_state
 from hmrnn.model.loop import (
     Backend,
@@ -84,11 +85,12 @@ def sparse_forward(
     *,
     generator: torch.Generator | None = None,
 ) -> tuple[RNNOutput, HMLSTMState]:
-    """What ``rnn(input, state, generator=generator)`` returns, computing only rows not in COPY.
+    """What ``rnn(input, state, generator=generator)`` returns in eval mode, computing only
+    rows not in COPY.
 
     Args:
         rnn: the stack (its ``batch_first``, ``boundary``, ``slope`` and ``backend`` are
-            honoured).
+            honoured; ``"gumbel"`` runs as ``"step"``, as in eval mode).
         input: ``(T, N, input_size)`` (``(N, T, input_size)`` if ``rnn.batch_first``).
         state: an :class:`HMLSTMState` (or a plain ``(h, c, z)``), or None for zeros; it
             must fit the input and the stack, in the parameters' dtype and on their device
@@ -107,7 +109,7 @@ def sparse_forward(
              else check_state(rnn, state, N, name="sparse_forward"))
     cells = rnn.cells
     weights = inference_weights(cells, packing_rows(N, input.shape[0]))
-    slope, boundary = rnn.slope_value, rnn.boundary
+    slope, boundary = rnn.slope_value, boundary_in_use(rnn.boundary, training=False)
     bottom = cells[0].bottom_up(input) + weights[0].bias  # (T, N, R_1)
     backend = select(rnn.backend, bottom, boundary)  # once for the call
     buf = Buffers(weights, state.h, state.c, state.z, input.shape[0], keep=False)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from hmrnn.model.functional import boundary_in_use
 from hmrnn.model.hmlstm import HMLSTM, HMLSTMState, check_state
 from hmrnn.model.loop import inference_weights, pointwise, preactivation, scratch_slots, select
 from hmrnn.model.types import check_like
@@ -30,8 +31,8 @@ class StreamingHMLSTM:
     silent layer below leaves the bottom-up product out.
 
     Args:
-        rnn: the stack; its ``boundary``, ``slope`` and ``backend`` are used (the backend
-            is chosen once, here).
+        rnn: the stack; its ``boundary`` (``"gumbel"`` runs as ``"step"``, as in eval
+            mode), ``slope`` and ``backend`` are used (the backend is chosen once, here).
         state: the state to start from (batch size 1: ``L`` tensors ``(1, H_l)``,
             ``(1, H_l)``, ``(1, 1)`` in the parameters' dtype, on their device), or None for
             zeros; a state that does not fit raises ``ValueError``
@@ -70,7 +71,8 @@ class StreamingHMLSTM:
         with torch.no_grad():
             self.weights = inference_weights(self._cells, 1)  # packed: a stream runs many steps
         like = self._cells[0].W
-        self.backend = select(rnn.backend, like, rnn.boundary)
+        self.boundary = boundary_in_use(rnn.boundary, training=False)
+        self.backend = select(rnn.backend, like, self.boundary)
         # term by term (no fused input), so that absent terms are left out
         self._slots = scratch_slots(self.weights, 1, like)
         self.h, self.c, self.z = list(state.h), list(state.c), list(state.z)
@@ -106,7 +108,7 @@ class StreamingHMLSTM:
             flush = self._z[l] != 0.0
             top = l == L - 1
             if not flush and fired_below == 0.0:  # COPY
-                if self.rnn.boundary == "sample" and not top:  # keep the dense loop's draws
+                if self.boundary == "sample" and not top:  # keep the dense loop's draws
                     torch.bernoulli(self.z[l].new_zeros(1, 1), generator=self.generator)
                 continue
             slot = self._slots[l]
@@ -118,7 +120,7 @@ class StreamingHMLSTM:
             h, c = torch.empty_like(self.h[l]), torch.empty_like(self.c[l])
             z = None if top else torch.empty_like(self.z[l])
             pointwise(w, slot, self.backend, self.h[l], self.c[l], self.z[l], z_below, h, c, z,
-                      self.slope, self.rnn.boundary, self.generator)
+                      self.slope, self.boundary, self.generator)
             self.h[l], self.c[l] = h, c
             if z is not None:
                 self.z[l] = z

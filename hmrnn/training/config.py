@@ -112,7 +112,7 @@ class ModelConfig:
     hidden_size: tuple[int, ...] = (128,)  # one size for all layers, or one per layer
     embedding_size: int = 64  # paper: 128
     output_size: int = 256  # the gated output embedding h^e; paper: 512 / 2048
-    boundary: str = "step"  # step | sample | soft
+    boundary: str = "step"  # step | sample | soft | gumbel (noise in training, step in eval)
     # where a boundary's straight-through gradient goes: chain (everywhere; the paper's) |
     # hold | local (the detectors' own weights only; no exploding chain through COPY)
     boundary_grad: str = "local"
@@ -130,7 +130,7 @@ MODEL_RULES: dict[str, Rule] = {
     "hidden_size": at_least(1),
     "embedding_size": at_least(1),
     "output_size": at_least(1),
-    "boundary": one_of("step", "sample", "soft"),
+    "boundary": one_of("step", "sample", "soft", "gumbel"),
     "boundary_grad": one_of("chain", "hold", "local"),
     "layer_norm": ANY,
     "boundary_ln_gain": at_least(0),

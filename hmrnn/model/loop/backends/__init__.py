@@ -10,9 +10,10 @@ shared by every backend. The backends:
 
 - ``"aten"`` (:mod:`.aten`): ATen operations; any device and dtype, every boundary mode;
 - ``"cpu"`` (:mod:`.cpu`): the C step, compiled on first use, for float32 on the CPU; not
-  for ``"sample"`` boundaries (they draw from torch's generator);
+  for the boundaries that draw (``"sample"``, ``"gumbel"``: they draw from torch's
+  generator);
 - ``"triton"`` (:mod:`.triton`): fused Triton kernels for float32 on a CUDA GPU (the
-  optional ``gpu`` extra installs triton); not for ``"sample"`` boundaries. Where its
+  optional ``gpu`` extra installs triton); not for the boundaries that draw. Where its
   kernels run in Triton's interpreter (``TRITON_INTERPRET=1`` when it is first imported)
   it takes CPU tensors too: that is how it is tested without a GPU.
 
@@ -34,6 +35,7 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
+from hmrnn.model.functional import DRAWN_MODES
 from hmrnn.model.loop.backends.interface import Backend, Step, Term, TermGrad
 
 __all__ = ["BACKENDS", "Backend", "Step", "Term", "TermGrad", "check_name", "cpu_serves", "resolve",
@@ -90,24 +92,26 @@ def resolve(name: str, like: Tensor, boundary: str) -> str:
     """The step backend ``name`` stands for on tensors like ``like`` with boundaries
     ``boundary``: ``"aten"``, ``"cpu"`` or ``"triton"``.
 
-    ``"auto"``, where ``boundary != "sample"``: the Triton step for float32 on a CUDA
-    device where triton imports (not with ``HMRNN_TRITON=0``); the C step (``"cpu"``) for
-    float32 on the CPU where it compiled (not with ``HMRNN_KERNELS=0``); else ATen.
-    ``"cpu"`` or ``"triton"`` where it cannot serve raises ``ValueError`` (``"sample"``
-    boundaries, another device or dtype) or ``RuntimeError`` (no library, or no triton,
+    ``"auto"``, where ``boundary`` does not draw (``DRAWN_MODES``): the Triton step for
+    float32 on a CUDA device where triton imports (not with ``HMRNN_TRITON=0``); the C
+    step (``"cpu"``) for float32 on the CPU where it compiled (not with
+    ``HMRNN_KERNELS=0``); else ATen.
+    ``"cpu"`` or ``"triton"`` where it cannot serve raises ``ValueError`` (boundaries
+    that draw, another device or dtype) or ``RuntimeError`` (no library, or no triton,
     here). ``"triton"`` takes CPU tensors where its kernels run in Triton's interpreter.
     """
     check_name(name)
     if name == "auto":
-        if boundary != "sample" and triton_serves(like):
+        drawn = boundary in DRAWN_MODES
+        if not drawn and triton_serves(like):
             return "triton"
-        return "cpu" if boundary != "sample" and cpu_serves(like) else "aten"
+        return "cpu" if not drawn and cpu_serves(like) else "aten"
     if name == "triton":
         _check_triton(like, boundary)
     elif name == "cpu":
-        if boundary == "sample":
-            raise ValueError('backend="cpu" cannot draw boundary="sample" (torch\'s generator '
-                             'draws them): use backend="aten" or "auto"')
+        if boundary in DRAWN_MODES:
+            raise ValueError(f'backend="cpu" cannot draw boundary="{boundary}" (torch\'s '
+                             'generator draws them): use backend="aten" or "auto"')
         if like.device.type != "cpu" or like.dtype != torch.float32:
             raise ValueError(f'backend="cpu" runs float32 on the CPU, got {like.dtype} on '
                              f"{like.device}")
@@ -119,9 +123,9 @@ def resolve(name: str, like: Tensor, boundary: str) -> str:
 
 def _check_triton(like: Tensor, boundary: str) -> None:
     """Why the Triton step cannot serve (``ValueError`` or ``RuntimeError``), if it cannot."""
-    if boundary == "sample":
-        raise ValueError('backend="triton" cannot draw boundary="sample" (torch\'s generator '
-                         'draws them): use backend="aten" or "auto"')
+    if boundary in DRAWN_MODES:
+        raise ValueError(f'backend="triton" cannot draw boundary="{boundary}" (torch\'s '
+                         'generator draws them): use backend="aten" or "auto"')
     module = _triton()
     if module is None:
         raise RuntimeError('backend="triton": triton is not installed here (pip install '

@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from hmrnn.model.functional import logistic_noise
 from hmrnn.model.loop.backends.interface import Step, Term, TermGrad
 
 _sigmoid_backward = torch.ops.aten.sigmoid_backward.grad_input
@@ -115,7 +116,7 @@ def _binarize(u: Tensor, z_tilde: Tensor, out: Tensor, boundary: str,
     1)`` (written into ``z_tilde`` where it is needed) into ``out``. ``rows = (index, N)``
     draws ``"sample"`` boundaries for a subset of a batch of N rows exactly as for the
     whole batch (one uniform draw per row of the batch)."""
-    if boundary == "step":
+    if boundary in ("step", "gumbel"):  # "gumbel": the noise is in u already
         return torch.gt(u, 0.5, out=out)  # z~ > 0.5 exactly when u > 0.5
     torch.clamp(u, 0.0, 1.0, out=z_tilde)  # Eq. 10
     if boundary == "soft":
@@ -139,7 +140,8 @@ def hm_forward(
     """``hm_forward``: gates, Eq. 2-3, Eq. 8-10 of a step, given ``s`` in ``act (M, R)``.
 
     The gates are overwritten with ``f, i, o`` (sigmoid), ``g`` (tanh) and, for the
-    ``"soft"`` and ``"sample"`` boundaries, ``z~`` (hard sigmoid). ``h_out``, ``c_out (M,
+    ``"soft"`` and ``"sample"`` boundaries, ``z~`` (hard sigmoid); ``"gumbel"`` adds its
+    logistic noise to ``u``. ``h_out``, ``c_out (M,
     H)``, ``z_out (M, 1)`` (None in the top layer) receive the new state; ``u``, ``zbin``
     ``(M, 1)``, ``tanh_c (M, H)``, ``diff (M, 2H)``, ``zdiff (M, 1)`` and ``cell_stats
     (M, 2)`` what the backward step reads (``diff``, ``zdiff`` where given). ``N`` and
@@ -185,6 +187,10 @@ def _forward_step(
     if z_out is not None and gates.z is not None and u is not None and zbin is not None:
         # u = (a s_z + 1) / 2 exactly as the cell rounds it: halving is exact
         torch.mul(gates.z, 0.5 * slope, out=u).add_(0.5)
+        if boundary == "gumbel":  # u at the perturbed point a s_z + noise (hard_sigmoid's)
+            if sample_rows is not None:
+                raise ValueError('"gumbel" boundaries are drawn on whole batches only')
+            u.add_(logistic_noise(u, generator).mul_(0.5))
         _binarize(u, gates.z, zbin, boundary, generator, sample_rows)
         if copy is None or not_copy is None:  # Eq. 8-9
             z_out.copy_(zbin)

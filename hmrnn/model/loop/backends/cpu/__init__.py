@@ -6,8 +6,9 @@ the contract of each is :class:`hmrnn.model.loop.backends.Backend`'s, and its AT
 is in :mod:`hmrnn.model.loop.backends.aten`. The fields are handed over by the C struct's
 field names, and :class:`.library.Kernel` checks every tensor against the shape the
 struct's sizes give it (``N`` rows of ``H``, ...), its dtype, device and strides, before
-it packs anything: a mismatch raises ``ValueError`` and never reaches C. ``"sample"``
-boundaries are not served here (:func:`hmrnn.model.loop.backends.select` refuses them).
+it packs anything: a mismatch raises ``ValueError`` and never reaches C. The boundaries
+that draw (``"sample"``, ``"gumbel"``) are not served here
+(:func:`hmrnn.model.loop.backends.select` refuses them).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from hmrnn.model.functional import DRAWN_MODES
 from hmrnn.model.loop.backends.cpu import library
 from hmrnn.model.loop.backends.interface import Step, Term, TermGrad
 
@@ -48,8 +50,8 @@ def hm_forward(
     sample_rows: tuple[Tensor, int] | None = None,
 ) -> Step:
     """``hm_forward``: the C function takes ``soft`` where this takes ``boundary``."""
-    if boundary == "sample":
-        raise ValueError('the C step cannot draw boundary="sample": use backend="aten"')
+    if boundary in DRAWN_MODES:
+        raise ValueError(f'the C step cannot draw boundary="{boundary}": use backend="aten"')
     return _bind("hm_forward", N=N, H=H, has_z=int(has_z), soft=int(boundary == "soft"),
                  act=act, h_prev=h_prev, c_prev=c_prev, z_prev=z_prev, z_below=z_below,
                  h_out=h_out, c_out=c_out, z_out=z_out, tanh_c=tanh_c, u=u, zbin=zbin,

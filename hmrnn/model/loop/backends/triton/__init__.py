@@ -5,8 +5,9 @@ the kernels are in :mod:`.kernels`): the same fields in the same layouts, one ke
 per step (one program per block of rows, each row's work in registers); it returns
 ``step(t)``, which launches the kernel at step ``t`` on arguments packed once per sequence
 (each matrix field as base pointer, row stride, step stride, as the C step packs them).
-The matrix products stay in torch (cuBLAS), in the loop drivers. ``"sample"`` boundaries
-are not served (as in the C step; :func:`hmrnn.model.loop.backends.select` refuses them).
+The matrix products stay in torch (cuBLAS), in the loop drivers. The boundaries that
+draw (``"sample"``, ``"gumbel"``) are not served (as in the C step;
+:func:`hmrnn.model.loop.backends.select` refuses them).
 
 Inputs and outputs are float32 and so is the math; a bf16 variant (autocast) is not
 written yet. ``hm_backward``'s ``scratch`` is not used (each row's gradients stay in
@@ -25,6 +26,7 @@ import torch
 import triton
 from torch import Tensor
 
+from hmrnn.model.functional import DRAWN_MODES
 from hmrnn.model.loop.backends.interface import Step, Term, TermGrad
 from hmrnn.model.loop.backends.triton import kernels
 
@@ -106,8 +108,9 @@ def hm_forward(
     sample_rows: tuple[Tensor, int] | None = None,
 ) -> Step:
     """``hm_forward``: gates, Eq. 2-3 and Eq. 8-10 of a step, given ``s`` in ``act``."""
-    if boundary == "sample":
-        raise ValueError('the Triton step cannot draw boundary="sample": use backend="aten"')
+    if boundary in DRAWN_MODES:
+        raise ValueError(f'the Triton step cannot draw boundary="{boundary}": use '
+                         'backend="aten"')
     if has_z and (z_out is None or u is None or zbin is None):
         raise ValueError("hm_forward with a boundary needs z_out, u and zbin")
     ln = cell_stats is not None and ln_w is not None and ln_b is not None
