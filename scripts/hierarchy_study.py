@@ -145,7 +145,8 @@ def _marks_end(fired: np.ndarray, last: int) -> bool:
 def word_marks(text: str, fired: np.ndarray) -> dict[str, float]:
     """Per word category of the synthetic lexicon, the share of its words whose end a
     layer marked (``fired (S,)``, on the last letter or one step after it); ``{}`` for a
-    text without spaces, whose words cannot be read off."""
+    text without spaces, whose words cannot be read off. The words at the text's two ends
+    are left out: the split may cut them."""
     from hmrnn.data.synthetic import lexicon
 
     if " " not in text:
@@ -153,6 +154,8 @@ def word_marks(text: str, fired: np.ndarray) -> dict[str, float]:
     category = {word: name for name, words in lexicon().items() for word in words}
     marked: dict[str, list[int]] = {name: [0, 0] for name in lexicon()}
     for match in re.finditer(r"[a-z]+", text):
+        if match.start() == 0 or match.end() == len(text):
+            continue
         last = match.end() - 1
         counts = marked[category[match.group().rstrip("s")]]  # stems hold no "s"
         counts[0] += _marks_end(fired, last)
