@@ -99,6 +99,10 @@ ROWS: dict[str, list[str]] = {
     "main-local-gain0.2-0.05-slope5-calibrate": [
         "model.boundary_grad=local", "train.rate_gain=0.2,0.05", "train.slope_max=5",
         "train.rate_calibrate=true"],
+    # today's main job trained longer (2,200 steps: about 4.5 minutes at two threads here)
+    "main-local-gain0.2-0.05-slope5-2200": [
+        "model.boundary_grad=local", "train.rate_gain=0.2,0.05", "train.slope_max=5",
+        "train.max_steps=2200"],
     # Gumbel-sigmoid boundaries (model.boundary=gumbel): z ~ Bernoulli(sigmoid(a s_z)) in
     # training, the slope annealed 1 -> 5 as the inverse temperature; "step" in evaluation
     "main-local-gain0.2-0.05-slope5-gumbel": [
