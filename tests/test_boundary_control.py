@@ -42,9 +42,10 @@ def test_preactivation_equals_what_the_cell_computes(
     seen: list[torch.Tensor] = []
     hard_sigmoid = cell_module.hard_sigmoid
 
-    def spy(s: torch.Tensor, slope: torch.Tensor | float) -> torch.Tensor:
+    def spy(s: torch.Tensor, slope: torch.Tensor | float,
+            noise: torch.Tensor | None = None) -> torch.Tensor:
         seen.append(s.detach().clone())  # the cell's s_z, (N, 1), layer by layer
-        return hard_sigmoid(s, slope)
+        return hard_sigmoid(s, slope, noise)
 
     monkeypatch.setattr(cell_module, "hard_sigmoid", spy)
     out, _ = rnn(x, state)

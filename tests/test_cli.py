@@ -123,7 +123,7 @@ def test_bad_training_data(tmp_path: Path, capsys, content: bytes | None, messag
         (["train.lrr=0.1"], "did you mean train.lr?"),
         (["train.lr=fast"], "train.lr expects float"),
         (["model.rnn=gru"], "model.rnn must be one of"),
-        (["model.boundary=gumbel"], "boundary must be one of"),
+        (["model.boundary=bernoulli"], "boundary must be one of"),
         (["--config", "nope"], "no config named 'nope'"),
         (["--resume"], "no checkpoint at"),
     ],
