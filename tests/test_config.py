@@ -67,6 +67,17 @@ def test_toml_round_trip() -> None:
     assert Config.from_dict(tomllib.loads(c.to_toml())) == c
 
 
+def test_a_saved_config_without_a_later_field_keeps_what_it_computed() -> None:
+    """A checkpoint's config from before ``model.boundary_grad`` trained with the paper's
+    chain, not with today's default."""
+    saved = Config().to_dict()
+    del saved["model"]["boundary_grad"]
+    assert Config().model.boundary_grad == "local"
+    assert Config.from_dict(saved).model.boundary_grad == "chain"
+    saved["model"]["boundary_grad"] = "hold"
+    assert Config.from_dict(saved).model.boundary_grad == "hold"
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [

@@ -265,9 +265,11 @@ class Config:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Config:
-        return apply_overrides(
-            cls(), {f"{s}.{k}": v for s, sec in data.items() for k, v in sec.items()}
-        )
+        """The config :meth:`to_dict` wrote (a checkpoint's, a run folder's); a field it
+        lacks takes :data:`SAVED_BEFORE` where listed (the computation it was saved with),
+        else today's default."""
+        values = {f"{s}.{k}": v for s, sec in data.items() for k, v in sec.items()}
+        return apply_overrides(cls(), {**SAVED_BEFORE, **values})
 
     def to_toml(self) -> str:
         lines: list[str] = []
@@ -276,6 +278,11 @@ class Config:
             lines.extend(f"{k} = {_toml_value(v)}" for k, v in values.items())
             lines.append("")
         return "\n".join(lines)
+
+
+SAVED_BEFORE: dict[str, Any] = {"model.boundary_grad": "chain"}
+"""What a saved config that predates a field meant by it, where today's default differs:
+the boundary gradient went everywhere (``"chain"``) before ``model.boundary_grad``."""
 
 
 def _toml_value(v: Any) -> str:
