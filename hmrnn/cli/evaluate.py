@@ -96,7 +96,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="folder holding the corpus files")
     p.add_argument("--batch-size", type=int, default=64, help="parallel evaluation streams")
     p.add_argument("--boundary", choices=list(BOUNDARY_MODES),
-                   help="evaluate an HM-LSTM with this boundary mode instead of its own")
+                   help="evaluate an HM-LSTM with this boundary mode instead of its own "
+                        "(gumbel evaluates as step)")
     p.add_argument("--device", default="auto",
                    help="auto (a CUDA GPU where there is one), cpu, cuda or cuda:N")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
