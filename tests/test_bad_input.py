@@ -78,6 +78,9 @@ def test_every_field_has_a_rule_and_the_packaged_configs_pass() -> None:
     with pytest.raises(ConfigError, match=r"train.rate_warmup needs train.rate_control='bias'"):
         validate_config(load_config(None, {"train.rate_control": "prior",
                                            "train.rate_warmup": "100"}))
+    with pytest.raises(ConfigError, match=r"train.rate_recentre needs train.rate_control='bias'"):
+        validate_config(load_config(None, {"train.rate_control": "loss",
+                                           "train.rate_recentre": "10"}))
 
 
 def test_clip_zero_means_off() -> None:

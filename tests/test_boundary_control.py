@@ -25,6 +25,7 @@ from hmrnn.model.boundary_control import (
     cap_boundary_rows,
     detector_shares,
     ratio_loss,
+    recentre_boundary_biases,
 )
 from hmrnn.model.hmlstm import HMLSTMState
 
@@ -134,6 +135,27 @@ def test_calibration_sets_each_bias_so_that_its_layer_fires_at_the_target() -> N
     # layer 2's bias moves layer 1's top-down input a little after layer 1 was set
     assert rates == pytest.approx([0.2, 0.05], abs=0.02)
     assert reached == pytest.approx([0.2, 0.05], abs=0.01)
+
+
+def test_recentring_moves_each_bias_so_that_its_layer_fires_near_the_target() -> None:
+    """From rates of 0 or 1 (small LN gains) to about the targets, one pass per layer and
+    round; the bias moves by a pre-activation, so the rate is not exact."""
+    torch.manual_seed(0)
+    rnn = HMLSTM(8, 16, 3, layer_norm=True)
+    x = torch.randn(50, 16, 8)
+
+    def rates() -> list[float]:
+        output, _ = rnn(x)
+        assert output.boundary is not None
+        return output.boundary[..., :2].float().mean(dim=(0, 1)).tolist()
+
+    before = rates()
+    recentre_boundary_biases(rnn, x, [0.2, 0.05])
+    first = rates()
+    assert abs(first[0] - 0.2) < abs(before[0] - 0.2) and abs(first[0] - 0.2) < 0.05
+    for _ in range(3):
+        recentre_boundary_biases(rnn, x, [0.2, 0.05])
+    assert rates() == pytest.approx([0.2, 0.05], abs=0.01)
 
 
 def test_the_release_holds_the_detectors_above_layer_1_still_until_its_step() -> None:
@@ -338,6 +360,28 @@ def test_a_run_calibrates_the_biases_once_after_its_first_step(tmp_path, monkeyp
     train = _tiny_run(tmp_path, "train.rate_calibrate=true")
     assert calls == [(20, 8, 8)]  # (T, N, embedding) of the first step's batch
     assert train
+
+
+def test_a_run_recentres_the_biases_in_place_of_the_controller_over_its_first_steps(
+    tmp_path, monkeypatch
+) -> None:
+    import hmrnn.tasks.hooks as hooks
+
+    calls: list[str] = []
+    recentre, update = hooks.recentre_boundary_biases, RateController.update
+
+    def spy(rnn, input, targets, state=None):
+        calls.append("recentre")
+        return recentre(rnn, input, targets, state)
+
+    def controller(self, rates, step=None):
+        calls.append("controller")
+        return update(self, rates, step)
+
+    monkeypatch.setattr(hooks, "recentre_boundary_biases", spy)
+    monkeypatch.setattr(RateController, "update", controller)
+    assert _tiny_run(tmp_path, "train.rate_recentre=3")
+    assert calls == ["recentre"] * 3 + ["controller"] * 37
 
 
 @pytest.mark.parametrize("control, loss", [("loss", ratio_loss), ("prior", binomial_prior_loss),

@@ -187,6 +187,47 @@ def calibrate_boundary_biases(rnn: HMLSTM, input: Tensor, targets: Sequence[floa
     return reached
 
 
+@torch.no_grad()
+def recentre_boundary_biases(rnn: HMLSTM, input: Tensor, targets: Sequence[float],
+                             state: HMLSTMState | None = None) -> None:
+    """Move each boundary layer's bias so that on ``input`` it fires at about its target,
+    from one forward pass per layer.
+
+    Layer by layer from the bottom, the bias moves by minus the pre-activation ``s_z`` that
+    ``target * T * N`` of the layer's steps outside COPY exceed (the midpoint between that
+    one and the next), so that just those fire. Approximate where
+    :func:`calibrate_boundary_biases` bisects: moving a bias also moves the states after
+    it and the layer's own COPY steps. A detector's pre-activations can lie within a few
+    thousandths of its bias (layer-norm gains of 0.01), too close for the controller's
+    steps (docs/hierarchy.md, the start); this lands between them.
+
+    Args:
+        rnn: the HM-LSTM stack.
+        input: its input ``(T, N, D)`` (time-major).
+        targets: one rate in (0, 1) per layer below the top.
+        state: the state the pass starts from (None: zeros).
+    """
+    targets = _check_targets(rnn, targets)
+    T, N = input.shape[0], input.shape[1]
+    first = (state if state is not None else rnn.initial_state(N)).z
+    for l, (cell, target) in enumerate(zip(detector_cells(rnn), targets, strict=True)):
+        output, _ = rnn(input, state)
+        z = output.boundary
+        assert z is not None
+        s = boundary_preactivation(rnn, input, state, output)[..., l]  # (T, N)
+        live = torch.ones_like(s, dtype=torch.bool)  # the bottom layer never copies
+        if l > 0:
+            z_prev = torch.cat([first[l].view(1, N), z[:-1, :, l]])
+            live = (z_prev != 0) | (z[..., l - 1] != 0)
+        values = s[live].double()
+        if values.numel() == 0:
+            continue
+        wanted = min(max(round(target * T * N), 1), values.numel())
+        top = values.topk(min(wanted + 1, values.numel())).values
+        edge = (top[wanted - 1] + top[wanted]) / 2 if wanted < len(top) else top[-1] - 1e-3
+        cell.bias[-1] -= edge.to(cell.bias.dtype)
+
+
 class DetectorRelease:
     """Holds the detectors of the layers above the first out of the optimiser's reach
     until the global step ``release``.

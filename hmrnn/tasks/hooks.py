@@ -24,6 +24,7 @@ from hmrnn.model.boundary_control import (
     detector_cells,
     detector_shares,
     ratio_loss,
+    recentre_boundary_biases,
 )
 from hmrnn.model.hmlstm import HMLSTM, HMLSTMState
 from hmrnn.model.types import RNNOutput, detach_state
@@ -65,7 +66,9 @@ class BoundaryTraining:
     ``boundary_release``) and, on the steps the trainer logs, what :meth:`instruments`
     needs; :meth:`end_step` then runs the bias controller and the caps after an
     accepted step (the rates averaged over every process; after the first, with
-    ``rate_calibrate``, sets the boundary biases on its batch) and adds the detectors'
+    ``rate_calibrate``, sets the boundary biases on its batch; after each of the first
+    ``rate_recentre``, recentres them on its batch in place of the controller) and adds
+    the detectors'
     instruments (dead shares, gradient norms) to those ``stats``; ``last`` keeps the
     latest instruments. A stack without boundaries gets none of it.
     """
@@ -107,7 +110,8 @@ class BoundaryTraining:
         self._probe = None
         if self.release is not None:
             self.release.at_step(step)
-        if step == 0 and self.controller is not None and self.train.rate_calibrate:
+        if self.controller is not None and (step == 0 and self.train.rate_calibrate
+                                            or step < self.train.rate_recentre):
             with torch.no_grad():
                 self._first = (input(), state)
         if (step + 1) % self.train.log_every == 0:
@@ -127,12 +131,13 @@ class BoundaryTraining:
         """After an accepted step whose boundary rates (this process's) were ``rates``."""
         if self.rnn is None:
             return
-        if self.controller is not None:
+        recentre = self._step is not None and self._step < self.train.rate_recentre
+        if self.controller is not None and not recentre:
             mean = self.context.all_reduce_sum(
                 torch.tensor(list(rates), dtype=torch.float64, device=self.context.device))
             self.controller.update((mean / self.context.world_size).tolist(), self._step)
         if self._first is not None:
-            self._calibrate(*self._first)
+            self._calibrate(*self._first, recentre)
             self._first = None
         if self.train.boundary_cap > 0:
             cap_boundary_rows(self.rnn, self.train.boundary_cap)
@@ -140,11 +145,17 @@ class BoundaryTraining:
             cap_boundary_gains(self.rnn, self.train.boundary_gain_cap)
 
     @torch.no_grad()
-    def _calibrate(self, input: Tensor, state: HMLSTMState | None) -> None:
-        """``rate_calibrate``: the boundary biases set on the first step's batch (each
-        process's), then averaged over the processes."""
+    def _calibrate(self, input: Tensor, state: HMLSTMState | None, recentre: bool) -> None:
+        """The boundary biases set on the step's batch (each process's), then averaged over
+        the processes: by bisection (``rate_calibrate``, the first step), or ``recentre``d
+        (``rate_recentre``, the first steps, which it runs after the bisection on the
+        first)."""
         assert self.rnn is not None
-        calibrate_boundary_biases(self.rnn, input, self.train.boundary_rate, state)
+        targets = self.train.boundary_rate
+        if self._step == 0 and self.train.rate_calibrate:
+            calibrate_boundary_biases(self.rnn, input, targets, state)
+        if recentre:
+            recentre_boundary_biases(self.rnn, input, targets, state)
         cells = detector_cells(self.rnn)
         biases = torch.stack([cell.bias[-1] for cell in cells]).double()
         biases = self.context.all_reduce_sum(biases) / self.context.world_size

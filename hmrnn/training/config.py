@@ -174,6 +174,9 @@ class TrainConfig:
     rate_bias_gradient: bool = True  # bias control: the optimiser also trains the boundary bias
     rate_calibrate: bool = False  # bias control: after the first step, set each boundary bias
     # so that the layer fires at its target on that step's batch (bisection)
+    rate_recentre: int = 0  # bias control: after each of the first N steps, in place of the
+    # controller, move each boundary bias so that its layer fires at about its target on that
+    # step's batch (from its pre-activations, one pass per layer); 0: off
     boundary_cap: float = 0.0  # norm cap of each weight's boundary row (authors: 1.9365); 0: off
     boundary_gain_cap: float = 0.0  # cap of the boundary entry of each term's LN gain; 0: off
     boundary_release: int = 0  # steps before the optimiser reaches the detectors above
@@ -208,6 +211,7 @@ TRAIN_RULES: dict[str, Rule] = {
     "rate_warmup": at_least(0),
     "rate_bias_gradient": ANY,
     "rate_calibrate": ANY,
+    "rate_recentre": at_least(0),
     "boundary_cap": at_least(0),
     "boundary_gain_cap": at_least(0),
     "boundary_release": at_least(0),
@@ -420,7 +424,7 @@ def validate_config(config: Config) -> Config:
         raise ConfigError("model.boundary_ln_gain sets a layer-norm gain of the HM-LSTM's "
                           "boundary detectors: it needs model.rnn='hmlstm' and "
                           "model.layer_norm=true")
-    for name in ("rate_calibrate", "rate_warmup"):  # options of the controller
+    for name in ("rate_calibrate", "rate_warmup", "rate_recentre"):  # the controller's
         if getattr(train, name) and train.rate_control != "bias":
             raise ConfigError(f"train.{name} needs train.rate_control='bias' (the controller), "
                               f"got {train.rate_control!r}")
