@@ -21,6 +21,8 @@ configs, and measured in docs/hierarchy.md:
 - :func:`calibrate_boundary_biases`: a data-dependent start, each boundary bias set so that
   the layer fires at its target rate on a batch (with small layer-norm gains every
   detector starts as its bias alone, so a layer fires at every step or at none);
+- :func:`recentre_boundary_biases`: the same from one forward pass per layer
+  (approximately), cheap enough to run after each of a run's first steps;
 - :class:`DetectorRelease`: keeps the optimiser off the detectors of the layers above
   the first until a given step (the controller still holds their rates), so that they
   choose where to fire once the layer below has found its segments.
