@@ -54,6 +54,8 @@ def test_preactivation_equals_what_the_cell_computes(
     expected = torch.stack([torch.cat(seen[2 * t : 2 * t + 2], dim=1) for t in range(7)])
     torch.testing.assert_close(boundary_preactivation(rnn, x, state, out), expected,
                                rtol=0, atol=1e-12)
+    torch.testing.assert_close(boundary_preactivation(rnn, x, state, out, layers=[1]),
+                               expected[..., 1:], rtol=0, atol=1e-12)
 
 
 def test_controller_moves_each_bias_towards_its_target_even_when_saturated() -> None:

@@ -216,7 +216,7 @@ def recentre_boundary_biases(rnn: HMLSTM, input: Tensor, targets: Sequence[float
         output, _ = rnn(input, state)
         z = output.boundary
         assert z is not None
-        s = boundary_preactivation(rnn, input, state, output)[..., l]  # (T, N)
+        s = boundary_preactivation(rnn, input, state, output, layers=[l])[..., 0]  # (T, N)
         live = torch.ones_like(s, dtype=torch.bool)  # the bottom layer never copies
         if l > 0:
             z_prev = torch.cat([first[l].view(1, N), z[:-1, :, l]])
@@ -359,18 +359,21 @@ def cap_boundary_gains(rnn: HMLSTM, max_gain: float) -> None:
 
 @torch.no_grad()
 def boundary_preactivation(
-    rnn: HMLSTM, input: Tensor, state: HMLSTMState | None, output: RNNOutput
+    rnn: HMLSTM, input: Tensor, state: HMLSTMState | None, output: RNNOutput,
+    layers: Sequence[int] | None = None,
 ) -> Tensor:
-    """``s_z`` of every boundary layer at every step, recomputed from a forward pass.
+    """``s_z`` of every boundary layer (or of ``layers``) at every step, recomputed from a
+    forward pass.
 
     Args:
         input: the stack's input ``(T, N, D)`` (time-major).
         state: the state the pass started from (None: zeros).
         output: what the pass returned (time-major).
+        layers: the boundary layers to compute, bottom first from 0 (None: all).
 
     Returns:
-        ``(T, N, L - 1)``: the boundary unit's pre-activation (Eq. 4-7 with the bias,
-        layer-normalised terms where the stack uses layer norm).
+        ``(T, N, L - 1)`` (``(T, N, len(layers))``): the boundary unit's pre-activation
+        (Eq. 4-7 with the bias, layer-normalised terms where the stack uses layer norm).
     """
     T, N = input.shape[0], input.shape[1]
     state = state if state is not None else rnn.initial_state(N)
@@ -380,6 +383,8 @@ def boundary_preactivation(
     h_prev = [torch.cat([h0[None], h[:-1]]) for h0, h in zip(state.h, output.hidden, strict=True)]
     columns = []
     for l, cell in enumerate(detector_cells(rnn)):
+        if layers is not None and l not in layers:
+            continue
         below = input if l == 0 else output.hidden[l - 1]
         z_below = 1.0 if l == 0 else z[..., l - 1 : l]
         assert cell.U_td is not None  # a layer with a detector has a layer above

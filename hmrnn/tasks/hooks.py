@@ -81,7 +81,7 @@ class BoundaryTraining:
         self._stats: dict[str, Any] = {}
         self._step: int | None = None  # the global step observe() saw
         self._probe: tuple[Tensor, HMLSTMState | None, RNNOutput] | None = None
-        self._first: tuple[Tensor, HMLSTMState | None] | None = None  # rate_calibrate's batch
+        self._batch: tuple[Tensor, HMLSTMState | None] | None = None  # to set biases on
         self.controller = None
         if self.rnn is not None and train.rate_control != "none":
             if train.rate_control == "bias":
@@ -110,10 +110,9 @@ class BoundaryTraining:
         self._probe = None
         if self.release is not None:
             self.release.at_step(step)
-        if self.controller is not None and (step == 0 and self.train.rate_calibrate
-                                            or step < self.train.rate_recentre):
+        if self.controller is not None and any(self._bias_setting(step)):
             with torch.no_grad():
-                self._first = (input(), state)
+                self._batch = (input(), state)
         if (step + 1) % self.train.log_every == 0:
             with torch.no_grad():
                 self._probe = (input(), state, detach_state(output))
@@ -131,28 +130,35 @@ class BoundaryTraining:
         """After an accepted step whose boundary rates (this process's) were ``rates``."""
         if self.rnn is None:
             return
-        recentre = self._step is not None and self._step < self.train.rate_recentre
+        calibrate, recentre = self._bias_setting(self._step)
         if self.controller is not None and not recentre:
             mean = self.context.all_reduce_sum(
                 torch.tensor(list(rates), dtype=torch.float64, device=self.context.device))
             self.controller.update((mean / self.context.world_size).tolist(), self._step)
-        if self._first is not None:
-            self._calibrate(*self._first, recentre)
-            self._first = None
+        if self._batch is not None:
+            self._set_biases(*self._batch, calibrate, recentre)
+            self._batch = None
         if self.train.boundary_cap > 0:
             cap_boundary_rows(self.rnn, self.train.boundary_cap)
         if self.train.boundary_gain_cap > 0:
             cap_boundary_gains(self.rnn, self.train.boundary_gain_cap)
 
+    def _bias_setting(self, step: int | None) -> tuple[bool, bool]:
+        """Whether the biases are set on global step ``step``'s batch after it: by
+        bisection (``rate_calibrate``, the first step), recentred (``rate_recentre``, the
+        first steps, in place of the controller)."""
+        if step is None:
+            return False, False
+        return step == 0 and self.train.rate_calibrate, step < self.train.rate_recentre
+
     @torch.no_grad()
-    def _calibrate(self, input: Tensor, state: HMLSTMState | None, recentre: bool) -> None:
-        """The boundary biases set on the step's batch (each process's), then averaged over
-        the processes: by bisection (``rate_calibrate``, the first step), or ``recentre``d
-        (``rate_recentre``, the first steps, which it runs after the bisection on the
-        first)."""
+    def _set_biases(self, input: Tensor, state: HMLSTMState | None, calibrate: bool,
+                    recentre: bool) -> None:
+        """The boundary biases set on the step's batch (each process's), bisected and/or
+        (after it) recentred, then averaged over the processes."""
         assert self.rnn is not None
         targets = self.train.boundary_rate
-        if self._step == 0 and self.train.rate_calibrate:
+        if calibrate:
             calibrate_boundary_biases(self.rnn, input, targets, state)
         if recentre:
             recentre_boundary_biases(self.rnn, input, targets, state)
