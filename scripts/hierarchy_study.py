@@ -108,6 +108,10 @@ ROWS: dict[str, list[str]] = {
     "main-local-gain0.2-0.05-slope5-gumbel": [
         "model.boundary_grad=local", "train.rate_gain=0.2,0.05", "train.slope_max=5",
         "model.boundary=gumbel"],
+    # layer 2's target at Figure 4's own rate (layer 3 updates 9 times in 270 characters)
+    "main-local-gain0.2-0.05-slope5-fig4-rate": [
+        "model.boundary_grad=local", "train.rate_gain=0.2,0.05", "train.slope_max=5",
+        "train.boundary_rate=0.2,0.033"],
     "linear-slope5": [*LINEAR, "train.slope_max=5"],
     "linear-slope3": [*LINEAR, "train.slope_max=3"],
     "linear-slope5-cap": [*LINEAR, "train.slope_max=5", "train.boundary_cap=1.9365"],
