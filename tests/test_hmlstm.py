@@ -35,11 +35,13 @@ def reference(
     slope: float,
     layer_norm: bool,
     generator: torch.Generator | None = None,
+    given: np.ndarray | None = None,
 ) -> tuple[list[np.ndarray], np.ndarray]:
     """docs/model.md written out per batch element, in float64, from the parameter layout only.
 
     Binary modes take the operation as a branch (COPY / UPDATE / FLUSH); the soft mode,
     whose z is not binary, mixes the three with weights as Eq. 2-3 do.
+    ``given (T, N, L - 1)``: boundaries taken in place of the detectors' (mode "step").
     Returns every layer's h sequence (T, N, H_l) and z (T, N, L).
     """
     L = len(sizes)
@@ -70,7 +72,9 @@ def reference(
             f, i, o = _sigmoid(s[:, :H]), _sigmoid(s[:, H : 2 * H]), _sigmoid(s[:, 2 * H : 3 * H])
             g = np.tanh(s[:, 3 * H : 4 * H])
             z_new = np.zeros(batch)
-            if l < L - 1:
+            if l < L - 1 and given is not None:
+                z_new = given[t, :, l]
+            elif l < L - 1:
                 z_tilde = np.clip((slope * s[:, 4 * H] + 1) / 2, 0, 1)
                 if mode == "step":
                     z_new = (z_tilde > 0.5).astype(float)
@@ -293,6 +297,57 @@ def test_gumbel_boundaries_draw_sigmoid_and_pass_the_gradient_at_the_noisy_point
     z.sum().backward()
     inside = (slope * x.detach() + noise).abs() < 1
     torch.testing.assert_close(x.grad, inside.double() * slope / 2, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("layer_norm", [False, True])
+def test_given_boundaries_match_float64_reference(layer_norm: bool) -> None:
+    """Boundaries given from outside replace the detectors' in Eq. 8-9 and nothing else:
+    COPY still copies z, so a layer's column differs from the given one where it COPYs."""
+    rnn = wide_hmlstm(D, SIZES, "step", layer_norm)
+    x = torch.randn(T, N, D, dtype=torch.float64)
+    given = torch.bernoulli(torch.full((T, N, 2), 0.4, dtype=torch.float64),
+                            generator=torch.Generator().manual_seed(5))
+    free, _ = rnn(x)
+    for fast in (True, False):  # a call with boundaries runs the cell loop either way
+        rnn.fast = fast
+        out, _ = rnn(x, boundaries=given)
+        hs, zs = reference(_params(rnn), x.numpy(), SIZES, "step", SLOPE, layer_norm,
+                           given=given.numpy())
+        for l in range(3):
+            np.testing.assert_allclose(out.hidden[l].detach().numpy(), hs[l], rtol=1e-10,
+                                       atol=1e-12)
+        np.testing.assert_allclose(out.boundary.detach().numpy(), zs)
+    assert torch.equal(out.boundary[:, :, 0], given[:, :, 0])  # layer 1 never COPYs
+    assert not torch.equal(out.boundary[:, :, 1], given[:, :, 1])  # layer 2 does
+    assert not torch.equal(free.boundary, out.boundary)
+
+
+def test_given_boundaries_equal_to_the_detectors_change_nothing_and_pass_no_gradient(
+) -> None:
+    """Without layer norm (whose statistics read row z too) the detectors' rows get no
+    gradient at all."""
+    torch.manual_seed(0)
+    rnn = HMLSTM(D, SIZES, 3, dtype=torch.float64, batch_first=True)
+    x = torch.randn(N, T, D, dtype=torch.float64)
+    free, _ = rnn(x)
+    given, _ = rnn(x, boundaries=free.boundary[:, :, :2].detach())
+    for a, b in zip(free.hidden, given.hidden, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    sum(h.sum() for h in given.hidden).backward()
+    for cell in rnn.cells[:2]:  # the detectors' rows, read by nothing
+        for p in (cell.W, cell.U, cell.U_td, cell.bias):
+            assert p.grad is not None
+            assert bool((p.grad[-1] == 0).all()) and p.grad[:-1].abs().sum() > 0
+
+
+@pytest.mark.parametrize(("shape", "value", "message"), [
+    ((T, N, 3), 0.0, "shape"), ((T - 1, N, 2), 0.0, "shape"), ((T, N, 2), 0.5, "0 or 1")])
+def test_given_boundaries_are_checked(shape: tuple[int, ...], value: float,
+                                      message: str) -> None:
+    rnn = HMLSTM(D, SIZES, 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match=message):
+        rnn(torch.randn(T, N, D, dtype=torch.float64),
+            boundaries=torch.full(shape, value, dtype=torch.float64))
 
 
 def test_gumbel_boundaries_are_steps_in_eval_mode() -> None:

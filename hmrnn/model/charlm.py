@@ -31,7 +31,8 @@ class CharLM(nn.Module):
             ``input_size`` is the embedding size.
         output_size: ``E``, the size of the gated output embedding.
 
-    Inputs: ``x (T, N)`` int64 symbol ids, ``state`` (the stack's, or ``None``).
+    Inputs: ``x (T, N)`` int64 symbol ids, ``state`` (the stack's, or ``None``);
+    ``boundaries``, given boundaries for a stack that takes them (:class:`hmrnn.HMLSTM`).
     Outputs: :class:`CharLMOutput`.
     """
 
@@ -45,8 +46,10 @@ class CharLM(nn.Module):
         self.output = GatedOutput(self._stack(rnn).hidden_sizes, output_size)
         self.head = nn.Linear(output_size, vocab_size)
 
-    def forward(self, x: Tensor, state: Any = None) -> CharLMOutput:
-        out, state = self.rnn(self.embedding(x), state)
+    def forward(self, x: Tensor, state: Any = None, *,
+                boundaries: Tensor | None = None) -> CharLMOutput:
+        given = {} if boundaries is None else {"boundaries": boundaries}
+        out, state = self.rnn(self.embedding(x), state, **given)
         logits = self.head(self.output(out.hidden))  # (T, N, V)
         return CharLMOutput(logits, out, state)
 

@@ -154,7 +154,7 @@ class HMLSTM(nn.Module):
         boundary_ln_gain: with layer norm, the initial gain of row z in each term's norm
             (:class:`HMLSTMCell`); None: as every row.
 
-    Inputs: ``input, state=None, *, generator=None``
+    Inputs: ``input, state=None, *, generator=None, boundaries=None``
         - input: ``(T, N, input_size)`` (``(N, T, input_size)`` if ``batch_first``).
         - state: an :class:`HMLSTMState` (or a plain ``(h, c, z)`` of per-layer tuples),
           or ``None`` for zeros (docs/model.md decision 4). It must fit the input and the
@@ -164,6 +164,12 @@ class HMLSTM(nn.Module):
           The input too must be on that device and, outside autocast, of that dtype.
         - generator: random generator for ``boundary="sample"`` (and ``"gumbel"`` in
           training).
+        - boundaries: given boundaries, ``(T, N, L - 1)`` (``(N, T, L - 1)`` if
+          ``batch_first``) of 0 and 1: ``z^l_t`` of layers 1 to ``L - 1`` taken from
+          outside in place of their detectors' (COPY still copies ``z``), e.g. the true
+          word and phrase ends, to train or score a stack on a segmentation of one's
+          choice. The detectors are not read and get no gradient. Such a call runs the
+          cell loop, whatever ``fast`` says.
 
     Outputs: ``output, state``
         - output: :class:`hmrnn.model.types.RNNOutput` with ``hidden``, ``L`` tensors
@@ -345,9 +351,12 @@ class HMLSTM(nn.Module):
         state: HMLSTMState | None = None,
         *,
         generator: torch.Generator | None = None,
+        boundaries: Tensor | None = None,
     ) -> tuple[RNNOutput, HMLSTMState]:
         if self.batch_first and isinstance(input, Tensor):
             input = input.transpose(0, 1)
+            if boundaries is not None:
+                boundaries = boundaries.transpose(0, 1)
         like = self.cells[0].W
         autocast = torch.is_autocast_enabled(like.device.type)
         check_input(input, self.input_size, "HMLSTM", like=like, autocast=autocast)
@@ -355,7 +364,10 @@ class HMLSTM(nn.Module):
             state = self.initial_state(input.shape[1])
         else:
             state = check_state(self, state, input.shape[1], autocast=autocast)
-        if self.fast:
+        if boundaries is not None:
+            self._check_boundaries(boundaries, input)
+            hidden, boundary, state = self._step_by_step(input, state, generator, boundaries)
+        elif self.fast:
             device = input.device.type
             if autocast:  # the recurrence stays in the parameters'
                 dtype = self.slope.dtype           # dtype, whatever autocast made its input
@@ -376,10 +388,26 @@ class HMLSTM(nn.Module):
             boundary = boundary.transpose(0, 1)
         return RNNOutput(hidden, boundary), state
 
+    def _check_boundaries(self, boundaries: Tensor, input: Tensor) -> None:
+        """Raise ``ValueError`` unless ``boundaries`` is ``(T, N, L - 1)`` of 0 and 1 on
+        the input's device."""
+        expected = (*input.shape[:2], self.num_layers - 1)
+        if not isinstance(boundaries, Tensor) or tuple(boundaries.shape) != expected:
+            got = tuple(boundaries.shape) if isinstance(boundaries, Tensor) else boundaries
+            raise ValueError(f"HMLSTM: boundaries must have shape {expected} (T, N, L - 1), "
+                             f"got {got}")
+        if boundaries.device != input.device:
+            raise ValueError(f"HMLSTM: boundaries are on {boundaries.device}, the input on "
+                             f"{input.device}")
+        if not bool(((boundaries == 0) | (boundaries == 1)).all()):
+            raise ValueError("HMLSTM: boundaries must be 0 or 1")
+
     def _step_by_step(
-        self, input: Tensor, state: HMLSTMState, generator: torch.Generator | None
+        self, input: Tensor, state: HMLSTMState, generator: torch.Generator | None,
+        boundaries: Tensor | None = None,
     ) -> tuple[tuple[Tensor, ...], Tensor, HMLSTMState]:
-        """The reference loop: the cell, layer by layer and step by step (``fast=False``)."""
+        """The reference loop: the cell, layer by layer and step by step (``fast=False``);
+        ``boundaries (T, N, L - 1)``: given boundaries, as :meth:`forward` says."""
         T, N = input.shape[0], input.shape[1]
         h, c, z = list(state.h), list(state.c), list(state.z)
         L = self.num_layers
@@ -388,6 +416,7 @@ class HMLSTM(nn.Module):
         ones = input.new_ones(N, 1)
         local, hold = self._boundary_grad == "local", self._boundary_grad != "chain"
         mode = self.boundary_now
+        given = None if boundaries is None else boundaries.to(input.dtype)
         hidden_steps: list[list[Tensor]] = [[] for _ in range(L)]
         boundary_steps: list[Tensor] = []
         for t in range(T):
@@ -400,6 +429,7 @@ class HMLSTM(nn.Module):
                 h[l], c[l], z[l] = cell(
                     bottom_up, z_below, h_above, LayerState(h[l], c[l], z[l]),
                     self.slope, mode, generator, detector_input, hold,
+                    None if given is None or l == L - 1 else given[t, :, l : l + 1],
                 )
                 z_below = z[l]
                 hidden_steps[l].append(h[l])

@@ -1,0 +1,170 @@
+"""Which segmentation does the objective prefer? The main job's model trained on given
+boundaries.
+
+Layer 1's boundaries are the synthetic corpus's true word ends; layer 2's are one of the
+segmentations below, each given to the stack from outside (``HMLSTM(..., boundaries=)``) in
+training and in evaluation, so that the detectors play no part. Each run trains the main
+job's model (its config's sizes, optimiser, batch, segment length and steps, at a constant
+learning rate) with one thread and prints the test split's bits per character: the lower,
+the more the language-model objective rewards that segmentation. Layer 2's free choice in
+the ablation of docs/hierarchy.md falls between the phrase ends and two other units (the
+determiners; the verbs and prepositions); this measures what each is worth.
+
+    python scripts/given_boundaries.py --layer2 phrase det verb-prep --seeds 0 --out runs/given
+    python scripts/given_boundaries.py --table-only --out runs/given
+
+Layer 2's segmentations (each boundary on a word's last letter):
+
+- ``phrase``: the phrase ends (each noun phrase's noun), the issue's target;
+- ``det``, ``verb-prep``, ``sentence``: the ends of the determiners, of the verbs and
+  prepositions, of the sentences;
+- ``word``: every word end (layer 2 updates whenever layer 1 does);
+- ``none``: never (layer 3 never updates).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+LAYER2 = ("phrase", "det", "verb-prep", "sentence", "word", "none")
+
+
+def category_ends(text: str, categories: set[str]) -> np.ndarray:
+    """``(S,)`` bool: True on the last letter of each word of the given lexicon
+    categories (``"DET"``, ``"VERB"``, ...)."""
+    from hmrnn.data.synthetic import lexicon
+
+    words = {word for name in categories for word in lexicon()[name]}
+    ends = np.zeros(len(text), dtype=bool)
+    for match in re.finditer(r"[a-z]+", text):
+        if match.group().rstrip("s") in words:  # stems hold no "s"
+            ends[match.end() - 1] = True
+    return ends
+
+
+def given(corpus: object, split: str, layer2: str) -> np.ndarray:
+    """``(S, 2)`` of 0/1 for a split: layer 1 on the word ends, layer 2 as ``layer2``."""
+    from hmrnn.data import Corpus
+
+    assert isinstance(corpus, Corpus) and corpus.boundaries is not None
+    truth = corpus.boundaries[split]
+    text = corpus.vocab.decode(corpus.splits[split])
+    second = {"phrase": lambda: truth["phrase"], "sentence": lambda: truth["sentence"],
+              "word": lambda: truth["word"],
+              "none": lambda: np.zeros_like(truth["word"]),
+              "det": lambda: category_ends(text, {"DET"}),
+              "verb-prep": lambda: category_ends(text, {"VERB", "PREP"})}[layer2]()
+    return np.stack([truth["word"], second], axis=1).astype(np.int64)
+
+
+def run(layer2: str, seed: int, steps: int) -> dict[str, object]:
+    """Train on the given segmentation for ``steps`` steps (0: the main job's) and score
+    the test split."""
+    import torch
+    from torch.nn import functional as F
+
+    from hmrnn.data import StreamBatcher, eval_batches
+    from hmrnn.tasks.charlm.build import build_charlm, corpus_from_config
+    from hmrnn.training.config import Config
+    from hmrnn.training.trainer import clip_gradients
+
+    torch.set_num_threads(1)
+    torch.manual_seed(seed)
+    config = Config()  # the main job's
+    train = config.train
+    corpus = corpus_from_config(config.data)
+    model = build_charlm(config.model, len(corpus.vocab))
+    optimiser = torch.optim.Adam(model.parameters(), lr=train.lr,
+                                 betas=(0.9, train.adam_beta2))
+
+    def packed(split: str) -> np.ndarray:  # id * 4 + layer-1 bit * 2 + layer-2 bit
+        bits = given(corpus, split, layer2)
+        return corpus.splits[split] * 4 + bits[:, 0] * 2 + bits[:, 1]
+
+    def unpack(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        bits = torch.stack([x // 2 % 2, x % 2], dim=-1).float()  # (T, N, 2)
+        return x // 4, bits
+
+    batcher = StreamBatcher(packed("train"), train.batch_size, train.seq_len)
+    state, started = None, time.time()
+    steps = steps or train.max_steps
+    for step in range(steps):
+        k = step % len(batcher)
+        if k == 0:
+            state = None  # a new epoch starts every stream from zeros
+        x, y = batcher.segment(k)
+        ids, bits = unpack(x)
+        out = model(ids, state, boundaries=bits)
+        loss = F.cross_entropy(out.logits.flatten(0, 1), (y // 4).flatten())
+        optimiser.zero_grad()
+        loss.backward()
+        clip_gradients(model.parameters(), train.clip)
+        optimiser.step()
+        state = tuple(tuple(t.detach() for t in part) for part in out.state)
+        if (step + 1) % 300 == 0:
+            print(f"{layer2} seed {seed}: step {step + 1}, train loss {loss.item():.3f}, "
+                  f"{time.time() - started:.0f} s", flush=True)
+    model.eval()
+    total, count, state = 0.0, 0, None
+    with torch.no_grad():
+        for x, y, mask in eval_batches(packed("test"), train.eval_batch_size, train.seq_len):
+            ids, bits = unpack(x)
+            out = model(ids, state, boundaries=bits)
+            state = out.state
+            nll = F.cross_entropy(out.logits.flatten(0, 1), (y // 4).flatten(),
+                                  reduction="none")
+            total += float(nll[mask.flatten()].double().sum())
+            count += int(mask.sum())
+    rate = float(given(corpus, "test", layer2)[:, 1].mean())
+    return {"layer2": layer2, "seed": seed, "bpc": round(total / count / np.log(2), 4),
+            "layer2_rate": round(rate, 4), "steps": steps,
+            "wall_s": round(time.time() - started)}
+
+
+def table(out: Path) -> str:
+    """Mean ± spread of the test bits per character per segmentation, best first."""
+    rows: dict[str, list[dict[str, object]]] = {}
+    for line in (out / "results.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        rows.setdefault(str(record["layer2"]), []).append(record)
+    lines = ["| layer 2 given on | rate | seeds | test BPC |", "| --- | ---: | --- | ---: |"]
+    for name, records in sorted(rows.items(), key=lambda kv: statistics.mean(
+            float(str(r["bpc"])) for r in kv[1])):
+        bpc = [float(str(r["bpc"])) for r in records]
+        cell = (f"{bpc[0]:.4f}" if len(bpc) == 1 else
+                f"{statistics.mean(bpc):.4f} ± {statistics.pstdev(bpc):.4f}")
+        seeds = ",".join(str(r["seed"]) for r in records)
+        lines.append(f"| {name} | {records[0]['layer2_rate']:.3f} | {seeds} | {cell} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--layer2", nargs="*", default=list(LAYER2), choices=LAYER2)
+    parser.add_argument("--seeds", nargs="*", type=int, default=[0])
+    parser.add_argument("--steps", type=int, default=0, help="0: the main job's")
+    parser.add_argument("--parallel", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=Path("runs/given-boundaries"))
+    parser.add_argument("--table-only", action="store_true")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    if not args.table_only:
+        jobs = [(name, seed, args.steps) for seed in args.seeds for name in args.layer2]
+        with ProcessPoolExecutor(args.parallel) as pool:
+            for result in pool.map(run, *zip(*jobs, strict=True)):
+                with open(args.out / "results.jsonl", "a") as f:
+                    f.write(json.dumps(result) + "\n")
+                print(json.dumps(result), flush=True)
+    print(table(args.out))
+
+
+if __name__ == "__main__":
+    main()
