@@ -11,6 +11,7 @@ the ablation of docs/hierarchy.md falls between the phrase ends and two other un
 determiners; the verbs and prepositions); this measures what each is worth.
 
     python scripts/given_boundaries.py --layer2 phrase det verb-prep --seeds 0 --out runs/given
+    python scripts/given_boundaries.py --layer2 phrase --set data.agreement=false --out runs/given
     python scripts/given_boundaries.py --table-only --out runs/given
 
 Layer 2's segmentations (each boundary on a word's last letter):
@@ -65,20 +66,20 @@ def given(corpus: object, split: str, layer2: str) -> np.ndarray:
     return np.stack([truth["word"], second], axis=1).astype(np.int64)
 
 
-def run(layer2: str, seed: int, steps: int) -> dict[str, object]:
+def run(layer2: str, seed: int, steps: int, overrides: list[str]) -> dict[str, object]:
     """Train on the given segmentation for ``steps`` steps (0: the main job's) and score
-    the test split."""
+    the test split; ``overrides`` (``key=value``) change the main job's config."""
     import torch
     from torch.nn import functional as F
 
     from hmrnn.data import StreamBatcher, eval_batches
     from hmrnn.tasks.charlm.build import build_charlm, corpus_from_config
-    from hmrnn.training.config import Config
+    from hmrnn.training.config import load_config, parse_overrides
     from hmrnn.training.trainer import clip_gradients
 
     torch.set_num_threads(1)
     torch.manual_seed(seed)
-    config = Config()  # the main job's
+    config = load_config(None, parse_overrides(overrides))  # the main job's
     train = config.train
     corpus = corpus_from_config(config.data)
     model = build_charlm(config.model, len(corpus.vocab))
@@ -124,8 +125,9 @@ def run(layer2: str, seed: int, steps: int) -> dict[str, object]:
             total += float(nll[mask.flatten()].double().sum())
             count += int(mask.sum())
     rate = float(given(corpus, "test", layer2)[:, 1].mean())
-    return {"layer2": layer2, "seed": seed, "bpc": round(total / count / np.log(2), 4),
-            "layer2_rate": round(rate, 4), "steps": steps,
+    return {"layer2": layer2, "seed": seed, "overrides": overrides,
+            "bpc": round(total / count / np.log(2), 4), "layer2_rate": round(rate, 4),
+            "steps": steps,
             "wall_s": round(time.time() - started)}
 
 
@@ -134,7 +136,8 @@ def table(out: Path) -> str:
     rows: dict[str, list[dict[str, object]]] = {}
     for line in (out / "results.jsonl").read_text().splitlines():
         record = json.loads(line)
-        rows.setdefault(str(record["layer2"]), []).append(record)
+        name = " ".join([str(record["layer2"]), *record.get("overrides", [])])
+        rows.setdefault(name, []).append(record)
     lines = ["| layer 2 given on | rate | seeds | test BPC |", "| --- | ---: | --- | ---: |"]
     for name, records in sorted(rows.items(), key=lambda kv: statistics.mean(
             float(str(r["bpc"])) for r in kv[1])):
@@ -151,13 +154,16 @@ def main() -> None:
     parser.add_argument("--layer2", nargs="*", default=list(LAYER2), choices=LAYER2)
     parser.add_argument("--seeds", nargs="*", type=int, default=[0])
     parser.add_argument("--steps", type=int, default=0, help="0: the main job's")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="overrides of the main job's config, e.g. data.agreement=false")
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("runs/given-boundaries"))
     parser.add_argument("--table-only", action="store_true")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.table_only:
-        jobs = [(name, seed, args.steps) for seed in args.seeds for name in args.layer2]
+        jobs = [(name, seed, args.steps, args.set) for seed in args.seeds
+                for name in args.layer2]
         with ProcessPoolExecutor(args.parallel) as pool:
             for result in pool.map(run, *zip(*jobs, strict=True)):
                 with open(args.out / "results.jsonl", "a") as f:
