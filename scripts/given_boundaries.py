@@ -51,8 +51,10 @@ def category_ends(text: str, categories: set[str]) -> np.ndarray:
     return ends
 
 
-def given(corpus: object, split: str, layer2: str) -> np.ndarray:
-    """``(S, 2)`` of 0/1 for a split: layer 1 on the word ends, layer 2 as ``layer2``."""
+def given(corpus: object, split: str, layer2: str, after: bool = False) -> np.ndarray:
+    """``(S, 2)`` of 0/1 for a split: layer 1 on the word ends, layer 2 as ``layer2``; each
+    on a unit's last letter, or with ``after`` one step later, on the separator that
+    follows it (where the free model's layer 1 mostly fires)."""
     from hmrnn.data import Corpus
 
     assert isinstance(corpus, Corpus) and corpus.boundaries is not None
@@ -63,12 +65,15 @@ def given(corpus: object, split: str, layer2: str) -> np.ndarray:
               "none": lambda: np.zeros_like(truth["word"]),
               "det": lambda: category_ends(text, {"DET"}),
               "verb-prep": lambda: category_ends(text, {"VERB", "PREP"})}[layer2]()
-    return np.stack([truth["word"], second], axis=1).astype(np.int64)
+    bits = np.stack([truth["word"], second], axis=1).astype(np.int64)
+    return np.concatenate([bits[:1] * 0, bits[:-1]]) if after else bits
 
 
-def run(layer2: str, seed: int, steps: int, overrides: list[str]) -> dict[str, object]:
+def run(layer2: str, seed: int, steps: int, overrides: list[str],
+        after: bool = False) -> dict[str, object]:
     """Train on the given segmentation for ``steps`` steps (0: the main job's) and score
-    the test split; ``overrides`` (``key=value``) change the main job's config."""
+    the test split; ``overrides`` (``key=value``) change the main job's config;
+    ``after``: the boundaries one step after the units' last letters."""
     import torch
     from torch.nn import functional as F
 
@@ -87,7 +92,7 @@ def run(layer2: str, seed: int, steps: int, overrides: list[str]) -> dict[str, o
                                  betas=(0.9, train.adam_beta2))
 
     def packed(split: str) -> np.ndarray:  # id * 4 + layer-1 bit * 2 + layer-2 bit
-        bits = given(corpus, split, layer2)
+        bits = given(corpus, split, layer2, after)
         return corpus.splits[split] * 4 + bits[:, 0] * 2 + bits[:, 1]
 
     def unpack(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -125,7 +130,8 @@ def run(layer2: str, seed: int, steps: int, overrides: list[str]) -> dict[str, o
             total += float(nll[mask.flatten()].double().sum())
             count += int(mask.sum())
     rate = float(given(corpus, "test", layer2)[:, 1].mean())
-    return {"layer2": layer2, "seed": seed, "overrides": overrides,
+    return {"layer2": layer2 + (" after" if after else ""), "seed": seed,
+            "overrides": overrides,
             "bpc": round(total / count / np.log(2), 4), "layer2_rate": round(rate, 4),
             "steps": steps,
             "wall_s": round(time.time() - started)}
@@ -156,13 +162,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=0, help="0: the main job's")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="overrides of the main job's config, e.g. data.agreement=false")
+    parser.add_argument("--after", action="store_true",
+                        help="each boundary one step after its unit's last letter")
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("runs/given-boundaries"))
     parser.add_argument("--table-only", action="store_true")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.table_only:
-        jobs = [(name, seed, args.steps, args.set) for seed in args.seeds
+        jobs = [(name, seed, args.steps, args.set, args.after) for seed in args.seeds
                 for name in args.layer2]
         with ProcessPoolExecutor(args.parallel) as pool:
             for result in pool.map(run, *zip(*jobs, strict=True)):
