@@ -12,6 +12,7 @@ determiners; the verbs and prepositions); this measures what each is worth.
 
     python scripts/given_boundaries.py --layer2 phrase det verb-prep --seeds 0 --out runs/given
     python scripts/given_boundaries.py --layer2 phrase --set data.agreement=false --out runs/given
+    python scripts/given_boundaries.py --layer2 phrase+sentence --out runs/given   # 4 layers
     python scripts/given_boundaries.py --table-only --out runs/given
 
 Layer 2's segmentations (each boundary on a word's last letter):
@@ -51,29 +52,32 @@ def category_ends(text: str, categories: set[str]) -> np.ndarray:
     return ends
 
 
-def given(corpus: object, split: str, layer2: str, after: bool = False) -> np.ndarray:
-    """``(S, 2)`` of 0/1 for a split: layer 1 on the word ends, layer 2 as ``layer2``; each
-    on a unit's last letter, or with ``after`` one step later, on the separator that
+def given(corpus: object, split: str, layers: str, after: bool = False) -> np.ndarray:
+    """``(S, 1 + K)`` of 0/1 for a split: layer 1 on the word ends, the K layers above it
+    as ``layers`` names them (``"phrase"``, or ``"phrase+sentence"`` for a stack of four);
+    each on a unit's last letter, or with ``after`` one step later, on the separator that
     follows it (where the free model's layer 1 mostly fires)."""
     from hmrnn.data import Corpus
 
     assert isinstance(corpus, Corpus) and corpus.boundaries is not None
     truth = corpus.boundaries[split]
     text = corpus.vocab.decode(corpus.splits[split])
-    second = {"phrase": lambda: truth["phrase"], "sentence": lambda: truth["sentence"],
-              "word": lambda: truth["word"],
-              "none": lambda: np.zeros_like(truth["word"]),
-              "det": lambda: category_ends(text, {"DET"}),
-              "verb-prep": lambda: category_ends(text, {"VERB", "PREP"})}[layer2]()
-    bits = np.stack([truth["word"], second], axis=1).astype(np.int64)
+    units = {"phrase": lambda: truth["phrase"], "sentence": lambda: truth["sentence"],
+             "word": lambda: truth["word"],
+             "none": lambda: np.zeros_like(truth["word"]),
+             "det": lambda: category_ends(text, {"DET"}),
+             "verb-prep": lambda: category_ends(text, {"VERB", "PREP"})}
+    above = [units[name]() for name in layers.split("+")]
+    bits = np.stack([truth["word"], *above], axis=1).astype(np.int64)
     return np.concatenate([bits[:1] * 0, bits[:-1]]) if after else bits
 
 
-def run(layer2: str, seed: int, steps: int, overrides: list[str],
+def run(layers: str, seed: int, steps: int, overrides: list[str],
         after: bool = False) -> dict[str, object]:
     """Train on the given segmentation for ``steps`` steps (0: the main job's) and score
-    the test split; ``overrides`` (``key=value``) change the main job's config;
-    ``after``: the boundaries one step after the units' last letters."""
+    the test split; ``layers`` as :func:`given` (K of them make a stack of K + 2 layers);
+    ``overrides`` (``key=value``) change the main job's config; ``after``: the
+    boundaries one step after the units' last letters."""
     import torch
     from torch.nn import functional as F
 
@@ -84,20 +88,22 @@ def run(layer2: str, seed: int, steps: int, overrides: list[str],
 
     torch.set_num_threads(1)
     torch.manual_seed(seed)
-    config = load_config(None, parse_overrides(overrides))  # the main job's
+    K = len(layers.split("+"))  # given layers above the first
+    config = load_config(None, {"model.num_layers": str(K + 2),  # the main job's
+                                **parse_overrides(overrides)})
     train = config.train
     corpus = corpus_from_config(config.data)
     model = build_charlm(config.model, len(corpus.vocab))
     optimiser = torch.optim.Adam(model.parameters(), lr=train.lr,
                                  betas=(0.9, train.adam_beta2))
 
-    def packed(split: str) -> np.ndarray:  # id * 4 + layer-1 bit * 2 + layer-2 bit
-        bits = given(corpus, split, layer2, after)
-        return corpus.splits[split] * 4 + bits[:, 0] * 2 + bits[:, 1]
+    def packed(split: str) -> np.ndarray:  # each id followed by its K + 1 bits
+        bits = given(corpus, split, layers, after)
+        return (corpus.splits[split] << (K + 1)) + (bits << np.arange(K + 1)).sum(axis=1)
 
     def unpack(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        bits = torch.stack([x // 2 % 2, x % 2], dim=-1).float()  # (T, N, 2)
-        return x // 4, bits
+        bits = torch.stack([x >> l & 1 for l in range(K + 1)], dim=-1).float()  # (T, N, K+1)
+        return x >> (K + 1), bits
 
     batcher = StreamBatcher(packed("train"), train.batch_size, train.seq_len)
     state, started = None, time.time()
@@ -109,14 +115,14 @@ def run(layer2: str, seed: int, steps: int, overrides: list[str],
         x, y = batcher.segment(k)
         ids, bits = unpack(x)
         out = model(ids, state, boundaries=bits)
-        loss = F.cross_entropy(out.logits.flatten(0, 1), (y // 4).flatten())
+        loss = F.cross_entropy(out.logits.flatten(0, 1), (y >> (K + 1)).flatten())
         optimiser.zero_grad()
         loss.backward()
         clip_gradients(model.parameters(), train.clip)
         optimiser.step()
         state = tuple(tuple(t.detach() for t in part) for part in out.state)
         if (step + 1) % 300 == 0:
-            print(f"{layer2} seed {seed}: step {step + 1}, train loss {loss.item():.3f}, "
+            print(f"{layers} seed {seed}: step {step + 1}, train loss {loss.item():.3f}, "
                   f"{time.time() - started:.0f} s", flush=True)
     model.eval()
     total, count, state = 0.0, 0, None
@@ -125,16 +131,25 @@ def run(layer2: str, seed: int, steps: int, overrides: list[str],
             ids, bits = unpack(x)
             out = model(ids, state, boundaries=bits)
             state = out.state
-            nll = F.cross_entropy(out.logits.flatten(0, 1), (y // 4).flatten(),
+            nll = F.cross_entropy(out.logits.flatten(0, 1), (y >> (K + 1)).flatten(),
                                   reduction="none")
             total += float(nll[mask.flatten()].double().sum())
             count += int(mask.sum())
-    rate = float(given(corpus, "test", layer2)[:, 1].mean())
-    return {"layer2": layer2 + (" after" if after else ""), "seed": seed,
+    rates = given(corpus, "test", layers).mean(axis=0)[1:]
+    return {"layer2": layers + (" after" if after else ""), "seed": seed,
             "overrides": overrides,
-            "bpc": round(total / count / np.log(2), 4), "layer2_rate": round(rate, 4),
-            "steps": steps,
+            "bpc": round(total / count / np.log(2), 4), "layer2_rate": round(float(rates[0]), 4),
+            "rates_above": [round(float(r), 4) for r in rates], "steps": steps,
             "wall_s": round(time.time() - started)}
+
+
+def _layers(spec: str) -> str:
+    """``--layer2``'s values: segmentation names joined by ``+``."""
+    unknown = [name for name in spec.split("+") if name not in LAYER2]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown segmentation {unknown[0]!r}; "
+                                         f"choose from {', '.join(LAYER2)}")
+    return spec
 
 
 def table(out: Path) -> str:
@@ -157,7 +172,9 @@ def table(out: Path) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--layer2", nargs="*", default=list(LAYER2), choices=LAYER2)
+    parser.add_argument("--layer2", nargs="*", default=list(LAYER2), type=_layers,
+                        help=f"one of {', '.join(LAYER2)}, or several joined by + for the "
+                             "layers 2, 3, ... of a taller stack (phrase+sentence)")
     parser.add_argument("--seeds", nargs="*", type=int, default=[0])
     parser.add_argument("--steps", type=int, default=0, help="0: the main job's")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
