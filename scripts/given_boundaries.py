@@ -21,7 +21,10 @@ Layer 2's segmentations (each boundary on a word's last letter):
 - ``det``, ``verb-prep``, ``sentence``: the ends of the determiners, of the verbs and
   prepositions, of the sentences;
 - ``word``: every word end (layer 2 updates whenever layer 1 does);
-- ``none``: never (layer 3 never updates).
+- ``none``: never (layer 3 never updates);
+- ``free``: not given: the layer's detector decides, learned as in the main job (its
+  boundary gradient, slope schedule and rate controller), so that a layer can learn its
+  unit above given word ends.
 """
 
 from __future__ import annotations
@@ -33,10 +36,14 @@ import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
-LAYER2 = ("phrase", "det", "verb-prep", "sentence", "word", "none")
+if TYPE_CHECKING:
+    from hmrnn.model.hmlstm import HMLSTM
+
+LAYER2 = ("phrase", "det", "verb-prep", "sentence", "word", "none", "free")
 
 
 def category_ends(text: str, categories: set[str]) -> np.ndarray:
@@ -66,7 +73,8 @@ def given(corpus: object, split: str, layers: str, after: bool = False) -> np.nd
              "word": lambda: truth["word"],
              "none": lambda: np.zeros_like(truth["word"]),
              "det": lambda: category_ends(text, {"DET"}),
-             "verb-prep": lambda: category_ends(text, {"VERB", "PREP"})}
+             "verb-prep": lambda: category_ends(text, {"VERB", "PREP"}),
+             "free": lambda: np.zeros_like(truth["word"])}  # NaN where unpacked
     above = [units[name]() for name in layers.split("+")]
     bits = np.stack([truth["word"], *above], axis=1).astype(np.int64)
     return np.concatenate([bits[:1] * 0, bits[:-1]]) if after else bits
@@ -81,7 +89,9 @@ def run(layers: str, seed: int, steps: int, overrides: list[str],
     import torch
     from torch.nn import functional as F
 
+    from hmrnn.analysis.verdict import hierarchy_summary
     from hmrnn.data import StreamBatcher, eval_batches
+    from hmrnn.model.boundary_control import RateController
     from hmrnn.tasks.charlm.build import build_charlm, corpus_from_config
     from hmrnn.training.config import load_config, parse_overrides
     from hmrnn.training.trainer import clip_gradients
@@ -89,6 +99,7 @@ def run(layers: str, seed: int, steps: int, overrides: list[str],
     torch.set_num_threads(1)
     torch.manual_seed(seed)
     K = len(layers.split("+"))  # given layers above the first
+    free = [1 + k for k, name in enumerate(layers.split("+")) if name == "free"]
     config = load_config(None, {"model.num_layers": str(K + 2),  # the main job's
                                 **parse_overrides(overrides)})
     train = config.train
@@ -96,6 +107,9 @@ def run(layers: str, seed: int, steps: int, overrides: list[str],
     model = build_charlm(config.model, len(corpus.vocab))
     optimiser = torch.optim.Adam(model.parameters(), lr=train.lr,
                                  betas=(0.9, train.adam_beta2))
+    rnn = cast("HMLSTM", model.rnn)
+    controller = RateController(rnn, train.boundary_rate, train.rate_gain,
+                                error=train.rate_error) if free else None
 
     def packed(split: str) -> np.ndarray:  # each id followed by its K + 1 bits
         bits = given(corpus, split, layers, after)
@@ -103,6 +117,7 @@ def run(layers: str, seed: int, steps: int, overrides: list[str],
 
     def unpack(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         bits = torch.stack([x >> l & 1 for l in range(K + 1)], dim=-1).float()  # (T, N, K+1)
+        bits[..., free] = float("nan")  # the detectors decide
         return x >> (K + 1), bits
 
     batcher = StreamBatcher(packed("train"), train.batch_size, train.seq_len)
@@ -112,6 +127,8 @@ def run(layers: str, seed: int, steps: int, overrides: list[str],
         k = step % len(batcher)
         if k == 0:
             state = None  # a new epoch starts every stream from zeros
+        if free:
+            rnn.anneal_slope(step / len(batcher), train.slope_rate, train.slope_max)
         x, y = batcher.segment(k)
         ids, bits = unpack(x)
         out = model(ids, state, boundaries=bits)
@@ -120,12 +137,16 @@ def run(layers: str, seed: int, steps: int, overrides: list[str],
         loss.backward()
         clip_gradients(model.parameters(), train.clip)
         optimiser.step()
+        if controller is not None:
+            assert out.rnn.boundary is not None
+            controller.update(out.rnn.boundary[..., :-1].mean(dim=(0, 1)).tolist())
         state = tuple(tuple(t.detach() for t in part) for part in out.state)
         if (step + 1) % 300 == 0:
             print(f"{layers} seed {seed}: step {step + 1}, train loss {loss.item():.3f}, "
                   f"{time.time() - started:.0f} s", flush=True)
     model.eval()
     total, count, state = 0.0, 0, None
+    zs, masks = [], []
     with torch.no_grad():
         for x, y, mask in eval_batches(packed("test"), train.eval_batch_size, train.seq_len):
             ids, bits = unpack(x)
@@ -135,11 +156,22 @@ def run(layers: str, seed: int, steps: int, overrides: list[str],
                                   reduction="none")
             total += float(nll[mask.flatten()].double().sum())
             count += int(mask.sum())
+            assert out.rnn.boundary is not None
+            zs.append(out.rnn.boundary)
+            masks.append(mask)
+    fired = torch.cat(zs).transpose(0, 1)[torch.cat(masks).transpose(0, 1)].numpy()  # (S, L)
+    assert corpus.boundaries is not None
+    truth = {kind: ends[:-1] for kind, ends in corpus.boundaries["test"].items()}
+    learned = hierarchy_summary(fired, truth)
     rates = given(corpus, "test", layers).mean(axis=0)[1:]
     return {"layer2": layers + (" after" if after else ""), "seed": seed,
             "overrides": overrides,
             "bpc": round(total / count / np.log(2), 4), "layer2_rate": round(float(rates[0]), 4),
             "rates_above": [round(float(r), 4) for r in rates], "steps": steps,
+            "free": {f"layer{l + 1}": {"rate": round(learned["rates"][l], 4),
+                                       **{kind: round(v["f1"], 3) for kind, v in
+                                          learned["f1"][f"layer{l + 1}"].items()}}
+                     for l in free},
             "wall_s": round(time.time() - started)}
 
 
@@ -159,14 +191,19 @@ def table(out: Path) -> str:
         record = json.loads(line)
         name = " ".join([str(record["layer2"]), *record.get("overrides", [])])
         rows.setdefault(name, []).append(record)
-    lines = ["| layer 2 given on | rate | seeds | test BPC |", "| --- | ---: | --- | ---: |"]
+    lines = ["| layer 2 given on | rate | seeds | test BPC | learned layer 2: rate, F1 word / "
+             "phrase / sentence |", "| --- | ---: | --- | ---: | --- |"]
     for name, records in sorted(rows.items(), key=lambda kv: statistics.mean(
             float(str(r["bpc"])) for r in kv[1])):
         bpc = [float(str(r["bpc"])) for r in records]
         cell = (f"{bpc[0]:.4f}" if len(bpc) == 1 else
                 f"{statistics.mean(bpc):.4f} ± {statistics.pstdev(bpc):.4f}")
         seeds = ",".join(str(r["seed"]) for r in records)
-        lines.append(f"| {name} | {records[0]['layer2_rate']:.3f} | {seeds} | {cell} |")
+        learned = "; ".join(
+            f"{f['rate']:.3f}, {f['word']:.2f} / {f['phrase']:.2f} / {f['sentence']:.2f}"
+            for f in (cast(dict, r.get("free", {})).get("layer2") for r in records) if f)
+        lines.append(f"| {name} | {records[0]['layer2_rate']:.3f} | {seeds} | {cell} | "
+                     f"{learned or '-'} |")
     return "\n".join(lines)
 
 

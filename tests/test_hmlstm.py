@@ -340,8 +340,30 @@ def test_given_boundaries_equal_to_the_detectors_change_nothing_and_pass_no_grad
             assert bool((p.grad[-1] == 0).all()) and p.grad[:-1].abs().sum() > 0
 
 
+def test_given_boundaries_leave_nan_to_the_detector() -> None:
+    """NaN hands a layer back to its detector: layer 1 given as the free run drew it and
+    layer 2 free is the free run itself, and only layer 2's detector gets a gradient."""
+    torch.manual_seed(0)
+    rnn = HMLSTM(D, SIZES, 3, dtype=torch.float64)
+    x = torch.randn(T, N, D, dtype=torch.float64)
+    free, _ = rnn(x)
+    assert 0 < float(free.boundary[:, :, 1].mean()) < 1  # layer 2 decides both ways
+    given = free.boundary[:, :, :2].detach().clone()
+    given[:, :, 1] = float("nan")
+    out, _ = rnn(x, boundaries=given)
+    assert torch.equal(out.boundary, free.boundary)
+    for a, b in zip(free.hidden, out.hidden, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    rnn.boundary = "soft"  # a straight-through gradient that reaches every detector step
+    out, _ = rnn(x, boundaries=given)
+    sum(h.sum() for h in out.hidden).backward()
+    first, second = rnn.cells[0].bias.grad, rnn.cells[1].bias.grad
+    assert first is not None and second is not None
+    assert first[-1] == 0 and second[-1] != 0
+
+
 @pytest.mark.parametrize(("shape", "value", "message"), [
-    ((T, N, 3), 0.0, "shape"), ((T - 1, N, 2), 0.0, "shape"), ((T, N, 2), 0.5, "0 or 1")])
+    ((T, N, 3), 0.0, "shape"), ((T - 1, N, 2), 0.0, "shape"), ((T, N, 2), 0.5, "0, 1 or NaN")])
 def test_given_boundaries_are_checked(shape: tuple[int, ...], value: float,
                                       message: str) -> None:
     rnn = HMLSTM(D, SIZES, 3, dtype=torch.float64)

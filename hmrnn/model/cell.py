@@ -184,9 +184,9 @@ class HMLSTMCell(nn.Module):
             hold_copy: ``boundary_grad="hold"`` or ``"local"``: ``z = COPY z_{t-1} + (1 -
                 COPY) z_new`` holds its COPY share constant, so that COPY passes ``z``'s
                 gradient on as it passes ``z``.
-            given: ``(N, 1)``, 0 or 1: a boundary given from outside, taken in place of
-                the detector's (``z = COPY z_{t-1} + (1 - COPY) given``); the detector is
-                not read, so it gets no gradient.
+            given: ``(N, 1)`` of 0, 1 or NaN: a boundary given from outside, taken in
+                place of the detector's where it is not NaN (``z = COPY z_{t-1} + (1 -
+                COPY) given``); there the detector is not read, so it gets no gradient.
 
         Returns:
             the layer's ``(h, c, z)`` at ``t``.
@@ -211,14 +211,15 @@ class HMLSTMCell(nn.Module):
         c = update * (f * c_prev + ig) + copy * c_prev + flush * ig  # Eq. 2
         c_out = self.ln_cell(c) if self.layer_norm else c
         h = copy * h_prev + (1.0 - copy) * (o * torch.tanh(c_out))  # Eq. 3
-        if self.has_boundary and given is not None:
-            z = copy * z_prev + (1.0 - copy) * given
-        elif self.has_boundary:
+        if self.has_boundary:
             s_z = s[:, 4 * H :]  # (N, 1)
             noise = logistic_noise(s_z, generator) if boundary == "gumbel" else None
             z_tilde = hard_sigmoid(s_z, slope, noise)  # Eq. 10
+            z_new = binarize(z_tilde, boundary, generator)
+            if given is not None:
+                z_new = torch.where(given.isnan(), z_new, given)
             kept = copy.detach() if hold_copy else copy
-            z = kept * z_prev + (1.0 - kept) * binarize(z_tilde, boundary, generator)
+            z = kept * z_prev + (1.0 - kept) * z_new
         else:
             z = torch.zeros_like(z_prev)  # docs/model.md decision 2
         return LayerState(h, c, z)

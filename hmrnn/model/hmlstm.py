@@ -165,11 +165,12 @@ class HMLSTM(nn.Module):
         - generator: random generator for ``boundary="sample"`` (and ``"gumbel"`` in
           training).
         - boundaries: given boundaries, ``(T, N, L - 1)`` (``(N, T, L - 1)`` if
-          ``batch_first``) of 0 and 1: ``z^l_t`` of layers 1 to ``L - 1`` taken from
+          ``batch_first``) of 0, 1 or NaN: ``z^l_t`` of layers 1 to ``L - 1`` taken from
           outside in place of their detectors' (COPY still copies ``z``), e.g. the true
           word and phrase ends, to train or score a stack on a segmentation of one's
-          choice. The detectors are not read and get no gradient. Such a call runs the
-          cell loop, whatever ``fast`` says.
+          choice; where NaN, the detector decides (a layer given, the others learned).
+          Where given, the detectors are not read and get no gradient. Such a call runs
+          the cell loop, whatever ``fast`` says.
 
     Outputs: ``output, state``
         - output: :class:`hmrnn.model.types.RNNOutput` with ``hidden``, ``L`` tensors
@@ -389,8 +390,8 @@ class HMLSTM(nn.Module):
         return RNNOutput(hidden, boundary), state
 
     def _check_boundaries(self, boundaries: Tensor, input: Tensor) -> None:
-        """Raise ``ValueError`` unless ``boundaries`` is ``(T, N, L - 1)`` of 0 and 1 on
-        the input's device."""
+        """Raise ``ValueError`` unless ``boundaries`` is ``(T, N, L - 1)`` of 0, 1 and NaN
+        on the input's device."""
         expected = (*input.shape[:2], self.num_layers - 1)
         if not isinstance(boundaries, Tensor) or tuple(boundaries.shape) != expected:
             got = tuple(boundaries.shape) if isinstance(boundaries, Tensor) else boundaries
@@ -399,8 +400,8 @@ class HMLSTM(nn.Module):
         if boundaries.device != input.device:
             raise ValueError(f"HMLSTM: boundaries are on {boundaries.device}, the input on "
                              f"{input.device}")
-        if not bool(((boundaries == 0) | (boundaries == 1)).all()):
-            raise ValueError("HMLSTM: boundaries must be 0 or 1")
+        if not bool(((boundaries == 0) | (boundaries == 1) | boundaries.isnan()).all()):
+            raise ValueError("HMLSTM: boundaries must be 0, 1 or NaN (the detector decides)")
 
     def _step_by_step(
         self, input: Tensor, state: HMLSTMState, generator: torch.Generator | None,
