@@ -10,10 +10,16 @@ the more the language-model objective rewards that segmentation. Layer 2's free 
 the ablation of docs/hierarchy.md falls between the phrase ends and two other units (the
 determiners; the verbs and prepositions); this measures what each is worth.
 
-    python scripts/given_boundaries.py --layer2 phrase det verb-prep --seeds 0 --out runs/given
-    python scripts/given_boundaries.py --layer2 phrase --set data.agreement=false --out runs/given
-    python scripts/given_boundaries.py --layer2 phrase+sentence --out runs/given   # 4 layers
-    python scripts/given_boundaries.py --table-only --out runs/given
+Compare segmentations with ``--after`` (each boundary on the separator after its unit, a
+function of what the model has read). Without it each boundary sits on its unit's last
+letter and tells the model what comes next (a separator, a full stop): those runs measure
+that leak, not the objective's preference (docs/hierarchy.md, "What the objective
+prefers").
+
+    python scripts/given_boundaries.py --after --layer2 phrase det verb-prep --seeds 0 1
+    python scripts/given_boundaries.py --after --layer2 phrase --set data.agreement=false
+    python scripts/given_boundaries.py --after --layer2 phrase+sentence   # four layers
+    python scripts/given_boundaries.py --table-only
 
 Layer 2's segmentations (each boundary on a word's last letter):
 

@@ -112,8 +112,7 @@ ROWS: dict[str, list[str]] = {
     "main-local-gain0.2-0.05-slope5-fig4-rate": [
         "model.boundary_grad=local", "train.rate_gain=0.2,0.05", "train.slope_max=5",
         "train.boundary_rate=0.2,0.033"],
-    # layer 2's target at the corpus's sentence rate (0.025), the unit the objective
-    # prefers for layer 2 (scripts/given_boundaries.py), with a gain that holds it
+    # layer 2's target at the corpus's sentence rate (0.025), with a gain that holds it
     "main-local-gain0.2-slope5-sentence-rate": [
         "model.boundary_grad=local", "train.rate_gain=0.2", "train.slope_max=5",
         "train.boundary_rate=0.2,0.025"],
