@@ -362,6 +362,15 @@ def test_given_boundaries_leave_nan_to_the_detector() -> None:
     assert first[-1] == 0 and second[-1] != 0
 
 
+def test_given_boundaries_of_the_wrong_shape_are_named_as_the_caller_wrote_them() -> None:
+    rnn = HMLSTM(D, SIZES, 3, dtype=torch.float64, batch_first=True)
+    x = torch.randn(N, T, D, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"\(3, 7, 2\) \(N, T, L - 1\), got \(3, 6, 2\)"):
+        rnn(x, boundaries=torch.zeros(N, T - 1, 2, dtype=torch.float64))
+    with pytest.raises(ValueError, match="got 1"):
+        rnn(x, boundaries=1)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize(("shape", "value", "message"), [
     ((T, N, 3), 0.0, "shape"), ((T - 1, N, 2), 0.0, "shape"), ((T, N, 2), 0.5, "0, 1 or NaN")])
 def test_given_boundaries_are_checked(shape: tuple[int, ...], value: float,

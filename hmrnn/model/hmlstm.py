@@ -356,7 +356,7 @@ class HMLSTM(nn.Module):
     ) -> tuple[RNNOutput, HMLSTMState]:
         if self.batch_first and isinstance(input, Tensor):
             input = input.transpose(0, 1)
-            if boundaries is not None:
+            if isinstance(boundaries, Tensor):
                 boundaries = boundaries.transpose(0, 1)
         like = self.cells[0].W
         autocast = torch.is_autocast_enabled(like.device.type)
@@ -395,7 +395,11 @@ class HMLSTM(nn.Module):
         expected = (*input.shape[:2], self.num_layers - 1)
         if not isinstance(boundaries, Tensor) or tuple(boundaries.shape) != expected:
             got = tuple(boundaries.shape) if isinstance(boundaries, Tensor) else boundaries
-            raise ValueError(f"HMLSTM: boundaries must have shape {expected} (T, N, L - 1), "
+            order = "(T, N, L - 1)"
+            if self.batch_first:  # as the caller wrote them
+                expected, order = (expected[1], expected[0], expected[2]), "(N, T, L - 1)"
+                got = (got[1], got[0], *got[2:]) if isinstance(got, tuple) else got
+            raise ValueError(f"HMLSTM: boundaries must have shape {expected} {order}, "
                              f"got {got}")
         if boundaries.device != input.device:
             raise ValueError(f"HMLSTM: boundaries are on {boundaries.device}, the input on "
