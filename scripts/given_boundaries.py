@@ -21,7 +21,8 @@ prefers").
     python scripts/given_boundaries.py --after --layer2 phrase+sentence   # four layers
     python scripts/given_boundaries.py --table-only
 
-Layer 2's segmentations (each boundary on a word's last letter):
+Layer 2's segmentations (each boundary on a word's last letter, or with ``--after`` on the
+separator after it):
 
 - ``phrase``: the phrase ends (each noun phrase's noun), the issue's target;
 - ``det``, ``verb-prep``, ``sentence``: the ends of the determiners, of the verbs and
