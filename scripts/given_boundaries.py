@@ -118,8 +118,7 @@ def run(layers: str, seed: int, steps: int, overrides: list[str],
     controller = RateController(rnn, train.boundary_rate, train.rate_gain,
                                 error=train.rate_error) if free else None
 
-    def packed(split: str) -> np.ndarray:  # each id followed by its K + 1 bits
-        bits = given(corpus, split, layers, after)
+    def packed(split: str, bits: np.ndarray) -> np.ndarray:  # each id, then its K + 1 bits
         return (corpus.splits[split] << (K + 1)) + (bits << np.arange(K + 1)).sum(axis=1)
 
     def unpack(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -127,7 +126,8 @@ def run(layers: str, seed: int, steps: int, overrides: list[str],
         bits[..., free] = float("nan")  # the detectors decide
         return x >> (K + 1), bits
 
-    batcher = StreamBatcher(packed("train"), train.batch_size, train.seq_len)
+    batcher = StreamBatcher(packed("train", given(corpus, "train", layers, after)),
+                            train.batch_size, train.seq_len)
     state, started = None, time.time()
     steps = steps or train.max_steps
     for step in range(steps):
@@ -154,8 +154,10 @@ def run(layers: str, seed: int, steps: int, overrides: list[str],
     model.eval()
     total, count, state = 0.0, 0, None
     zs, masks = [], []
+    test_bits = given(corpus, "test", layers, after)
     with torch.no_grad():
-        for x, y, mask in eval_batches(packed("test"), train.eval_batch_size, train.seq_len):
+        for x, y, mask in eval_batches(packed("test", test_bits), train.eval_batch_size,
+                                       train.seq_len):
             ids, bits = unpack(x)
             out = model(ids, state, boundaries=bits)
             state = out.state
@@ -170,7 +172,7 @@ def run(layers: str, seed: int, steps: int, overrides: list[str],
     assert corpus.boundaries is not None
     truth = {kind: ends[:-1] for kind, ends in corpus.boundaries["test"].items()}
     learned = hierarchy_summary(fired, truth)
-    rates = given(corpus, "test", layers).mean(axis=0)[1:]
+    rates = test_bits.mean(axis=0)[1:]
     return {"layer2": layers + (" after" if after else ""), "seed": seed,
             "overrides": overrides,
             "bpc": round(total / count / np.log(2), 4), "layer2_rate": round(float(rates[0]), 4),

@@ -219,8 +219,7 @@ def recentre_boundary_biases(rnn: HMLSTM, input: Tensor, targets: Sequence[float
         s = boundary_preactivation(rnn, input, state, output, layers=[l])[..., 0]  # (T, N)
         live = torch.ones_like(s, dtype=torch.bool)  # the bottom layer never copies
         if l > 0:
-            z_prev = torch.cat([first[l].view(1, N), z[:-1, :, l]])
-            live = (z_prev != 0) | (z[..., l - 1] != 0)
+            live = (_previous(z, first)[..., l] != 0) | (z[..., l - 1] != 0)
         values = s[live].double()
         if values.numel() == 0:
             continue
@@ -357,6 +356,12 @@ def cap_boundary_gains(rnn: HMLSTM, max_gain: float) -> None:
                 norm.weight[-1].clamp_(-max_gain, max_gain)
 
 
+def _previous(z: Tensor, first: Sequence[Tensor]) -> Tensor:
+    """``z_{t-1}`` of every layer, ``(T, N, L)``: a pass's boundaries ``z (T, N, L)``
+    shifted one step, the state's ``first`` (``L`` tensors ``(N, 1)``) in front."""
+    return torch.cat([torch.cat(list(first), dim=1)[None], z[:-1]])
+
+
 @torch.no_grad()
 def boundary_preactivation(
     rnn: HMLSTM, input: Tensor, state: HMLSTMState | None, output: RNNOutput,
@@ -379,7 +384,7 @@ def boundary_preactivation(
     state = state if state is not None else rnn.initial_state(N)
     z = output.boundary
     assert z is not None
-    z_prev = torch.cat([torch.cat(state.z, dim=1)[None], z[:-1]])  # (T, N, L): z_{t-1}
+    z_prev = _previous(z, state.z)
     h_prev = [torch.cat([h0[None], h[:-1]]) for h0, h in zip(state.h, output.hidden, strict=True)]
     columns = []
     for l, cell in enumerate(detector_cells(rnn)):
