@@ -97,9 +97,10 @@ def run(layers: str, seed: int, steps: int, overrides: list[str],
     from torch.nn import functional as F
 
     from hmrnn.analysis.verdict import hierarchy_summary
-    from hmrnn.data import StreamBatcher, eval_batches
+    from hmrnn.data import StreamBatcher
     from hmrnn.model.boundary_control import RateController
     from hmrnn.tasks.charlm.build import build_charlm, corpus_from_config
+    from hmrnn.tasks.charlm.task import evaluate_lm
     from hmrnn.training.config import load_config, parse_overrides
     from hmrnn.training.trainer import clip_gradients
 
@@ -151,31 +152,19 @@ def run(layers: str, seed: int, steps: int, overrides: list[str],
         if (step + 1) % 300 == 0:
             print(f"{layers} seed {seed}: step {step + 1}, train loss {loss.item():.3f}, "
                   f"{time.time() - started:.0f} s", flush=True)
-    model.eval()
-    total, count, state = 0.0, 0, None
-    zs, masks = [], []
     test_bits = given(corpus, "test", layers, after)
-    with torch.no_grad():
-        for x, y, mask in eval_batches(packed("test", test_bits), train.eval_batch_size,
-                                       train.seq_len):
-            ids, bits = unpack(x)
-            out = model(ids, state, boundaries=bits)
-            state = out.state
-            nll = F.cross_entropy(out.logits.flatten(0, 1), (y >> (K + 1)).flatten(),
-                                  reduction="none")
-            total += float(nll[mask.flatten()].double().sum())
-            count += int(mask.sum())
-            assert out.rnn.boundary is not None
-            zs.append(out.rnn.boundary)
-            masks.append(mask)
-    fired = torch.cat(zs).transpose(0, 1)[torch.cat(masks).transpose(0, 1)].numpy()  # (S, L)
+    test_given = test_bits.astype(np.float32)
+    test_given[:, free] = np.nan  # the detectors decide
+    evaluation = evaluate_lm(model, corpus.splits["test"], batch_size=train.eval_batch_size,
+                             seq_len=train.seq_len, boundaries=test_given)
+    assert evaluation.boundary is not None
     assert corpus.boundaries is not None
     truth = {kind: ends[:-1] for kind, ends in corpus.boundaries["test"].items()}
-    learned = hierarchy_summary(fired, truth)
+    learned = hierarchy_summary(evaluation.boundary, truth)
     rates = test_bits.mean(axis=0)[1:]
     return {"layer2": layers + (" after" if after else ""), "seed": seed,
             "overrides": overrides,
-            "bpc": round(total / count / np.log(2), 4), "layer2_rate": round(float(rates[0]), 4),
+            "bpc": round(evaluation.bpc, 4), "layer2_rate": round(float(rates[0]), 4),
             "rates_above": [round(float(r), 4) for r in rates], "steps": steps,
             "free": {f"layer{l + 1}": {"rate": round(learned["rates"][l], 4),
                                        **{kind: round(v["f1"], 3) for kind, v in

@@ -54,6 +54,33 @@ def test_bpc_against_hand_computation() -> None:
     assert evaluate_lm(uniform, ids, batch_size=4, seq_len=9).bpc == pytest.approx(math.log2(V))
 
 
+def test_given_boundaries_are_read_at_their_positions() -> None:
+    """``boundaries`` rows follow ``ids``: given the boundaries a model produced itself, it
+    scores what it scored free (the same streams, other windows); NaN hands every decision
+    back to the detectors; other boundaries are taken as given, at any batch size."""
+    torch.manual_seed(0)
+    config = load_config(None, {"model.hidden_size": "12", "model.embedding_size": "6",
+                                "model.output_size": "10"})
+    model = build_charlm(config.model, 5).double()
+    ids = np.random.default_rng(0).integers(0, 5, size=83)
+    free = evaluate_lm(model, ids, batch_size=3, seq_len=7)
+    assert free.boundary is not None
+    own = np.concatenate([free.boundary[:, :-1], np.zeros((1, 2))])  # the last id: no input
+    again = evaluate_lm(model, ids, batch_size=3, seq_len=5, boundaries=own)
+    assert again.bpc == pytest.approx(free.bpc, rel=1e-9)
+    assert np.array_equal(again.boundary, free.boundary)
+    undecided = evaluate_lm(model, ids, batch_size=3, seq_len=9,
+                            boundaries=np.full((83, 2), np.nan))
+    assert undecided.bpc == pytest.approx(free.bpc, rel=1e-9)
+    other = np.stack([np.arange(83) % 3 == 0, np.arange(83) % 9 == 0], axis=1).astype(float)
+    for batch_size in (1, 4):
+        given = evaluate_lm(model, ids, batch_size=batch_size, seq_len=5, boundaries=other)
+        assert given.boundary is not None and np.array_equal(given.boundary[:, :2], other[:-1])
+    assert given.bpc != pytest.approx(free.bpc, rel=1e-6)
+    with pytest.raises(ValueError, match=r"one row per input position \(83\), got 82"):
+        evaluate_lm(model, ids, boundaries=own[:-1])
+
+
 def _text(tmp_path) -> str:
     rng = np.random.default_rng(1)
     words = ["ab", "cab", "bad", "dab", "abc"]

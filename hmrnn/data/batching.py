@@ -163,13 +163,19 @@ class EvalBatches:
         return self.num_windows
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
-        for w in range(self.num_windows):
-            t = np.arange(w * self.seq_len, min((w + 1) * self.seq_len, self._steps))  # (T,)
-            real = t[:, None] < self._lengths[None, :]  # (T, N)
-            pos = np.where(real, self._starts[None, :] + t[:, None], 0)  # (T, N)
+        for pos, real in self.positions():
             x = np.where(real, self._ids[pos], 0)
             y = np.where(real, self._ids[pos + 1], 0)
             yield torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(real)
+
+    def positions(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """The windows as ``(pos, real)``, each ``(T, N)``: the index into ``ids`` of each
+        input (0 in the padding) and where it is real, in the order of iteration; to read
+        something else aligned with ``ids`` alike."""
+        for w in range(self.num_windows):
+            t = np.arange(w * self.seq_len, min((w + 1) * self.seq_len, self._steps))  # (T,)
+            real = t[:, None] < self._lengths[None, :]  # (T, N)
+            yield np.where(real, self._starts[None, :] + t[:, None], 0), real
 
 
 def eval_batches(ids: np.ndarray, batch_size: int, seq_len: int) -> EvalBatches:

@@ -25,7 +25,7 @@ from hmrnn.model.graphed import GraphedStack, graph_stacks
 from hmrnn.model.types import detach_state, map_state, state_from_plain, state_to_plain
 from hmrnn.progress import progress_bar
 from hmrnn.tasks.charlm.build import build_charlm
-from hmrnn.tasks.hooks import BoundaryTraining, anneal_slope, boundary_warnings
+from hmrnn.tasks.hooks import BoundaryTraining, anneal_slope
 from hmrnn.training.checkpoint import load_model
 from hmrnn.training.config import Config
 from hmrnn.training.distributed import DistContext
@@ -73,6 +73,7 @@ def evaluate_lm(
     context: DistContext | None = None,
     collect_boundaries: bool = True,
     progress: bool = False,
+    boundaries: np.ndarray | None = None,
 ) -> LMEvaluation:
     """Exact bits per character of ``ids``: every target ``ids[1:]`` scored exactly once.
 
@@ -83,11 +84,19 @@ def evaluate_lm(
     boundaries gathered, so every process gets what one process reading all
     ``batch_size * W`` streams would. ``progress`` shows a bar of the characters scored
     (:func:`hmrnn.progress.progress_bar`, on stderr when it is a terminal).
+
+    ``boundaries`` ``(len(ids), L - 1)`` of 0, 1 or NaN: an HM-LSTM's boundaries given at
+    each input position in place of its detectors' (NaN: the detector decides;
+    :meth:`hmrnn.model.hmlstm.HMLSTM.forward`).
     """
     context = context or DistContext()
+    if boundaries is not None and len(boundaries) != len(ids):
+        raise ValueError(f"given boundaries: one row per input position ({len(ids)}), "
+                         f"got {len(boundaries)}")
     was_training = model.training
     model.eval()
     batches = eval_batches(ids, batch_size * context.world_size, seq_len)
+    given = None if boundaries is None else torch.as_tensor(boundaries, dtype=torch.float32)
     cols = slice(context.rank * batch_size, (context.rank + 1) * batch_size)
     state = None
     total = torch.zeros(2, dtype=torch.float64, device=device)  # nll sum, count
@@ -95,9 +104,11 @@ def evaluate_lm(
     masks: list[Tensor] = []
     bar = progress_bar(total=batches.num_targets, desc="evaluate", unit="char",
                        enabled=progress, unit_scale=True, leave=False)
-    for x, y, window in batches:  # window: (T, N * W), every process's targets
+    for (x, y, window), (positions, _) in zip(batches, batches.positions(), strict=True):
         x, y, mask = x[:, cols].to(device), y[:, cols].to(device), window[:, cols].to(device)
-        out = model(x, state)
+        at = torch.from_numpy(positions[:, cols])  # (T, N): each input's index into ids
+        extra = {} if given is None else {"boundaries": given[at].to(device)}
+        out = model(x, state, **extra)
         state = out.state
         nll = F.cross_entropy(_wide(out.logits), y.flatten(), reduction="none")
         total[0] += nll[mask.flatten()].double().sum()
@@ -160,7 +171,7 @@ class CharLMTask:
 
     def warnings(self, metrics: dict[str, Any]) -> list[str]:
         """Layers whose boundary rate has collapsed toward 0 or 1."""
-        return boundary_warnings(metrics)
+        return self.boundaries.warnings(metrics)
 
     def train_loss(self, model: nn.Module, step: int) -> tuple[Tensor, dict[str, Any]]:
         k = step % self.steps_per_epoch
