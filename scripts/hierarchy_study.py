@@ -120,6 +120,11 @@ ROWS: dict[str, list[str]] = {
     "main-4-layers-rates": [
         "model.boundary_grad=local", "train.rate_gain=0.2,0.05,0.05", "train.slope_max=5",
         "model.num_layers=4", "train.boundary_rate=0.2,0.062,0.025"],
+    # today's main job with layer 2 silent until layer 1 has found the words, then released
+    # at its target (its bias bisected on the batch)
+    "main-local-gain0.2-0.05-slope5-silent400": [
+        "model.boundary_grad=local", "train.rate_gain=0.2,0.05", "train.slope_max=5",
+        "train.boundary_release=400", "train.release_silent=true"],
     "linear-slope5": [*LINEAR, "train.slope_max=5"],
     "linear-slope3": [*LINEAR, "train.slope_max=3"],
     "linear-slope5-cap": [*LINEAR, "train.slope_max=5", "train.boundary_cap=1.9365"],

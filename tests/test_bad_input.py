@@ -81,6 +81,9 @@ def test_every_field_has_a_rule_and_the_packaged_configs_pass() -> None:
     with pytest.raises(ConfigError, match=r"train.rate_recentre needs train.rate_control='bias'"):
         validate_config(load_config(None, {"train.rate_control": "loss",
                                            "train.rate_recentre": "10"}))
+    with pytest.raises(ConfigError, match=r"train.release_silent .* needs "
+                                          r"train.boundary_release > 0"):
+        validate_config(load_config(None, {"train.release_silent": "true"}))
 
 
 def test_clip_zero_means_off() -> None:

@@ -183,6 +183,38 @@ def test_the_release_holds_the_detectors_above_layer_1_still_until_its_step() ->
         DetectorRelease(rnn, 0)
 
 
+def test_a_silent_release_holds_the_layers_above_layer_1_at_a_bias_that_never_fires() -> None:
+    torch.manual_seed(0)
+    rnn = HMLSTM(4, 5, 4, layer_norm=True)
+    for cell in rnn.cells[:3]:
+        cell.bias.data[-1] = 50.0  # every layer would fire at every step
+    release = DetectorRelease(rnn, 3, silent=True)
+    x = torch.randn(40, 3, 4)
+
+    def rates() -> list[float]:
+        output, _ = rnn(x)
+        assert output.boundary is not None
+        return output.boundary[..., :3].float().mean(dim=(0, 1)).tolist()
+
+    assert rates() == [1.0, 0.0, 0.0]
+    rnn.cells[1].bias.data[-1] += 0.5  # a controller's move
+    release.hold_silent(2)  # before the last silent step
+    assert rates() == [1.0, 0.0, 0.0]
+    rnn.cells[1].bias.data[-1] = 50.0
+    release.hold_silent(3)  # released: left to the caller
+    assert rates()[1] == 1.0
+
+
+def test_calibration_from_a_layer_keeps_the_biases_below_it() -> None:
+    torch.manual_seed(0)
+    rnn = HMLSTM(8, 16, 3, layer_norm=True)
+    x = torch.randn(50, 16, 8)
+    rnn.cells[0].bias.data[-1] = 0.3
+    reached = calibrate_boundary_biases(rnn, x, [0.2, 0.05], first=1)
+    assert float(rnn.cells[0].bias[-1]) == pytest.approx(0.3)
+    assert reached == pytest.approx([0.05], abs=0.01)
+
+
 @pytest.mark.parametrize("targets, gain, error, message", [
     ([0.2], 0.01, "linear", r"targets: one per layer below the top, 2 here, got 1"),
     ([0.2, 1.0], 0.01, "linear", r"targets must lie in \(0, 1\), got \[0.2, 1.0\]"),
@@ -354,14 +386,53 @@ def test_a_run_calibrates_the_biases_once_after_its_first_step(tmp_path, monkeyp
     calls: list[tuple[int, ...]] = []
     calibrate = hooks.calibrate_boundary_biases
 
-    def spy(rnn, input, targets, state=None):
-        calls.append(tuple(input.shape))
-        return calibrate(rnn, input, targets, state)
+    def spy(rnn, input, targets, state=None, first=0):
+        calls.append((*input.shape, first))
+        return calibrate(rnn, input, targets, state, first=first)
 
     monkeypatch.setattr(hooks, "calibrate_boundary_biases", spy)
     train = _tiny_run(tmp_path, "train.rate_calibrate=true")
-    assert calls == [(20, 8, 8)]  # (T, N, embedding) of the first step's batch
+    assert calls == [(20, 8, 8, 0)]  # (T, N, embedding) of the first step's batch, every layer
     assert train
+
+
+def test_a_silent_release_keeps_layer_2_from_firing_then_sets_it_at_its_target(
+    tmp_path, monkeypatch
+) -> None:
+    import hmrnn.tasks.hooks as hooks
+
+    calls: list[tuple[int, float]] = []
+    calibrate = hooks.calibrate_boundary_biases
+
+    def spy(rnn, input, targets, state=None, first=0):
+        calls.append((first, float(rnn.cells[0].bias[-1])))
+        reached = calibrate(rnn, input, targets, state, first=first)
+        assert float(rnn.cells[0].bias[-1]) == calls[-1][1]  # layer 1's bias kept
+        return reached
+
+    monkeypatch.setattr(hooks, "calibrate_boundary_biases", spy)
+    train = _tiny_run(tmp_path, "train.boundary_release=20", "train.release_silent=true")
+    # steps 1-20 (records at 10 and 20): layer 2 silent and its detector without gradient;
+    # bisected once, from layer 2 up, after the 20th step; then it fires and learns
+    assert [r["z"][1] == 0 for r in train] == [r["step"] <= 20 for r in train]
+    assert [r["zgrad"][1] > 0 for r in train] == [r["step"] > 20 for r in train]
+    assert [first for first, _ in calls] == [1]
+
+
+def test_warnings_leave_out_the_layers_held_silent() -> None:
+    from hmrnn.tasks.hooks import BoundaryTraining
+    from hmrnn.training.config import TrainConfig
+    from hmrnn.training.distributed import DistContext
+
+    rnn = HMLSTM(4, 5, 3, layer_norm=True)
+    boundaries = BoundaryTraining(rnn, TrainConfig(boundary_release=10, release_silent=True),
+                                  DistContext())
+    metrics = {"z": [0.2, 0.0]}
+    boundaries._step = 8  # the latest step seen (0-based): the next one is still silent
+    assert boundaries.warnings(metrics) == []
+    assert boundaries.warnings({"z": [0.0, 0.0]})[0].startswith("Layer 1 fires on 0.0%")
+    boundaries._step = 9  # released from the next step on
+    assert boundaries.warnings(metrics)[0].startswith("Layer 2 fires on 0.0%")
 
 
 def test_a_run_recentres_the_biases_in_place_of_the_controller_over_its_first_steps(

@@ -24,8 +24,9 @@ configs, and measured in docs/hierarchy.md:
 - :func:`recentre_boundary_biases`: the same from one forward pass per layer
   (approximately), cheap enough to run after each of a run's first steps;
 - :class:`DetectorRelease`: keeps the optimiser off the detectors of the layers above
-  the first until a given step (the controller still holds their rates), so that they
-  choose where to fire once the layer below has found its segments.
+  the first until a given step (the controller still holds their rates, or, ``silent``,
+  those layers do not fire at all), so that they choose where to fire once the layer
+  below has found its segments.
 
 Instruments: :func:`boundary_preactivation` recomputes ``s_z`` of every step from a
 forward pass's states, :func:`detector_shares` the share of detectors outside the hard
@@ -151,11 +152,14 @@ class RateController:
 CALIBRATION_RANGE = 8.0
 """Each bias is searched in [-range, range]."""
 
+SILENT_BIAS = -100.0
+"""A boundary bias far enough below any pre-activation that the layer never fires."""
+
 
 @torch.no_grad()
 def calibrate_boundary_biases(rnn: HMLSTM, input: Tensor, targets: Sequence[float],
-                              state: HMLSTMState | None = None,
-                              iterations: int = 30) -> list[float]:
+                              state: HMLSTMState | None = None, iterations: int = 30,
+                              first: int = 0) -> list[float]:
     """Set each boundary layer's bias (row z) so that on ``input`` it fires at its target.
 
     Layer by layer from the bottom (a layer's rate depends on the layers below it), the
@@ -169,13 +173,16 @@ def calibrate_boundary_biases(rnn: HMLSTM, input: Tensor, targets: Sequence[floa
         targets: one rate in (0, 1) per layer below the top.
         state: the state the pass starts from (None: zeros).
         iterations: halvings per layer.
+        first: the lowest boundary layer (0-based) set; the biases below it are kept.
 
     Returns:
-        The rates reached, one per boundary layer.
+        The rates reached, one per boundary layer set.
     """
     targets = _check_targets(rnn, targets)
     reached = []
     for l, (cell, target) in enumerate(zip(detector_cells(rnn), targets, strict=True)):
+        if l < first:
+            continue
         low, high = -CALIBRATION_RANGE, CALIBRATION_RANGE
         rate = 0.0
         for _ in range(iterations):
@@ -239,19 +246,30 @@ class DetectorRelease:
     holds; from step ``release`` on the factor is 1. The factor is a tensor on the
     parameters' device, changed in place, so a captured CUDA graph sees the change.
 
+    With ``silent``, those layers do not fire at all before the release: their boundary
+    biases are held at :data:`SILENT_BIAS` from the start and, by :meth:`hold_silent`
+    after each step, whatever a controller did to them, so each UPDATEs at every
+    boundary of the layer below and never FLUSHes, and the layers above them COPY.
+    Where they start firing at the release is the caller's to set
+    (:func:`calibrate_boundary_biases` with ``first=1``).
+
     Args:
         rnn: the HM-LSTM stack.
         release: the first step whose gradient reaches those detectors (> 0).
+        silent: those layers do not fire before the release.
     """
 
-    def __init__(self, rnn: HMLSTM, release: int) -> None:
+    def __init__(self, rnn: HMLSTM, release: int, silent: bool = False) -> None:
         if release <= 0:
             raise ValueError(f"the detectors' release is a step > 0, got {release}")
         self.release = int(release)
+        self.silent = silent
+        self.cells = detector_cells(rnn)[1:]
         self.factor = torch.zeros((), device=rnn.slope.device, dtype=rnn.slope.dtype)
-        for cell in detector_cells(rnn)[1:]:
+        for cell in self.cells:
             for param in _boundary_rows(cell):
                 param.register_hook(self._scaled)
+        self.hold_silent(0)
 
     def _scaled(self, grad: Tensor) -> Tensor:
         grad = grad.clone()
@@ -263,6 +281,14 @@ class DetectorRelease:
         """Before global step ``step``'s backward pass: its gradient reaches the detectors
         if ``step >= release``."""
         self.factor.fill_(float(step >= self.release))
+
+    @torch.no_grad()
+    def hold_silent(self, step: int) -> None:
+        """Before global step ``step``: with ``silent`` and ``step < release``, the biases
+        at :data:`SILENT_BIAS`."""
+        if self.silent and step < self.release:
+            for cell in self.cells:
+                cell.bias[-1] = SILENT_BIAS
 
 
 def _boundary_rows(cell: HMLSTMCell) -> list[Tensor]:

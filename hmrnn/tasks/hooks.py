@@ -1,6 +1,6 @@
 """What every task tells the trainer besides its losses: the per-step slope annealing of
-an HM-LSTM stack, the warnings an evaluation deserves (boundary collapse), and the
-boundary options and instruments of a training step (:class:`BoundaryTraining`)."""
+an HM-LSTM stack, and the boundary options, instruments and warnings (boundary collapse)
+of its training (:class:`BoundaryTraining`)."""
 
 from __future__ import annotations
 
@@ -46,11 +46,6 @@ def anneal_slope(rnn: nn.Module, epoch: float, train: TrainConfig) -> dict[str, 
     return {"slope": float(rnn.slope_value)}
 
 
-def boundary_warnings(metrics: Mapping[str, Any]) -> list[str]:
-    """Collapse warnings for the boundary rates ``metrics["z"]`` (none without them)."""
-    return collapse_warnings(metrics.get("z", []), low=COLLAPSED_BELOW, high=COLLAPSED_ABOVE)
-
-
 RATE_LOSSES: dict[str, Callable[[Tensor, Sequence[float], Sequence[float]], Tensor]] = {
     "loss": ratio_loss, "prior": binomial_prior_loss}
 """The rate losses by ``train.rate_control``."""
@@ -90,8 +85,18 @@ class BoundaryTraining:
                     own_bias=not train.rate_bias_gradient, warmup=train.rate_warmup)
             else:  # validated like the controller's targets
                 RateController(self.rnn, train.boundary_rate, 1.0)
-        self.release = (DetectorRelease(self.rnn, train.boundary_release)
+        self.release = (DetectorRelease(self.rnn, train.boundary_release, train.release_silent)
                         if self.rnn is not None and train.boundary_release > 0 else None)
+
+    def warnings(self, metrics: Mapping[str, Any]) -> list[str]:
+        """Collapse warnings for the boundary rates ``metrics["z"]`` (none without them),
+        but for the layers that ``release_silent`` holds silent at the latest step."""
+        rates = list(metrics.get("z", []))
+        release = self.release
+        if release is not None and release.silent and self._step is not None \
+                and self._step + 1 < release.release:
+            rates = rates[:1]
+        return collapse_warnings(rates, low=COLLAPSED_BELOW, high=COLLAPSED_ABOVE)
 
     def loss(self, boundary: Tensor | None) -> Tensor | None:
         """The rate loss to add for a step's ``boundary (T, N, L)``, or None."""
@@ -110,7 +115,8 @@ class BoundaryTraining:
         self._probe = None
         if self.release is not None:
             self.release.at_step(step)
-        if self.controller is not None and any(self._bias_setting(step)):
+        calibrate, recentre = self._bias_setting(step)
+        if calibrate is not None or recentre:
             with torch.no_grad():
                 self._batch = (input(), state)
         if (step + 1) % self.train.log_every == 0:
@@ -138,28 +144,39 @@ class BoundaryTraining:
         if self._batch is not None:
             self._set_biases(*self._batch, calibrate, recentre)
             self._batch = None
+        if self.release is not None and self._step is not None:
+            self.release.hold_silent(self._step + 1)
         if self.train.boundary_cap > 0:
             cap_boundary_rows(self.rnn, self.train.boundary_cap)
         if self.train.boundary_gain_cap > 0:
             cap_boundary_gains(self.rnn, self.train.boundary_gain_cap)
 
-    def _bias_setting(self, step: int | None) -> tuple[bool, bool]:
-        """Whether the biases are set on global step ``step``'s batch after it: by
-        bisection (``rate_calibrate``, the first step), recentred (``rate_recentre``, the
-        first steps, in place of the controller)."""
-        if step is None:
-            return False, False
-        return step == 0 and self.train.rate_calibrate, step < self.train.rate_recentre
+    def _bias_setting(self, step: int | None) -> tuple[int | None, bool]:
+        """How the biases are set on global step ``step``'s batch after it: bisected from
+        the returned boundary layer up (``rate_calibrate``: every layer after the first
+        step; ``release_silent``: the released layers after the step before the release;
+        None: not bisected), recentred (``rate_recentre``, the first steps, in place of
+        the controller)."""
+        if step is None or self.rnn is None:
+            return None, False
+        train = self.train
+        calibrate = None
+        if step == 0 and train.rate_calibrate:
+            calibrate = 0
+        if train.release_silent and step == train.boundary_release - 1:
+            calibrate = 1 if calibrate is None else calibrate
+        return calibrate, step < train.rate_recentre
 
     @torch.no_grad()
-    def _set_biases(self, input: Tensor, state: HMLSTMState | None, calibrate: bool,
+    def _set_biases(self, input: Tensor, state: HMLSTMState | None, calibrate: int | None,
                     recentre: bool) -> None:
-        """The boundary biases set on the step's batch (each process's), bisected and/or
-        (after it) recentred, then averaged over the processes."""
+        """The boundary biases set on the step's batch (each process's), bisected from
+        boundary layer ``calibrate`` up and/or (after it) recentred, then averaged over
+        the processes."""
         assert self.rnn is not None
         targets = self.train.boundary_rate
-        if calibrate:
-            calibrate_boundary_biases(self.rnn, input, targets, state)
+        if calibrate is not None:
+            calibrate_boundary_biases(self.rnn, input, targets, state, first=calibrate)
         if recentre:
             recentre_boundary_biases(self.rnn, input, targets, state)
         cells = detector_cells(self.rnn)

@@ -181,6 +181,8 @@ class TrainConfig:
     boundary_gain_cap: float = 0.0  # cap of the boundary entry of each term's LN gain; 0: off
     boundary_release: int = 0  # steps before the optimiser reaches the detectors above
     # layer 1 (the controller holds their rates meanwhile); 0: from the start
+    release_silent: bool = False  # with boundary_release: those layers do not fire before
+    # the release, and at it each bias is set by bisection so that it fires at its target
 
 
 TRAIN_RULES: dict[str, Rule] = {
@@ -215,6 +217,7 @@ TRAIN_RULES: dict[str, Rule] = {
     "boundary_cap": at_least(0),
     "boundary_gain_cap": at_least(0),
     "boundary_release": at_least(0),
+    "release_silent": ANY,
 }
 
 
@@ -428,6 +431,9 @@ def validate_config(config: Config) -> Config:
         if getattr(train, name) and train.rate_control != "bias":
             raise ConfigError(f"train.{name} needs train.rate_control='bias' (the controller), "
                               f"got {train.rate_control!r}")
+    if train.release_silent and not train.boundary_release:
+        raise ConfigError("train.release_silent holds the layers above the first silent until "
+                          "train.boundary_release: it needs train.boundary_release > 0")
     return config
 
 

@@ -65,7 +65,7 @@ from hmrnn.tasks.handwriting.model import (
     build_handwriting_model,
     evaluation_totals,
 )
-from hmrnn.tasks.hooks import BoundaryTraining, anneal_slope, boundary_warnings
+from hmrnn.tasks.hooks import BoundaryTraining, anneal_slope
 from hmrnn.training.checkpoint import CheckpointError, load_model
 from hmrnn.training.config import Config
 from hmrnn.training.distributed import DistContext
@@ -279,7 +279,7 @@ class HandwritingTask:
 
     def warnings(self, metrics: dict[str, Any]) -> list[str]:
         """Layers whose boundary rate has collapsed toward 0 or 1."""
-        return boundary_warnings(metrics)
+        return self.boundaries.warnings(metrics)
 
     def train_loss(self, model: nn.Module, step: int) -> tuple[Tensor, dict[str, Any]]:
         dtype = next(self.model.parameters()).dtype
