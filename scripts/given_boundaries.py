@@ -183,11 +183,16 @@ def _layers(spec: str) -> str:
 
 
 def table(out: Path) -> str:
-    """Mean ± spread of the test bits per character per segmentation, best first."""
+    """Mean ± spread of the test bits per character per segmentation (and length, where
+    not the main job's), best first."""
+    from hmrnn.training.config import TrainConfig
+
+    main_steps = TrainConfig().max_steps
     rows: dict[str, list[dict[str, object]]] = {}
     for line in (out / "results.jsonl").read_text().splitlines():
         record = json.loads(line)
-        name = " ".join([str(record["layer2"]), *record.get("overrides", [])])
+        length = [] if record["steps"] == main_steps else [f"{record['steps']} steps"]
+        name = " ".join([str(record["layer2"]), *record.get("overrides", []), *length])
         rows.setdefault(name, []).append(record)
     lines = ["| layer 2 given on | rate | seeds | test BPC | learned layer 2: rate, F1 word / "
              "phrase / sentence |", "| --- | ---: | --- | ---: | --- |"]
