@@ -125,6 +125,11 @@ ROWS: dict[str, list[str]] = {
     "main-local-gain0.2-0.05-slope5-silent400": [
         "model.boundary_grad=local", "train.rate_gain=0.2,0.05", "train.slope_max=5",
         "train.boundary_release=400", "train.release_silent=true"],
+    # today's main job with the biases recentred on the batch over the first 40 steps (as on
+    # PTB), so that layer 1 starts at its rate instead of swinging between 0 and 1
+    "main-local-gain0.2-0.05-slope5-recentre40": [
+        "model.boundary_grad=local", "train.rate_gain=0.2,0.05", "train.slope_max=5",
+        "train.rate_recentre=40"],
     "linear-slope5": [*LINEAR, "train.slope_max=5"],
     "linear-slope3": [*LINEAR, "train.slope_max=3"],
     "linear-slope5-cap": [*LINEAR, "train.slope_max=5", "train.boundary_cap=1.9365"],
