@@ -130,6 +130,11 @@ ROWS: dict[str, list[str]] = {
     "main-local-gain0.2-0.05-slope5-recentre40": [
         "model.boundary_grad=local", "train.rate_gain=0.2,0.05", "train.slope_max=5",
         "train.rate_recentre=40"],
+    # today's main job with the slope annealed 3x faster (5 by step 200), so that layer 1
+    # might find the words before layer 2 chooses
+    "main-local-gain0.2-0.05-slope5-fast-anneal": [
+        "model.boundary_grad=local", "train.rate_gain=0.2,0.05", "train.slope_max=5",
+        "train.slope_rate=3"],
     "linear-slope5": [*LINEAR, "train.slope_max=5"],
     "linear-slope3": [*LINEAR, "train.slope_max=3"],
     "linear-slope5-cap": [*LINEAR, "train.slope_max=5", "train.boundary_cap=1.9365"],
