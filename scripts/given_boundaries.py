@@ -119,16 +119,15 @@ def run(layers: str, seed: int, steps: int, overrides: list[str],
     controller = RateController(rnn, train.boundary_rate, train.rate_gain,
                                 error=train.rate_error) if free else None
 
-    def packed(split: str, bits: np.ndarray) -> np.ndarray:  # each id, then its K + 1 bits
-        return (corpus.splits[split] << (K + 1)) + (bits << np.arange(K + 1)).sum(axis=1)
+    def boundaries(bits: np.ndarray) -> np.ndarray:  # (S, K + 1) bits -> what the stack takes
+        given_z = bits.astype(np.float32)
+        given_z[:, free] = np.nan  # the detectors decide
+        return given_z
 
-    def unpack(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        bits = torch.stack([x >> l & 1 for l in range(K + 1)], dim=-1).float()  # (T, N, K+1)
-        bits[..., free] = float("nan")  # the detectors decide
-        return x >> (K + 1), bits
-
-    batcher = StreamBatcher(packed("train", given(corpus, "train", layers, after)),
-                            train.batch_size, train.seq_len)
+    text = torch.from_numpy(corpus.splits["train"])
+    train_given = torch.from_numpy(boundaries(given(corpus, "train", layers, after)))
+    # batches of positions, so that the ids and their given boundaries are read alike
+    batcher = StreamBatcher(np.arange(len(text)), train.batch_size, train.seq_len)
     state, started = None, time.time()
     steps = steps or train.max_steps
     for step in range(steps):
@@ -137,10 +136,9 @@ def run(layers: str, seed: int, steps: int, overrides: list[str],
             state = None  # a new epoch starts every stream from zeros
         if free:
             rnn.anneal_slope(step / len(batcher), train.slope_rate, train.slope_max)
-        x, y = batcher.segment(k)
-        ids, bits = unpack(x)
-        out = model(ids, state, boundaries=bits)
-        loss = F.cross_entropy(out.logits.flatten(0, 1), (y >> (K + 1)).flatten())
+        at, next_at = batcher.segment(k)  # (T, N) positions in the training split
+        out = model(text[at], state, boundaries=train_given[at])
+        loss = F.cross_entropy(out.logits.flatten(0, 1), text[next_at].flatten())
         optimiser.zero_grad()
         loss.backward()
         clip_gradients(model.parameters(), train.clip)
@@ -153,10 +151,8 @@ def run(layers: str, seed: int, steps: int, overrides: list[str],
             print(f"{layers} seed {seed}: step {step + 1}, train loss {loss.item():.3f}, "
                   f"{time.time() - started:.0f} s", flush=True)
     test_bits = given(corpus, "test", layers, after)
-    test_given = test_bits.astype(np.float32)
-    test_given[:, free] = np.nan  # the detectors decide
     evaluation = evaluate_lm(model, corpus.splits["test"], batch_size=train.eval_batch_size,
-                             seq_len=train.seq_len, boundaries=test_given)
+                             seq_len=train.seq_len, boundaries=boundaries(test_bits))
     assert evaluation.boundary is not None
     assert corpus.boundaries is not None
     truth = {kind: ends[:-1] for kind, ends in corpus.boundaries["test"].items()}
