@@ -81,7 +81,7 @@ def given(corpus: object, split: str, layers: str, after: bool = False) -> np.nd
              "none": lambda: np.zeros_like(truth["word"]),
              "det": lambda: category_ends(text, {"DET"}),
              "verb-prep": lambda: category_ends(text, {"VERB", "PREP"}),
-             "free": lambda: np.zeros_like(truth["word"])}  # NaN where unpacked
+             "free": lambda: np.zeros_like(truth["word"])}  # NaN in run()
     above = [units[name]() for name in layers.split("+")]
     bits = np.stack([truth["word"], *above], axis=1).astype(np.int64)
     return np.concatenate([bits[:1] * 0, bits[:-1]]) if after else bits
