@@ -1,7 +1,8 @@
 """One line per training run: steps, characters seen, epochs, training time, throughput;
 and, from its logged training records, the largest pre-clip gradient norm, the logged steps
 at which layer 1's boundary rate left 0.1-0.4 (the hierarchy issue's PTB band) and each
-boundary layer's range of logged rates from step 100 on.
+boundary layer's range of logged rates from step 100 on; and each validation's boundary
+rates and word / phrase F1 (within one step), where it logged them.
 
     python scripts/run_summary.py runs/cpu-ptb runs/cpu-ptb-lnlstm
 
@@ -36,6 +37,10 @@ def summary(run: Path) -> str:
     ranges = ", ".join(f"layer {layer + 1} {min(z[layer] for z in later):.3f}-"
                        f"{max(z[layer] for z in later):.3f}"
                        for layer in range(len(later[0]) if later else 0))
+    curve = "; ".join(
+        f"{r['step']}: z {'/'.join(f'{z:.3f}' for z in r['z'])}, F1 {r['f1_word']:.2f}"
+        + (f"/{r['f1_phrase']:.2f}" if "f1_phrase" in r else "")
+        for r in valid if "z" in r and "f1_word" in r)
     return (
         f"{run}: {state['step']} steps, {chars:,} characters, "
         f"{state['elapsed'] / 60:.1f} min of training steps, "
@@ -46,6 +51,7 @@ def summary(run: Path) -> str:
            if largest else "")
         + (f"; logged steps with layer 1's rate outside 0.1-0.4: {outside}; logged rates "
            f"from step 100 on: {ranges}" if rates else "")
+        + (f"; validations (step: rates, word / phrase F1): {curve}" if curve else "")
     )
 
 
