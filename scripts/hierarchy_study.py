@@ -135,6 +135,30 @@ ROWS: dict[str, list[str]] = {
     "main-local-gain0.2-0.05-slope5-fast-anneal": [
         "model.boundary_grad=local", "train.rate_gain=0.2,0.05", "train.slope_max=5",
         "train.slope_rate=3"],
+    # today's main job with layer 1 pushed toward the steps where the next character got
+    # harder to predict (train.surprisal_prior, layer 1 only), so that it might find the
+    # words before layer 2 chooses
+    "main-local-gain0.2-0.05-slope5-surprisal0.1": [
+        "model.boundary_grad=local", "train.rate_gain=0.2,0.05", "train.slope_max=5",
+        "train.surprisal_prior=0.1,0"],
+    "main-local-gain0.2-0.05-slope5-surprisal1": [
+        "model.boundary_grad=local", "train.rate_gain=0.2,0.05", "train.slope_max=5",
+        "train.surprisal_prior=1,0"],
+    # the same with layer 1's rate held where the prior pushes it above its target: the
+    # biases recentred on each batch for the first 200 steps, or a controller gain of 1
+    "main-local-gain0.2-0.05-slope5-surprisal1-recentre200": [
+        "model.boundary_grad=local", "train.rate_gain=0.2,0.05", "train.slope_max=5",
+        "train.surprisal_prior=1,0", "train.rate_recentre=200"],
+    "main-local-gain1-0.05-slope5-surprisal0.3": [
+        "model.boundary_grad=local", "train.rate_gain=1,0.05", "train.slope_max=5",
+        "train.surprisal_prior=0.3,0"],
+    # the same without spaces, and today's main job without spaces to compare with
+    "main-local-gain0.2-0.05-slope5-no-spaces-surprisal1": [
+        "model.boundary_grad=local", "train.rate_gain=0.2,0.05", "train.slope_max=5",
+        "train.surprisal_prior=1,0", "data.spaces=false"],
+    "main-local-gain0.2-0.05-slope5-no-spaces": [
+        "model.boundary_grad=local", "train.rate_gain=0.2,0.05", "train.slope_max=5",
+        "data.spaces=false"],
     "linear-slope5": [*LINEAR, "train.slope_max=5"],
     "linear-slope3": [*LINEAR, "train.slope_max=3"],
     "linear-slope5-cap": [*LINEAR, "train.slope_max=5", "train.boundary_cap=1.9365"],

@@ -26,6 +26,7 @@ from hmrnn.model.boundary_control import (
     detector_shares,
     ratio_loss,
     recentre_boundary_biases,
+    surprisal_prior_loss,
 )
 from hmrnn.model.hmlstm import HMLSTMState
 
@@ -270,6 +271,49 @@ def test_binomial_prior_pulls_the_count_towards_t_p_and_its_gradient_is_exact() 
                                     (soft.requires_grad_(True),))
 
 
+def test_surprisal_prior_is_minus_the_mean_of_z_times_the_standardised_rise() -> None:
+    g = torch.Generator().manual_seed(3)
+    boundary = torch.rand(12, 5, 3, dtype=torch.float64, generator=g)
+    surprisal = torch.rand(12, 5, dtype=torch.float64, generator=g) * 4
+    mask = torch.rand(12, 5, generator=g) > 0.3
+    surprisal[~mask] = float("inf")  # padding: never read
+    s, m, z = surprisal.numpy(), mask.numpy(), boundary.numpy()
+    rises, fired = [], []
+    for t in range(1, 12):
+        for n in range(5):
+            if m[t, n] and m[t - 1, n]:
+                rises.append(s[t, n] - s[t - 1, n])
+                fired.append(z[t, n, :2])
+    u = (np.array(rises) - np.mean(rises)) / np.std(rises, ddof=1)
+    per_layer = -(np.array(fired) * u[:, None]).mean(axis=0)
+    for weights in [(0.5,), (0.5, 0.0), (0.2, 3.0)]:
+        w = weights * 2 if len(weights) == 1 else weights
+        expected = sum(wl * v for wl, v in zip(w, per_layer, strict=True))
+        assert float(surprisal_prior_loss(boundary, surprisal, weights, mask)) == \
+            pytest.approx(expected, rel=1e-12)
+    # without a mask every step counts; a steady surprisal carries no placement
+    s = torch.rand(12, 5, dtype=torch.float64, generator=g)
+    rise = s[1:] - s[:-1]
+    expected = -(boundary[1:, :, 1] * (rise - rise.mean()) / rise.std()).mean()
+    assert float(surprisal_prior_loss(boundary[..., 1:], s, (1.0,))) == \
+        pytest.approx(float(expected), rel=1e-12)
+    steady = torch.arange(12, dtype=torch.float64)[:, None].expand(12, 5)  # rises all 1
+    assert float(surprisal_prior_loss(boundary, steady, (1.0,))) == 0.0
+
+
+def test_surprisal_prior_raises_the_detectors_where_the_surprisal_rises() -> None:
+    boundary = torch.full((8, 2, 2), 0.5, requires_grad=True)
+    surprisal = torch.tensor([[1.0, 1.0], [5.0, 5.0]] * 4)  # rises at every other step
+    surprisal_prior_loss(boundary, surprisal, (1.0,)).backward()
+    grad = boundary.grad[..., 0]
+    assert (grad[1::2] < 0).all() and (grad[2::2] > 0).all()  # descent raises z where it rose
+    assert (grad[0] == 0).all()  # the first step has no step before it
+    assert (boundary.grad[..., 1] == 0).all()  # the top layer has no detector
+    assert torch.autograd.gradcheck(
+        lambda b: surprisal_prior_loss(b, surprisal.double(), (0.7,)),
+        (torch.rand(8, 2, 2, dtype=torch.float64).requires_grad_(True),))
+
+
 def test_cap_scales_only_rows_above_the_cap() -> None:
     rnn = HMLSTM(4, 5, 3)
     with torch.no_grad():
@@ -480,6 +524,45 @@ def test_the_step_adds_the_chosen_rate_loss(control: str, loss) -> None:
                                                                          strict=True)))
     with pytest.raises(ValueError, match="one per boundary layer"):
         ratio_loss(boundary, [0.2, 0.05], [0.1, 0.2, 0.3])
+
+
+def test_the_step_adds_the_surprisal_prior_to_the_rate_loss() -> None:
+    from hmrnn.tasks.hooks import BoundaryTraining
+    from hmrnn.training.config import TrainConfig
+    from hmrnn.training.distributed import DistContext
+
+    g = torch.Generator().manual_seed(2)
+    boundary, surprisal = torch.rand(20, 4, 3, generator=g), torch.rand(20, 4, generator=g)
+    for control in ["loss", "bias"]:
+        train = TrainConfig(rate_control=control, rate_gain=(0.3,), boundary_rate=(0.2, 0.05),
+                            surprisal_prior=(0.4, 0.0))
+        hooks = BoundaryTraining(HMLSTM(4, 5, 3), train, DistContext())
+        assert hooks.uses_surprisal
+        added = hooks.loss(boundary, surprisal)
+        prior = float(surprisal_prior_loss(boundary, surprisal, (0.4, 0.0)))
+        rate = float(ratio_loss(boundary, [0.2, 0.05], [0.3])) if control == "loss" else 0.0
+        assert added is not None and float(added) == pytest.approx(prior + rate)
+        with pytest.raises(ValueError, match="surprisal"):
+            hooks.loss(boundary)
+    off = BoundaryTraining(HMLSTM(4, 5, 3), TrainConfig(), DistContext())
+    assert not off.uses_surprisal and off.loss(boundary, surprisal) is None
+
+
+def test_a_run_with_the_surprisal_prior_trains_and_moves_layer_1_toward_surprise(
+        tmp_path, monkeypatch) -> None:
+    import hmrnn.tasks.hooks as hooks
+
+    seen: list[tuple[float, float]] = []
+
+    def spy(boundary, surprisal, weights, mask=None):
+        seen.append((float(surprisal.min()), float(surprisal.max())))
+        assert surprisal.shape == boundary.shape[:2] and not surprisal.requires_grad
+        return surprisal_prior_loss(boundary, surprisal, weights, mask)
+
+    monkeypatch.setattr(hooks, "surprisal_prior_loss", spy)
+    train = _tiny_run(tmp_path, "train.surprisal_prior=0.5,0")
+    assert len(seen) == 40 and all(0 <= low < high for low, high in seen)
+    assert all(math.isfinite(r["loss"]) for r in train)
 
 
 def test_the_controller_is_told_the_global_step_for_its_warmup() -> None:

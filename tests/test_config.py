@@ -12,6 +12,7 @@ from hmrnn.training.config import (
     apply_overrides,
     load_config,
     parse_overrides,
+    validate_config,
 )
 
 
@@ -93,6 +94,18 @@ def test_a_saved_config_without_a_later_field_keeps_what_it_computed() -> None:
 def test_bad_overrides(override: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("?", r"\?").replace("(", r"\(")):
         apply_overrides(Config(), override)
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["train.surprisal_prior=0.1,0.1,0.1"], "one weight or one per layer below the top (2)"),
+    (["train.surprisal_prior=-0.1"], "every item of train.surprisal_prior must be >= 0"),
+    (["train.surprisal_prior=0.1", "model.rnn=lstm"], "needs model.rnn='hmlstm'"),
+])
+def test_bad_surprisal_prior(overrides: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        validate_config(load_config(None, parse_overrides(overrides)))
+    assert validate_config(load_config(None, parse_overrides(["train.surprisal_prior=0.1,0"]))) \
+        .train.surprisal_prior == (0.1, 0.0)
 
 
 def test_bad_override_syntax_and_files(tmp_path) -> None:

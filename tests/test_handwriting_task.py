@@ -159,6 +159,31 @@ def test_training_loss_is_the_mean_nll_per_real_step(strokes: Path) -> None:
     assert len(stats["z"]) == 2 and all(0.0 <= r <= 1.0 for r in stats["z"])
 
 
+def test_the_surprisal_prior_reads_each_real_points_nll(strokes: Path, monkeypatch) -> None:
+    import hmrnn.tasks.hooks as hooks
+    from hmrnn.model.boundary_control import surprisal_prior_loss
+
+    data, _ = load_handwriting_data(strokes, (0.6, 0.2, 0.2))
+    config = tiny_config(**{"train.seq_len": "0", "train.rate_control": "none",
+                            "train.surprisal_prior": "0.3"})
+    torch.manual_seed(0)
+    task = HandwritingTask(build_handwriting_model(config.model), data, config)
+    seen = {}
+
+    def spy(boundary, surprisal, weights, mask=None):
+        seen.update(surprisal=surprisal, mask=mask)
+        return surprisal_prior_loss(boundary, surprisal, weights, mask)
+
+    monkeypatch.setattr(hooks, "surprisal_prior_loss", spy)
+    loss, _ = task.train_loss(task.model, 1)
+    inputs, targets, mask = task.batch(1)
+    assert torch.equal(seen["mask"], mask) and not bool(mask.all())
+    nll = -sequence_log_likelihood(task.model, inputs, targets, mask).sum()
+    assert float(seen["surprisal"][mask].sum()) == pytest.approx(float(nll), rel=1e-5)
+    loss.backward()  # the prior reaches the detectors
+    assert all(torch.isfinite(p.grad).all() for p in task.model.parameters() if p.grad is not None)
+
+
 def test_eval_chars_caps_the_validation_lines(strokes: Path) -> None:
     data, _ = load_handwriting_data(strokes, (0.6, 0.2, 0.2))
     first = len(data.valid[0]) - 1  # the points the first valid line predicts

@@ -15,6 +15,11 @@ configs, and measured in docs/hierarchy.md:
   only reaches detectors inside the linear region);
 - :func:`binomial_prior_loss`: the negative log-probability of each stream's boundary
   count under a binomial prior (Dynamic Token Pooling's form), with the same reach;
+- :func:`surprisal_prior_loss`: where a layer fires, not how often: it pushes each
+  detector up on the steps after which the next target got harder to predict and down
+  elsewhere (boundaries at rises of the predictive uncertainty, as Dynamic Token
+  Pooling's entropy spikes and the Byte Latent Transformer's entropy boundaries), with
+  the same reach;
 - :func:`cap_boundary_rows`: the authors' code caps the norm of each weight's boundary row;
 - :func:`cap_boundary_gains`: with layer norm the boundary unit's scale is its layer
   norms' gains (row z of each), which that cap does not reach: this one caps them.
@@ -316,7 +321,7 @@ def _weighted_sum(per_layer: Tensor, weights: Sequence[float] | None) -> Tensor:
     if weights is None:
         return per_layer.sum()
     if len(weights) not in (1, per_layer.numel()):
-        raise ValueError(f"a rate loss's weights: one, or one per boundary layer "
+        raise ValueError(f"a boundary loss's weights: one, or one per boundary layer "
                          f"({per_layer.numel()}), got {len(weights)}")
     return (per_layer * per_layer.new_tensor(list(weights))).sum()
 
@@ -357,6 +362,44 @@ def binomial_prior_loss(boundary: Tensor, targets: Sequence[float],
     log_prob = (math.lgamma(T + 1) - torch.lgamma(k + 1) - torch.lgamma(T - k + 1)
                 + k * torch.log(p) + (T - k) * torch.log1p(-p))
     return _weighted_sum(-log_prob.mean(dim=0) / T, weights).to(boundary.dtype)
+
+
+def surprisal_prior_loss(boundary: Tensor, surprisal: Tensor, weights: Sequence[float],
+                         mask: Tensor | None = None) -> Tensor:
+    """Per boundary layer ``-mean(z_t u_t)`` over the counted steps but the first, summed
+    (each layer times its weight in ``weights``, one for all or one per layer, as in
+    :func:`ratio_loss`).
+
+    ``u_t`` is the rise of the surprisal from the step before, ``s_t - s_{t-1}``
+    (``surprisal``: each step's negative log-likelihood of its next target, held without
+    gradient), standardised over the counted steps: mean 0, standard deviation 1. Its
+    gradient raises a detector on the steps after which the model was more surprised than
+    it had just been, and lowers it elsewhere: a layer fires where prediction gets hard
+    (after a word's end, where the next word's first character comes) and not on the steps
+    after, which are as hard but less so than the step before; the Byte Latent
+    Transformer's boundaries at rises of the entropy. It sets where, not how often, and
+    leaves the rate to a controller. It reaches only detectors inside the hard sigmoid's
+    linear region; in expectation over the next targets it is the same loss with the
+    predictive entropy in place of the surprisal.
+
+    Args:
+        boundary: ``(T, N, L)``; the straight-through gradient carries the loss to the
+            detectors.
+        surprisal: ``(T, N)``.
+        weights: one weight for every boundary layer, or one per layer.
+        mask: bool ``(T, N)``, the steps counted (None: all); a rise is counted where its
+            step and the step before are.
+    """
+    s = surprisal.detach().double()
+    rise = s[1:] - s[:-1]  # (T-1, N)
+    counted = torch.ones_like(rise, dtype=torch.bool) if mask is None else mask[1:] & mask[:-1]
+    values = rise[counted]
+    if values.numel() < 2:
+        return boundary.new_zeros(())
+    u = torch.where(counted, (rise - values.mean()) / values.std().clamp_min(1e-12), 0.0)
+    z = boundary[1:, :, :-1].double()  # (T-1, N, L-1)
+    per_layer = -(z * u.unsqueeze(-1)).sum(dim=(0, 1)) / values.numel()
+    return _weighted_sum(per_layer, weights).to(boundary.dtype)
 
 
 @torch.no_grad()

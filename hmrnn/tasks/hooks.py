@@ -25,6 +25,7 @@ from hmrnn.model.boundary_control import (
     detector_shares,
     ratio_loss,
     recentre_boundary_biases,
+    surprisal_prior_loss,
 )
 from hmrnn.model.hmlstm import HMLSTM, HMLSTMState
 from hmrnn.model.types import RNNOutput, detach_state
@@ -56,7 +57,8 @@ class BoundaryTraining:
     (docs/model.md decision 9; :mod:`hmrnn.model.boundary_control`), from ``train``.
 
     :meth:`loss` is added to the task's loss (the ratio loss when ``rate_control`` is
-    ``"loss"``, the binomial prior when it is ``"prior"``); :meth:`observe` is told each
+    ``"loss"``, the binomial prior when it is ``"prior"``, and the surprisal prior with
+    ``surprisal_prior``); :meth:`observe` is told each
     step's shown ``stats`` (and holds the detectors above layer 1 still before
     ``boundary_release``) and, on the steps the trainer logs, what :meth:`instruments`
     needs; :meth:`end_step` then runs the bias controller and the caps after an
@@ -88,6 +90,11 @@ class BoundaryTraining:
         self.release = (DetectorRelease(self.rnn, train.boundary_release, train.release_silent)
                         if self.rnn is not None and train.boundary_release > 0 else None)
 
+    @property
+    def uses_surprisal(self) -> bool:
+        """Whether :meth:`loss` needs each step's surprisal (``surprisal_prior``)."""
+        return self.rnn is not None and any(self.train.surprisal_prior)
+
     def warnings(self, metrics: Mapping[str, Any]) -> list[str]:
         """Collapse warnings for the boundary rates ``metrics["z"]`` (none without them),
         but for the layers that ``release_silent`` holds silent at the latest step."""
@@ -98,12 +105,25 @@ class BoundaryTraining:
             rates = rates[:1]
         return collapse_warnings(rates, low=COLLAPSED_BELOW, high=COLLAPSED_ABOVE)
 
-    def loss(self, boundary: Tensor | None) -> Tensor | None:
-        """The rate loss to add for a step's ``boundary (T, N, L)``, or None."""
+    def loss(self, boundary: Tensor | None, surprisal: Tensor | None = None,
+             mask: Tensor | None = None) -> Tensor | None:
+        """The boundary losses to add for a step's ``boundary (T, N, L)``, or None: the rate
+        loss of ``rate_control`` and, with ``surprisal_prior``, the surprisal prior on the
+        step's ``surprisal (T, N)`` (each step's negative log-likelihood; the steps counted:
+        bool ``mask (T, N)``, None: all)."""
         train = self.train
-        if self.rnn is None or boundary is None or train.rate_control not in RATE_LOSSES:
+        if self.rnn is None or boundary is None:
             return None
-        return RATE_LOSSES[train.rate_control](boundary, train.boundary_rate, train.rate_gain)
+        losses = []
+        if train.rate_control in RATE_LOSSES:
+            losses.append(RATE_LOSSES[train.rate_control](boundary, train.boundary_rate,
+                                                          train.rate_gain))
+        if self.uses_surprisal:
+            if surprisal is None:
+                raise ValueError("train.surprisal_prior needs each step's surprisal")
+            losses.append(surprisal_prior_loss(boundary, surprisal, train.surprisal_prior,
+                                               mask))
+        return sum(losses[1:], losses[0]) if losses else None
 
     def observe(self, step: int, stats: dict[str, Any], input: Callable[[], Tensor],
                 state: HMLSTMState | None, output: RNNOutput) -> None:

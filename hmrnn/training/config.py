@@ -177,6 +177,9 @@ class TrainConfig:
     rate_recentre: int = 0  # bias control: after each of the first N steps, in place of the
     # controller, move each boundary bias so that its layer fires at about its target on that
     # step's batch (from its pre-activations, one pass per layer); 0: off
+    surprisal_prior: tuple[float, ...] = (0.0,)  # weight of surprisal_prior_loss (where a
+    # layer fires: where the next target got harder to predict): one for every layer
+    # or one per layer below the top; 0: off
     boundary_cap: float = 0.0  # norm cap of each weight's boundary row (authors: 1.9365); 0: off
     boundary_gain_cap: float = 0.0  # cap of the boundary entry of each term's LN gain; 0: off
     boundary_release: int = 0  # steps before the optimiser reaches the detectors above
@@ -214,6 +217,7 @@ TRAIN_RULES: dict[str, Rule] = {
     "rate_bias_gradient": ANY,
     "rate_calibrate": ANY,
     "rate_recentre": at_least(0),
+    "surprisal_prior": at_least(0),
     "boundary_cap": at_least(0),
     "boundary_gain_cap": at_least(0),
     "boundary_release": at_least(0),
@@ -423,6 +427,14 @@ def validate_config(config: Config) -> Config:
     if gains not in (1, len(train.boundary_rate)) and train.rate_control != "none":
         raise ConfigError(f"train.rate_gain must give one value or one per target of "
                           f"train.boundary_rate ({len(train.boundary_rate)}), got {gains} values")
+    if any(train.surprisal_prior):
+        if model.rnn != "hmlstm":
+            raise ConfigError(f"train.surprisal_prior weights the HM-LSTM's boundary "
+                              f"detectors: it needs model.rnn='hmlstm', got {model.rnn!r}")
+        if len(train.surprisal_prior) not in (1, model.num_layers - 1):
+            raise ConfigError(f"train.surprisal_prior must give one weight or one per layer "
+                              f"below the top ({model.num_layers - 1}), got "
+                              f"{len(train.surprisal_prior)} weights")
     if model.boundary_ln_gain and (model.rnn != "hmlstm" or not model.layer_norm):
         raise ConfigError("model.boundary_ln_gain sets a layer-norm gain of the HM-LSTM's "
                           "boundary detectors: it needs model.rnn='hmlstm' and "

@@ -181,9 +181,12 @@ class CharLMTask:
         device = self.context.device
         x, y = x[:, self.cols].to(device), y[:, self.cols].to(device)
         out = model(x, self.state)
-        loss = F.cross_entropy(_wide(out.logits), y.flatten())
+        logits, targets = _wide(out.logits), y.flatten()
+        loss = F.cross_entropy(logits, targets)
         stats: dict[str, Any] = {"bpc": float(loss.detach()) / LN2}
-        rate_loss = self.boundaries.loss(out.rnn.boundary)
+        surprisal = (F.cross_entropy(logits.detach(), targets, reduction="none").view(y.shape)
+                     if self.boundaries.uses_surprisal else None)
+        rate_loss = self.boundaries.loss(out.rnn.boundary, surprisal)
         if rate_loss is not None:
             loss = loss + rate_loss
         if out.rnn.boundary is not None:

@@ -292,7 +292,9 @@ class HandwritingTask:
         count = self.context.all_reduce_sum(mask.sum().to(total.dtype))
         loss = total * (self.context.world_size / count)
         stats: dict[str, Any] = {}
-        rate_loss = self.boundaries.loss(output.boundary)
+        surprisal = (-mdn.log_density(params, targets).detach()
+                     if self.boundaries.uses_surprisal else None)
+        rate_loss = self.boundaries.loss(output.boundary, surprisal, mask)
         if rate_loss is not None:
             loss = loss + rate_loss
         if output.boundary is not None:
