@@ -149,6 +149,9 @@ ROWS: dict[str, list[str]] = {
     "main-local-gain0.2-0.05-slope5-surprisal1-recentre200": [
         "model.boundary_grad=local", "train.rate_gain=0.2,0.05", "train.slope_max=5",
         "train.surprisal_prior=1,0", "train.rate_recentre=200"],
+    "main-local-gain0.2-0.05-slope5-recentre200": [  # the same hold without the prior
+        "model.boundary_grad=local", "train.rate_gain=0.2,0.05", "train.slope_max=5",
+        "train.rate_recentre=200"],
     "main-local-gain1-0.05-slope5-surprisal0.3": [
         "model.boundary_grad=local", "train.rate_gain=1,0.05", "train.slope_max=5",
         "train.surprisal_prior=0.3,0"],
