@@ -19,6 +19,7 @@ prefers").
     python scripts/given_boundaries.py --after --layer2 phrase det verb-prep --seeds 0 1
     python scripts/given_boundaries.py --after --layer2 phrase --set data.agreement=false
     python scripts/given_boundaries.py --after --layer2 phrase+sentence   # four layers
+    python scripts/given_boundaries.py --after --layer2 free --given-steps 200
     python scripts/given_boundaries.py --table-only
 
 Layer 2's segmentations (each boundary on a word's last letter, or with ``--after`` on the
@@ -32,6 +33,11 @@ separator after it):
 - ``free``: not given: the layer's detector decides, learned as in the main job (its
   boundary gradient, slope schedule and rate controller), so that a layer can learn its
   unit above given word ends.
+
+``--given-steps N`` gives layer 1's word ends for the first N steps only: from step N on
+its detector decides, learned as ``free``'s, and the test split is read with every
+detector deciding: does a layer 2 that chose its unit above given words keep it once
+layer 1 is learned too?
 """
 
 from __future__ import annotations
@@ -88,11 +94,12 @@ def given(corpus: object, split: str, layers: str, after: bool = False) -> np.nd
 
 
 def run(layers: str, seed: int, steps: int, overrides: list[str],
-        after: bool = False) -> dict[str, object]:
+        after: bool = False, given_steps: int = 0) -> dict[str, object]:
     """Train on the given segmentation for ``steps`` steps (0: the main job's) and score
     the test split; ``layers`` as :func:`given` (K of them make a stack of K + 2 layers);
     ``overrides`` (``key=value``) change the main job's config; ``after``: the
-    boundaries one step after the units' last letters."""
+    boundaries one step after the units' last letters; ``given_steps`` > 0: layer 1
+    given for that many steps only, then learned (and learned on the test split)."""
     import torch
     from torch.nn import functional as F
 
@@ -108,6 +115,7 @@ def run(layers: str, seed: int, steps: int, overrides: list[str],
     torch.manual_seed(seed)
     K = len(layers.split("+"))  # given layers above the first
     free = [1 + k for k, name in enumerate(layers.split("+")) if name == "free"]
+    deciding = [0, *free] if given_steps else free  # the detectors that decide in the end
     config = load_config(None, {"model.num_layers": str(K + 2),  # the main job's
                                 **parse_overrides(overrides)})
     train = config.train
@@ -117,15 +125,17 @@ def run(layers: str, seed: int, steps: int, overrides: list[str],
                                  betas=(0.9, train.adam_beta2))
     rnn = cast("HMLSTM", model.rnn)
     controller = RateController(rnn, train.boundary_rate, train.rate_gain,
-                                error=train.rate_error) if free else None
+                                error=train.rate_error) if deciding else None
 
-    def boundaries(bits: np.ndarray) -> np.ndarray:  # (S, K + 1) bits -> what the stack takes
-        given_z = bits.astype(np.float32)
-        given_z[:, free] = np.nan  # the detectors decide
+    def boundaries(bits: np.ndarray, deciding: list[int]) -> np.ndarray:  # (S, K + 1) bits
+        given_z = bits.astype(np.float32)  # -> what the stack takes
+        given_z[:, deciding] = np.nan  # the detectors decide
         return given_z
 
     text = torch.from_numpy(corpus.splits["train"])
-    train_given = torch.from_numpy(boundaries(given(corpus, "train", layers, after)))
+    train_bits = given(corpus, "train", layers, after)
+    train_given = torch.from_numpy(boundaries(train_bits, free))
+    train_later = torch.from_numpy(boundaries(train_bits, deciding))  # from given_steps on
     # batches of positions, so that the ids and their given boundaries are read alike
     batcher = StreamBatcher(np.arange(len(text)), train.batch_size, train.seq_len)
     state, started = None, time.time()
@@ -134,10 +144,12 @@ def run(layers: str, seed: int, steps: int, overrides: list[str],
         k = step % len(batcher)
         if k == 0:
             state = None  # a new epoch starts every stream from zeros
-        if free:
+        if deciding:
             rnn.anneal_slope(step / len(batcher), train.slope_rate, train.slope_max)
         at, next_at = batcher.segment(k)  # (T, N) positions in the training split
-        out = model(text[at], state, boundaries=train_given[at])
+        given_z = train_given if step < given_steps or not given_steps else train_later
+        out = model(text[at], state,  # all deciding: the fast loop
+                    boundaries=None if given_z[at].isnan().all() else given_z[at])
         loss = F.cross_entropy(out.logits.flatten(0, 1), text[next_at].flatten())
         optimiser.zero_grad()
         loss.backward()
@@ -152,20 +164,21 @@ def run(layers: str, seed: int, steps: int, overrides: list[str],
                   f"{time.time() - started:.0f} s", flush=True)
     test_bits = given(corpus, "test", layers, after)
     evaluation = evaluate_lm(model, corpus.splits["test"], batch_size=train.eval_batch_size,
-                             seq_len=train.seq_len, boundaries=boundaries(test_bits))
+                             seq_len=train.seq_len,
+                             boundaries=boundaries(test_bits, deciding))
     assert evaluation.boundary is not None
     assert corpus.boundaries is not None
     truth = {kind: ends[:-1] for kind, ends in corpus.boundaries["test"].items()}
     learned = hierarchy_summary(evaluation.boundary, truth)
     rates = test_bits.mean(axis=0)[1:]
     return {"layer2": layers + (" after" if after else ""), "seed": seed,
-            "overrides": overrides,
+            "overrides": overrides, "given_steps": given_steps,
             "bpc": round(evaluation.bpc, 4), "layer2_rate": round(float(rates[0]), 4),
             "rates_above": [round(float(r), 4) for r in rates], "steps": steps,
             "free": {f"layer{l + 1}": {"rate": round(learned["rates"][l], 4),
                                        **{kind: round(v["f1"], 3) for kind, v in
                                           learned["f1"][f"layer{l + 1}"].items()}}
-                     for l in free},
+                     for l in deciding},
             "wall_s": round(time.time() - started)}
 
 
@@ -188,7 +201,9 @@ def table(out: Path) -> str:
     for line in (out / "results.jsonl").read_text().splitlines():
         record = json.loads(line)
         length = [] if record["steps"] == main_steps else [f"{record['steps']} steps"]
-        name = " ".join([str(record["layer2"]), *record.get("overrides", []), *length])
+        given_steps = record.get("given_steps", 0)
+        first = [f"(layer 1 given for {given_steps} steps)"] if given_steps else []
+        name = " ".join([str(record["layer2"]), *record.get("overrides", []), *length, *first])
         rows.setdefault(name, []).append(record)
     lines = ["| layer 2 given on | rate | seeds | test BPC | learned layer 2: rate, F1 word / "
              "phrase / sentence |", "| --- | ---: | --- | ---: | --- |"]
@@ -217,14 +232,17 @@ def main() -> None:
                         help="overrides of the main job's config, e.g. data.agreement=false")
     parser.add_argument("--after", action="store_true",
                         help="each boundary one step after its unit's last letter")
+    parser.add_argument("--given-steps", type=int, default=0,
+                        help="layer 1 given for this many steps only, then learned "
+                             "(0: given throughout)")
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("runs/given-boundaries"))
     parser.add_argument("--table-only", action="store_true")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.table_only:
-        jobs = [(name, seed, args.steps, args.set, args.after) for seed in args.seeds
-                for name in args.layer2]
+        jobs = [(name, seed, args.steps, args.set, args.after, args.given_steps)
+                for seed in args.seeds for name in args.layer2]
         with ProcessPoolExecutor(args.parallel) as pool:
             for result in pool.map(run, *zip(*jobs, strict=True)):
                 with open(args.out / "results.jsonl", "a") as f:

@@ -155,6 +155,11 @@ ROWS: dict[str, list[str]] = {
     "main-local-gain1-0.05-slope5-surprisal0.3": [
         "model.boundary_grad=local", "train.rate_gain=1,0.05", "train.slope_max=5",
         "train.surprisal_prior=0.3,0"],
+    # today's main job with layer 1 given on the characters after words for the first 200
+    # steps, then learned (train.separator_warmup): the `free` runs' start, for a while
+    "main-local-gain0.2-0.05-slope5-separators200": [
+        "model.boundary_grad=local", "train.rate_gain=0.2,0.05", "train.slope_max=5",
+        "train.separator_warmup=200"],
     # the same without spaces, and today's main job without spaces to compare with
     "main-local-gain0.2-0.05-slope5-no-spaces-surprisal1": [
         "model.boundary_grad=local", "train.rate_gain=0.2,0.05", "train.slope_max=5",

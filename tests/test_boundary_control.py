@@ -565,6 +565,36 @@ def test_a_run_with_the_surprisal_prior_trains_and_moves_layer_1_toward_surprise
     assert all(math.isfinite(r["loss"]) for r in train)
 
 
+def test_the_separator_warmup_gives_layer_1_the_characters_after_words_then_lets_it_decide(
+        tmp_path, monkeypatch) -> None:
+    from hmrnn.model.charlm import CharLM
+    from hmrnn.tasks.charlm.build import corpus_from_config
+    from hmrnn.training.config import Config, apply_overrides
+
+    vocab = corpus_from_config(apply_overrides(
+        Config(), {"data.synthetic_chars": "20000"}).data).vocab
+    calls: list[bool] = []
+    forward = CharLM.forward
+
+    def spy(self, x, state=None, **kwargs):
+        out = forward(self, x, state, **kwargs)
+        given = kwargs.get("boundaries")
+        calls.append(given is not None)
+        if given is not None:
+            assert given.shape == (*x.shape, 2) and given[..., 1].isnan().all()
+            assert torch.equal(out.rnn.boundary[..., 0], given[..., 0])  # layer 1 as given
+            text = np.array([list(vocab.decode(column)) for column in x.t().tolist()]).T
+            word = np.char.isalnum(text)  # (T, N)
+            after = ~word[1:] & word[:-1]  # the steps with the step before in the window
+            np.testing.assert_array_equal(given[1:, :, 0].numpy(), after.astype(np.float32))
+        return out
+
+    monkeypatch.setattr(CharLM, "forward", spy)
+    _tiny_run(tmp_path, "train.separator_warmup=20")
+    assert calls[:20] == [True] * 20  # training: given for 20 steps
+    assert len(calls) > 40 and not any(calls[20:])  # then, and in evaluation, they decide
+
+
 def test_the_controller_is_told_the_global_step_for_its_warmup() -> None:
     from hmrnn.tasks.hooks import BoundaryTraining
     from hmrnn.training.config import TrainConfig

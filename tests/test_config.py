@@ -108,6 +108,13 @@ def test_bad_surprisal_prior(overrides: list[str], message: str) -> None:
         .train.surprisal_prior == (0.1, 0.0)
 
 
+@pytest.mark.parametrize("overrides", [["model.rnn=lstm"], ["model.num_layers=1"]])
+def test_separator_warmup_needs_an_hmlstm_with_a_layer_1_detector(overrides: list[str]) -> None:
+    with pytest.raises(ConfigError, match="train.separator_warmup gives the boundaries"):
+        validate_config(load_config(None, parse_overrides(
+            ["train.separator_warmup=10", *overrides])))
+
+
 def test_bad_override_syntax_and_files(tmp_path) -> None:
     with pytest.raises(ConfigError, match="section.field=value"):
         parse_overrides(["lr"])

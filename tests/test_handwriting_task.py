@@ -184,6 +184,15 @@ def test_the_surprisal_prior_reads_each_real_points_nll(strokes: Path, monkeypat
     assert all(torch.isfinite(p.grad).all() for p in task.model.parameters() if p.grad is not None)
 
 
+def test_the_separator_warmup_is_refused_for_pen_strokes(strokes: Path) -> None:
+    from hmrnn.training.config import ConfigError
+
+    data, _ = load_handwriting_data(strokes, (0.6, 0.2, 0.2))
+    config = tiny_config(**{"train.separator_warmup": "5"})
+    with pytest.raises(ConfigError, match="needs text"):
+        HandwritingTask(build_handwriting_model(config.model), data, config)
+
+
 def test_eval_chars_caps_the_validation_lines(strokes: Path) -> None:
     data, _ = load_handwriting_data(strokes, (0.6, 0.2, 0.2))
     first = len(data.valid[0]) - 1  # the points the first valid line predicts

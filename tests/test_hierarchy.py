@@ -13,6 +13,7 @@ from hmrnn.analysis.boundaries import (
     PRF,
     UPDATE,
     Op,
+    after_word_boundaries,
     boundary_prf,
     collapse_warnings,
     computation_summary,
@@ -154,6 +155,14 @@ def test_text_boundaries_both_conventions() -> None:
     assert text_boundaries("").shape == (0,)
     with pytest.raises(ValueError, match="'last' or 'separator'"):
         text_boundaries(text, convention="first")
+
+
+def test_after_word_boundaries_mark_what_follows_each_run_of_letters_and_digits() -> None:
+    text = " ab, c9 d.\n\nx"
+    flags = [0, 0, 0, 1, 0, 0, 0, 1, 0, 1, 0, 0, 0]
+    np.testing.assert_array_equal(after_word_boundaries(text), np.array(flags, bool))
+    assert after_word_boundaries("").shape == (0,)
+    assert not after_word_boundaries("word").any()  # the text ends before the word does
 
 
 def test_prf_exact() -> None:

@@ -248,6 +248,20 @@ def text_boundaries(
     raise ValueError(f"convention must be 'last' or 'separator', got {convention!r}")
 
 
+def after_word_boundaries(text: str) -> np.ndarray:
+    """``(T,)`` bool: True on each character that follows a word (a run of letters and
+    digits) and is not part of one: the separator or punctuation after each word, where
+    a causal detector can see that the word ended (``"separator"``'s place, with the
+    punctuation that ends a word counted as its separator).
+
+    Example:
+        >>> after_word_boundaries("ab c.\n").tolist()
+        [False, False, True, False, True, False]
+    """
+    in_word = np.fromiter((c.isalnum() for c in text), dtype=bool, count=len(text))
+    return ~in_word & np.concatenate([[False], in_word[:-1]])
+
+
 class PRF(NamedTuple):
     """Precision, recall and F1 of predicted against reference boundaries, with counts."""
 

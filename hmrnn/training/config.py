@@ -180,6 +180,9 @@ class TrainConfig:
     surprisal_prior: tuple[float, ...] = (0.0,)  # weight of surprisal_prior_loss (where a
     # layer fires: where the next target got harder to predict): one for every layer
     # or one per layer below the top; 0: off
+    separator_warmup: int = 0  # character models: for the first N steps layer 1's
+    # boundaries are given, on each character after a word (after_word_boundaries), and its
+    # detector is not read; then it decides (its detector learned from then on); 0: off
     boundary_cap: float = 0.0  # norm cap of each weight's boundary row (authors: 1.9365); 0: off
     boundary_gain_cap: float = 0.0  # cap of the boundary entry of each term's LN gain; 0: off
     boundary_release: int = 0  # steps before the optimiser reaches the detectors above
@@ -218,6 +221,7 @@ TRAIN_RULES: dict[str, Rule] = {
     "rate_calibrate": ANY,
     "rate_recentre": at_least(0),
     "surprisal_prior": at_least(0),
+    "separator_warmup": at_least(0),
     "boundary_cap": at_least(0),
     "boundary_gain_cap": at_least(0),
     "boundary_release": at_least(0),
@@ -435,6 +439,10 @@ def validate_config(config: Config) -> Config:
             raise ConfigError(f"train.surprisal_prior must give one weight or one per layer "
                               f"below the top ({model.num_layers - 1}), got "
                               f"{len(train.surprisal_prior)} weights")
+    if train.separator_warmup and (model.rnn != "hmlstm" or model.num_layers < 2):
+        raise ConfigError(f"train.separator_warmup gives the boundaries of an HM-LSTM's "
+                          f"layer 1: it needs model.rnn='hmlstm' and model.num_layers >= 2, "
+                          f"got {model.rnn!r} with {model.num_layers} layer(s)")
     if model.boundary_ln_gain and (model.rnn != "hmlstm" or not model.layer_norm):
         raise ConfigError("model.boundary_ln_gain sets a layer-norm gain of the HM-LSTM's "
                           "boundary detectors: it needs model.rnn='hmlstm' and "

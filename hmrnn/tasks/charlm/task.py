@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from hmrnn.analysis.boundaries import boundary_prf, text_boundaries
+from hmrnn.analysis.boundaries import after_word_boundaries, boundary_prf, text_boundaries
 from hmrnn.data import Corpus, StreamBatcher, Vocab, eval_batches
 from hmrnn.model.charlm import CharLM
 from hmrnn.model.graphed import GraphedStack, graph_stacks
@@ -164,6 +164,12 @@ class CharLMTask:
             split: segment_references(corpus, split) for split in ("valid", "test")
         }
         self.boundaries = BoundaryTraining(model.rnn, cfg, self.context)
+        self._warmup: tuple[StreamBatcher, Tensor] | None = None
+        if cfg.separator_warmup:
+            train = corpus.splits["train"]
+            after_words = after_word_boundaries(corpus.vocab.decode(train))
+            self._warmup = (StreamBatcher(np.arange(len(train)), cfg.batch_size, cfg.seq_len),
+                            torch.from_numpy(after_words.astype(np.float32)))
 
     def on_step(self, epoch: float) -> dict[str, float]:
         """Anneal an HM-LSTM's slope for ``epoch``; ``{"slope": a}`` to show (else ``{}``)."""
@@ -180,7 +186,7 @@ class CharLMTask:
         x, y = self.batcher.segment(k)
         device = self.context.device
         x, y = x[:, self.cols].to(device), y[:, self.cols].to(device)
-        out = model(x, self.state)
+        out = model(x, self.state, **self._given(step, k))
         logits, targets = _wide(out.logits), y.flatten()
         loss = F.cross_entropy(logits, targets)
         stats: dict[str, Any] = {"bpc": float(loss.detach()) / LN2}
@@ -195,6 +201,18 @@ class CharLMTask:
                                 out.rnn)
         self._pending = detach_state(out.state)
         return loss, stats
+
+    def _given(self, step: int, k: int) -> dict[str, Tensor]:
+        """``{"boundaries": (T, N, L - 1)}`` for segment ``k`` of global step ``step`` during
+        ``separator_warmup``: layer 1 on the characters after words, NaN above (those
+        detectors decide); ``{}`` after it."""
+        if self._warmup is None or step >= self.config.train.separator_warmup:
+            return {}
+        positions, after_words = self._warmup
+        at, _ = positions.segment(k)  # (T, N): each input's index into the training split
+        given = torch.full((*at.shape, self.config.model.num_layers - 1), math.nan)
+        given[..., 0] = after_words[at]
+        return {"boundaries": given[:, self.cols].to(self.context.device)}
 
     def end_step(self, accepted: bool) -> None:
         if accepted:

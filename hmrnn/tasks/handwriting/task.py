@@ -67,7 +67,7 @@ from hmrnn.tasks.handwriting.model import (
 )
 from hmrnn.tasks.hooks import BoundaryTraining, anneal_slope
 from hmrnn.training.checkpoint import CheckpointError, load_model
-from hmrnn.training.config import Config
+from hmrnn.training.config import Config, ConfigError
 from hmrnn.training.distributed import DistContext
 
 SPLITS = ("train", "valid", "test")
@@ -223,6 +223,9 @@ class HandwritingTask:
             )
         if cfg.seq_len < 0:
             raise ValueError(f"train.seq_len must be >= 0 (0: whole lines), got {cfg.seq_len}")
+        if cfg.separator_warmup:
+            raise ConfigError("train.separator_warmup gives layer 1 the characters after "
+                              "words: it needs text (hmrnn train), not pen strokes")
         if len(data.train) < cfg.batch_size:
             raise HandwritingDataError(
                 f"the training split has {len(data.train)} lines, fewer than "
