@@ -160,6 +160,9 @@ ROWS: dict[str, list[str]] = {
     "main-local-gain0.2-0.05-slope5-separators200": [
         "model.boundary_grad=local", "train.rate_gain=0.2,0.05", "train.slope_max=5",
         "train.separator_warmup=200"],
+    "main-local-gain0.2-0.05-slope5-separators200-fast-anneal": [  # with *-fast-anneal's
+        "model.boundary_grad=local", "train.rate_gain=0.2,0.05", "train.slope_max=5",
+        "train.separator_warmup=200", "train.slope_rate=3"],
     # the same without spaces, and today's main job without spaces to compare with
     "main-local-gain0.2-0.05-slope5-no-spaces-surprisal1": [
         "model.boundary_grad=local", "train.rate_gain=0.2,0.05", "train.slope_max=5",
