@@ -127,15 +127,17 @@ def run(layers: str, seed: int, steps: int, overrides: list[str],
     controller = RateController(rnn, train.boundary_rate, train.rate_gain,
                                 error=train.rate_error) if deciding else None
 
-    def boundaries(bits: np.ndarray, deciding: list[int]) -> np.ndarray:  # (S, K + 1) bits
+    def boundaries(bits: np.ndarray, columns: list[int]) -> np.ndarray:  # (S, K + 1) bits
         given_z = bits.astype(np.float32)  # -> what the stack takes
-        given_z[:, deciding] = np.nan  # the detectors decide
+        given_z[:, columns] = np.nan  # those detectors decide
         return given_z
 
     text = torch.from_numpy(corpus.splits["train"])
     train_bits = given(corpus, "train", layers, after)
     train_given = torch.from_numpy(boundaries(train_bits, free))
-    train_later = torch.from_numpy(boundaries(train_bits, deciding))  # from given_steps on
+    # from given_steps on; None where every detector decides (the fast loop)
+    train_later = (None if len(deciding) == K + 1
+                   else torch.from_numpy(boundaries(train_bits, deciding)))
     # batches of positions, so that the ids and their given boundaries are read alike
     batcher = StreamBatcher(np.arange(len(text)), train.batch_size, train.seq_len)
     state, started = None, time.time()
@@ -147,9 +149,8 @@ def run(layers: str, seed: int, steps: int, overrides: list[str],
         if deciding:
             rnn.anneal_slope(step / len(batcher), train.slope_rate, train.slope_max)
         at, next_at = batcher.segment(k)  # (T, N) positions in the training split
-        given_z = train_given if step < given_steps or not given_steps else train_later
-        out = model(text[at], state,  # all deciding: the fast loop
-                    boundaries=None if given_z[at].isnan().all() else given_z[at])
+        given_z = train_later if given_steps and step >= given_steps else train_given
+        out = model(text[at], state, boundaries=None if given_z is None else given_z[at])
         loss = F.cross_entropy(out.logits.flatten(0, 1), text[next_at].flatten())
         optimiser.zero_grad()
         loss.backward()
